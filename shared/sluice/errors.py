@@ -1,0 +1,111 @@
+"""Every exception sluice raises on purpose derives from :class:`SluiceError`.
+
+The tree::
+
+    SluiceError
+    ├── ConfigError                 settings or arguments that cannot work
+    ├── ProtocolError               a message that breaks the contract (docs/protocol.md)
+    │   ├── MessageTooLarge         body over the size cap
+    │   ├── NotJSON                 body is not a JSON object
+    │   └── MissingHeader           a required header is absent or malformed
+    ├── TaskError                   defining or finding tasks
+    │   ├── UnknownTask             no handler registered under that name
+    │   └── TaskDefinitionError     a handler whose signature sluice cannot call
+    ├── BrokerError                 RabbitMQ could not do what was asked
+    │   ├── BrokerUnavailable       not reachable, or blocked by a resource alarm
+    │   └── PublishError            a publish was not confirmed
+    │       ├── PublishNacked       the broker refused it (nack, or reject-publish overflow)
+    │       ├── PublishReturned     unroutable: no queue is bound for its routing key
+    │       └── PublishTimeout      no confirm within the publish timeout
+    └── ResilienceError             see sluice.resilience.errors for its subtree
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "MessageTooLarge",
+    "MissingHeader",
+    "NotJSON",
+    "ProtocolError",
+    "PublishError",
+    "PublishNacked",
+    "PublishReturned",
+    "PublishTimeout",
+    "ResilienceError",
+    "SluiceError",
+    "TaskDefinitionError",
+    "TaskError",
+    "UnknownTask",
+]
+
+
+class SluiceError(Exception):
+    """Root of every error sluice raises on purpose."""
+
+
+class ConfigError(SluiceError):
+    """Settings or arguments that cannot work."""
+
+
+class ProtocolError(SluiceError):
+    """A message that breaks the message contract.
+
+    ``reason`` is the short machine-readable word written to the dead-letter headers.
+    """
+
+    reason = "protocol"
+
+
+class MessageTooLarge(ProtocolError):
+    reason = "too_large"
+
+
+class NotJSON(ProtocolError):
+    reason = "not_json"
+
+
+class MissingHeader(ProtocolError):
+    reason = "bad_headers"
+
+
+class TaskError(SluiceError):
+    """Defining or finding tasks."""
+
+
+class UnknownTask(TaskError):
+    reason = "unknown_task"
+
+
+class TaskDefinitionError(TaskError):
+    """A handler whose signature sluice cannot call."""
+
+
+class BrokerError(SluiceError):
+    """RabbitMQ could not do what was asked."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker is not reachable, or is blocking publishers (memory or disk alarm)."""
+
+
+class PublishError(BrokerError):
+    """A publish was not confirmed by the broker."""
+
+
+class PublishNacked(PublishError):
+    """The broker nacked the publish."""
+
+
+class PublishReturned(PublishError):
+    """The publish was returned as unroutable."""
+
+
+class PublishTimeout(PublishError):
+    """No confirm arrived within the publish timeout."""
+
+
+class ResilienceError(SluiceError):
+    """Root of the resilience primitives' errors (sluice.resilience.errors)."""

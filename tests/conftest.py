@@ -1,0 +1,101 @@
+"""Shared fixtures: real brokers, unique names.
+
+Broker URLs are found in this order, for RabbitMQ and Redis alike:
+
+1. the environment: ``SLUICE_TEST_AMQP_URL`` / ``SLUICE_TEST_REDIS_URL``;
+2. a testcontainers container, when a Docker engine answers;
+3. the local default ports (127.0.0.1:5672 guest/guest, 127.0.0.1:6379);
+4. otherwise the session fails with a message that says how to start one. Never a silent skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+HOW_TO_START = {
+    "amqp": "start RabbitMQ: `rabbitmq-server -detached && rabbitmqctl await_startup`, "
+    "or `docker compose up -d rabbitmq`, or set SLUICE_TEST_AMQP_URL",
+    "redis": 'start Redis: `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save ""`, '
+    "or `docker compose up -d redis`, or set SLUICE_TEST_REDIS_URL",
+}
+
+
+def _answers(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def _container(kind: str) -> Iterator[str]:
+    if kind == "amqp":
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.13-management") as rmq:
+            host, port = rmq.get_container_host_ip(), rmq.get_exposed_port(5672)
+            yield f"amqp://guest:guest@{host}:{port}/"
+    else:
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7") as red:
+            host, port = red.get_container_host_ip(), red.get_exposed_port(6379)
+            yield f"redis://{host}:{port}/0"
+
+
+@contextlib.contextmanager
+def _broker_url(kind: str) -> Iterator[str]:
+    env = os.environ.get(f"SLUICE_TEST_{kind.upper()}_URL")
+    local, port = (LOCAL_AMQP, 5672) if kind == "amqp" else (LOCAL_REDIS, 6379)
+    if env:
+        yield env
+    elif _docker_answers():
+        with _container(kind) as url:
+            yield url
+    elif _answers(local, port):
+        yield local
+    else:
+        pytest.fail(f"no {kind} broker for the tests: {HOW_TO_START[kind]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """URL of a real RabbitMQ."""
+    with _broker_url("amqp") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real Redis."""
+    with _broker_url("redis") as url:
+        yield url
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short name unique to this test, for queue prefixes and Redis keys."""
+    return "t" + uuid.uuid4().hex[:10]
