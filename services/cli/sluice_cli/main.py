@@ -1,2 +1,87 @@
-def main() -> None:
-    pass
+"""``sluice``: one command, every subcommand.
+
+Each service keeps its commands in its own ``cli`` module, which imports only typer at the top and
+everything heavy inside the command, so ``sluice worker`` never loads the HTTP stack and
+``sluice --help`` stays fast.
+
+Errors: a bad argument or a failure sluice expected prints one line, ``sluice: error: ...``, on
+stderr and exits non-zero (2 for usage, 1 otherwise); never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from pydantic import ValidationError
+
+from sluice.errors import SluiceError
+from sluice_cli import config_cmd
+
+try:  # typer >= 0.23 vendors click; older releases use the click package
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover
+    import click.exceptions as cx  # type: ignore[no-redef]
+
+app = typer.Typer(
+    name="sluice",
+    help="sluice: async tasks on RabbitMQ with global rate limits, retries, breakers and dedup on Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """sluice: async tasks on RabbitMQ with global rate limits, retries, breakers and dedup on Redis."""
+
+
+def _register() -> None:
+    from sluice_metrics import cli as metrics_cli
+    from sluice_producer import cli as producer_cli
+    from sluice_worker import cli as worker_cli
+
+    app.command("config")(config_cmd.config)
+    producer_cli.register(app)
+    worker_cli.register(app)
+    metrics_cli.register(app)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, ValidationError):
+        errs = e.errors()
+        first = errs[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "value"
+        more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+        return f"invalid setting {loc}: {first['msg']}{more}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``sluice`` console script."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False, prog_name="sluice")
+    except cx.NoArgsIsHelpError as e:
+        # `sluice` alone: the help text is what the user asked for
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(0)
+    except cx.UsageError as e:
+        sys.stderr.write(f"sluice: error: {_one_line(e)} (try 'sluice --help')\n")
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.stderr.write("sluice: aborted\n")
+        sys.exit(130)
+    except cx.ClickException as e:
+        sys.stderr.write(f"sluice: error: {_one_line(e)}\n")
+        sys.exit(e.exit_code)
+    except (SluiceError, ValidationError) as e:
+        sys.stderr.write(f"sluice: error: {_one_line(e)}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("sluice: interrupted\n")
+        sys.exit(130)

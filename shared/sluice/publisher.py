@@ -1,0 +1,210 @@
+"""Publishing tasks with publisher confirms, many in flight at once.
+
+Every publish is persistent, ``mandatory`` (an unroutable task raises instead of vanishing) and
+confirmed by the broker before it counts as sent. :meth:`Publisher.publish_many` keeps up to
+``publish_window`` publishes awaiting their confirm at once instead of one round trip per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from sluice.connection import BROKER_ERRORS, connect
+from sluice.errors import (
+    BrokerUnavailable,
+    PublishNacked,
+    PublishReturned,
+    PublishTimeout,
+    SluiceError,
+)
+from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body
+from sluice.settings import Settings
+from sluice.topology import Topology
+
+__all__ = ["PublishOutcome", "PublishReport", "Publisher"]
+
+
+@dataclass(slots=True)
+class PublishOutcome:
+    """One task of a bulk publish: its id, and the error if it was not confirmed."""
+
+    index: int
+    task_id: str
+    error: SluiceError | None = None
+
+
+@dataclass(slots=True)
+class PublishReport:
+    confirmed: int = 0
+    failed: list[PublishOutcome] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.confirmed + len(self.failed)
+
+
+class Publisher:
+    """An async context manager owning one connection and one confirm-mode channel."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connection: AbstractRobustConnection | None = None,
+        name: str = "sluice-publisher",
+    ) -> None:
+        self.settings = settings
+        self.topology = Topology.from_settings(settings)
+        self._name = name
+        self._conn = connection
+        self._own_conn = connection is None
+        self._channel: AbstractChannel | None = None
+        self._tasks_ex: AbstractExchange | None = None
+        self._dead_ex: AbstractExchange | None = None
+        self._queues: set[str] = set()
+        self._declare_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        if self._conn is None:
+            self._conn = await connect(self.settings, self._name)
+        try:
+            self._channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+            self._tasks_ex, self._dead_ex = await self.topology.declare_base(self._channel)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._channel.close()
+            self._channel = None
+        if self._own_conn and self._conn is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._conn.close()
+            self._conn = None
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        if self._conn is None:
+            raise BrokerUnavailable("publisher is not open")
+        return self._conn
+
+    @property
+    def is_connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed and self._channel is not None
+
+    async def ensure_queue(self, name: str) -> None:
+        """Declare the work queue ``name`` (once per publisher) so a task for it is routable."""
+        if name in self._queues:
+            return
+        async with self._declare_lock:
+            if name in self._queues:
+                return
+            if self._channel is None:
+                raise BrokerUnavailable("publisher is not open")
+            try:
+                await self.topology.declare_queue(self._channel, name)
+            except BROKER_ERRORS as e:
+                raise BrokerUnavailable(f"cannot declare queue {name!r}: {e}") from None
+            self._queues.add(name)
+
+    def message(self, msg: TaskMessage, body: bytes | None = None) -> aio_pika.Message:
+        """The AMQP message for a task (body encoded and size-checked if not given)."""
+        if body is None:
+            body = encode_body(msg.payload, self.settings.max_message_bytes)
+        return aio_pika.Message(
+            body,
+            content_type=CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=msg.id,
+            headers=msg.headers(),
+            app_id="sluice",
+        )
+
+    async def publish(self, msg: TaskMessage, body: bytes | None = None) -> str:
+        """Publish one task and wait for its confirm. Returns the task id."""
+        await self.ensure_queue(msg.queue)
+        if self._tasks_ex is None:
+            raise BrokerUnavailable("publisher is not open")
+        await self._confirmed(self._tasks_ex.publish(self.message(msg, body), routing_key=msg.queue))
+        return msg.id
+
+    async def publish_raw(self, message: aio_pika.Message, routing_key: str, *, dead: bool = False) -> None:
+        """Publish a prepared message to the tasks exchange (or the dead-letter exchange), confirmed."""
+        ex = self._dead_ex if dead else self._tasks_ex
+        if ex is None:
+            raise BrokerUnavailable("publisher is not open")
+        await self._confirmed(ex.publish(message, routing_key=routing_key))
+
+    async def _confirmed(self, pending: Awaitable[Any]) -> None:
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout):
+                await pending
+        except TimeoutError:
+            raise PublishTimeout(
+                f"no confirm within {self.settings.publish_timeout:g}s (broker down or blocked by an alarm?)"
+            ) from None
+        except aiormq.exceptions.PublishError as e:
+            raise PublishReturned(f"unroutable: {e.frame!r}") from None
+        except aiormq.exceptions.DeliveryError as e:
+            raise PublishNacked(f"the broker refused the task: {e.frame!r}") from None
+        except BROKER_ERRORS as e:
+            raise BrokerUnavailable(f"lost the broker before the confirm: {e!r}") from None
+
+    async def publish_many(
+        self,
+        messages: Iterable[TaskMessage] | AsyncIterable[TaskMessage],
+        on_done: Callable[[PublishOutcome], None] | None = None,
+    ) -> PublishReport:
+        """Publish every task with up to ``publish_window`` confirms outstanding; never raises per task.
+
+        Each outcome (confirmed or not) is passed to ``on_done`` as it completes.
+        """
+        report = PublishReport()
+        window = asyncio.Semaphore(self.settings.publish_window)
+
+        async def one(i: int, msg: TaskMessage) -> None:
+            out = PublishOutcome(i, msg.id)
+            try:
+                await self.publish(msg)
+                report.confirmed += 1
+            except SluiceError as e:
+                out.error = e
+                report.failed.append(out)
+            finally:
+                window.release()
+            if on_done is not None:
+                on_done(out)
+
+        async with asyncio.TaskGroup() as tg:
+            i = 0
+            async for msg in _aiter(messages):
+                await window.acquire()
+                tg.create_task(one(i, msg))
+                i += 1
+        return report
+
+
+async def _aiter(items: Iterable[TaskMessage] | AsyncIterable[TaskMessage]) -> AsyncIterable[TaskMessage]:
+    if isinstance(items, AsyncIterable):
+        async for m in items:
+            yield m
+    else:
+        for m in items:
+            yield m

@@ -1,0 +1,92 @@
+"""Settings, read once from the environment (prefix ``SLUICE_``) in each service's ``main``.
+
+Nothing reads the environment at import time: build a :class:`Settings` where the program starts
+and pass it down.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "mask_url"]
+
+MiB = 1024 * 1024
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class Settings(BaseSettings):
+    """Every knob of every sluice service. Environment variable = ``SLUICE_`` + the field name."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
+
+    # brokers
+    amqp_url: str = Field("amqp://guest:guest@localhost:5672/", description="RabbitMQ URL")
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL")
+
+    # topology
+    prefix: str = Field(
+        "sluice", pattern=r"^[A-Za-z0-9_\-]+$", description="prefix of every exchange and queue"
+    )
+    queue_type: Literal["quorum", "classic"] = Field("quorum", description="type of the work queues")
+    default_queue: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_\-.]+$", description="queue for tasks that name none"
+    )
+    delivery_limit: int = Field(
+        20, ge=1, description="quorum queues: deliveries before a message is dead-lettered as poison"
+    )
+
+    # messages
+    max_message_bytes: int = Field(MiB, ge=1024, le=128 * MiB, description="size cap on a message body")
+
+    # publishing
+    publish_timeout: float = Field(10.0, gt=0, description="seconds to wait for a publisher confirm")
+    publish_window: int = Field(1000, ge=1, description="publishes awaiting confirm at once")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to wait for a broker connection")
+
+    # worker
+    concurrency: int = Field(64, ge=1, description="tasks run at once by one worker process")
+    prefetch: int = Field(256, ge=1, le=2000, description="unacked deliveries the broker sends ahead")
+    grace_period: float = Field(30.0, ge=0, description="seconds in-flight tasks get to finish on shutdown")
+    sync_threads: int = Field(16, ge=1, description="threads for plain (non-async) handlers")
+
+    # HTTP services
+    producer_host: str = Field("127.0.0.1", description="producer HTTP bind address")
+    producer_port: int = Field(8000, ge=1, le=65535, description="producer HTTP port")
+    metrics_host: str = Field("127.0.0.1", description="metrics HTTP bind address")
+    metrics_port: int = Field(9108, ge=1, le=65535, description="metrics HTTP port")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings, secrets masked, for display."""
+        out = self.model_dump()
+        out["amqp_url"] = mask_url(self.amqp_url)
+        out["redis_url"] = mask_url(self.redis_url)
+        return out

@@ -1,0 +1,98 @@
+"""Names and declarations of everything sluice keeps on RabbitMQ.
+
+Every name starts with the configured prefix (``sluice`` by default)::
+
+    {prefix}.tasks        direct exchange; a task for queue Q is published with routing key Q
+    {prefix}.q.{Q}        durable work queue for queue name Q (quorum by default, classic as an option)
+    {prefix}.dead         fanout exchange every work queue dead-letters to
+    {prefix}.dlq          the dead-letter queue, bound to {prefix}.dead
+
+Declaring is idempotent: every service declares what it uses when it starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from sluice.errors import ConfigError
+from sluice.settings import Settings
+
+__all__ = ["QUEUE_NAME", "Topology"]
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,200}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    prefix: str = "sluice"
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    delivery_limit: int = 20
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Topology:
+        return cls(prefix=s.prefix, queue_type=s.queue_type, delivery_limit=s.delivery_limit)
+
+    # ---- names
+    @property
+    def tasks_exchange(self) -> str:
+        return f"{self.prefix}.tasks"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    def queue(self, name: str) -> str:
+        """The RabbitMQ queue that holds sluice queue ``name``."""
+        check_queue_name(name)
+        return f"{self.prefix}.q.{name}"
+
+    def queue_arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"x-dead-letter-exchange": self.dead_exchange}
+        if self.queue_type == "quorum":
+            args.update(
+                {
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": self.delivery_limit,
+                    # at-least-once dead-lettering needs reject-publish overflow (RabbitMQ >= 3.10)
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                }
+            )
+        return args
+
+    def dead_queue_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
+
+    # ---- declarations
+    async def declare_base(self, channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
+        """The tasks exchange, the dead-letter exchange and the DLQ. Returns (tasks, dead)."""
+        tasks = await channel.declare_exchange(
+            self.tasks_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead = await channel.declare_exchange(self.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        dlq = await channel.declare_queue(
+            self.dead_queue, durable=True, arguments=self.dead_queue_arguments()
+        )
+        await dlq.bind(dead, routing_key="")
+        return tasks, dead
+
+    async def declare_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
+        """The work queue for ``name``, bound to the tasks exchange with routing key ``name``."""
+        queue = await channel.declare_queue(self.queue(name), durable=True, arguments=self.queue_arguments())
+        await queue.bind(self.tasks_exchange, routing_key=name)
+        return queue
+
+
+def check_queue_name(name: str) -> str:
+    if not QUEUE_NAME.match(name):
+        raise ConfigError(f"bad queue name {name!r}: use 1-200 of A-Z a-z 0-9 _ - .")
+    return name
