@@ -40,13 +40,26 @@ def _answers(url: str, default_port: int) -> bool:
 
 
 def _docker_answers() -> bool:
+    """True when a Docker engine answers its /_ping (on DOCKER_HOST or the default socket)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        import docker  # type: ignore[import-untyped]
-
-        client = docker.from_env(timeout=2)
-        client.ping()
-        return True
-    except Exception:
+        if host.startswith("unix://"):
+            path = host.removeprefix("unix://")
+            if not os.path.exists(path):
+                return False
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(2)
+            sock.connect(path)
+        elif host.startswith("tcp://"):
+            parts = urlsplit(host)
+            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 2375), timeout=2)
+        else:
+            return False
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            head = sock.recv(64)
+        return head.startswith(b"HTTP/1.") and b" 200 " in head
+    except OSError:
         return False
 
 

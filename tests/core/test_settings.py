@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sluice.settings import Settings, mask_url
+
+
+def test_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(__import__("os").environ):
+        if k.startswith("SLUICE_"):
+            monkeypatch.delenv(k)
+    s = Settings()
+    assert s.amqp_url == "amqp://guest:guest@localhost:5672/"
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert (s.producer_port, s.metrics_port, s.max_message_bytes) == (8000, 9108, 1024 * 1024)
+    assert (s.prefix, s.queue_type) == ("sluice", "quorum")
+
+
+def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_PREFIX", "acme")
+    monkeypatch.setenv("SLUICE_QUEUE_TYPE", "classic")
+    monkeypatch.setenv("SLUICE_CONCURRENCY", "7")
+    s = Settings()
+    assert (s.prefix, s.queue_type, s.concurrency) == ("acme", "classic", 7)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("amqp_url", "http://x"),
+        ("redis_url", "amqp://x"),
+        ("prefix", "a b"),
+        ("queue_type", "stream"),
+        ("prefetch", 0),
+    ],
+)
+def test_bad_values_are_refused(field: str, value: object) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{field: value})
+
+
+def test_secrets_are_masked() -> None:
+    s = Settings(amqp_url="amqp://u:s3cret@h:5672/v", redis_url="redis://:pw@r:6379/1")
+    shown = s.masked()
+    assert shown["amqp_url"] == "amqp://u:***@h:5672/v"
+    assert shown["redis_url"] == "redis://:***@r:6379/1"
+    assert "s3cret" not in str(shown) and "pw@" not in str(shown)
+    assert mask_url("redis://r:6379/0") == "redis://r:6379/0"
