@@ -1,9 +1,54 @@
-"""Commands of the metrics service (filled in by its owner)."""
+"""``sluice metrics``: the Prometheus endpoint of a sluice deployment.
+
+Only typer is imported here; the HTTP stack loads inside the command.
+"""
 
 from __future__ import annotations
 
 import typer
 
+__all__ = ["metrics", "register"]
+
+
+def metrics(
+    host: str | None = typer.Option(None, "--host", help="bind address [default: SLUICE_METRICS_HOST]"),
+    port: int | None = typer.Option(
+        None, "--port", min=0, max=65535, help="port, 0 for any free one [default: SLUICE_METRICS_PORT]"
+    ),
+    queues: list[str] = typer.Option(
+        [],
+        "--queues",
+        "-q",
+        help="extra work queues to report (repeat, or comma-separated); "
+        "the default queue and the DLQ are always reported",
+    ),
+    scrape_timeout: float = typer.Option(
+        3.0, "--scrape-timeout", min=0.1, help="seconds a scrape may spend reading RabbitMQ"
+    ),
+) -> None:
+    """Serve GET /metrics (queue depth and consumers per sluice queue, broker up) and GET /healthz."""
+    import logging
+
+    from sluice.settings import Settings
+    from sluice.topology import check_queue_name
+    from sluice_metrics.service import run, serve
+
+    settings = Settings()
+    names = [q.strip() for arg in queues for q in arg.split(",") if q.strip()]
+    for name in names:
+        check_queue_name(name)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(
+        serve(
+            settings,
+            host=settings.metrics_host if host is None else host,
+            port=settings.metrics_port if port is None else port,
+            queues=names,
+            scrape_timeout=scrape_timeout,
+        )
+    )
+
 
 def register(app: typer.Typer) -> None:
     """Add this service's commands to the ``sluice`` app."""
+    app.command("metrics")(metrics)

@@ -1,0 +1,141 @@
+"""Queue depth and consumer count, read from RabbitMQ over AMQP at scrape time.
+
+A passive ``queue.declare`` answers with the queue's ready-message count and consumer count without
+creating or changing anything, so this needs no management plugin. A queue that does not exist makes
+the broker close the channel (404): it is reported absent, the channel is reopened and the read goes
+on with the next queue.
+
+The source keeps one plain (not robust) connection between reads and drops it on any broker error;
+the next read connects again. Every read finishes within its timeout: a broker outage makes a read
+come back quickly with ``broker_up=False`` instead of hanging a scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from sluice.connection import BROKER_ERRORS
+from sluice.settings import Settings
+from sluice.topology import Topology
+
+__all__ = ["QueueSnapshot", "QueueStats", "QueueStatsSource", "queues_to_watch"]
+
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue as the broker reported it: ``present`` False when it does not exist."""
+
+    queue: str
+    present: bool
+    messages: int = 0
+    consumers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """The result of one read: every watched queue, and what went wrong (error kind -> count)."""
+
+    broker_up: bool
+    queues: tuple[QueueStats, ...] = ()
+    errors: dict[str, int] = field(default_factory=dict)
+    duration: float = 0.0
+
+
+def queues_to_watch(settings: Settings, extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """RabbitMQ names of the queues to report: the default work queue, ``extra`` work queues, the DLQ."""
+    topo = Topology.from_settings(settings)
+    names = [topo.queue(settings.default_queue), *(topo.queue(q) for q in extra), topo.dead_queue]
+    return tuple(dict.fromkeys(names))  # de-duplicated, order kept
+
+
+class QueueStatsSource:
+    """Reads :class:`QueueStats` for a fixed list of queues. An async context manager.
+
+    Reads are serialised: two scrapes at once take turns on the one connection.
+    """
+
+    def __init__(self, settings: Settings, queues: Sequence[str], *, timeout: float = 3.0) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._url = settings.amqp_url
+        self._queues = tuple(queues)
+        self._timeout = timeout
+        self._connection: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return self._queues
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection, if any; the next read opens a new one."""
+        conn, self._connection = self._connection, None
+        if conn is not None and not conn.is_closed:
+            with contextlib.suppress(*_CLOSE_ERRORS):
+                async with asyncio.timeout(1.0):
+                    await conn.close()
+
+    async def read(self) -> QueueSnapshot:
+        """Stats of every watched queue, or ``broker_up=False``; never longer than the timeout."""
+        async with self._lock:
+            started = time.monotonic()
+            errors: dict[str, int] = {}
+            try:
+                async with asyncio.timeout(self._timeout):
+                    stats = await self._read_all(errors)
+            except TimeoutError:
+                errors["timeout"] = errors.get("timeout", 0) + 1
+                await self.aclose()
+                return QueueSnapshot(False, errors=errors, duration=time.monotonic() - started)
+            except BROKER_ERRORS:
+                errors["broker"] = errors.get("broker", 0) + 1
+                await self.aclose()
+                return QueueSnapshot(False, errors=errors, duration=time.monotonic() - started)
+            return QueueSnapshot(True, stats, errors, time.monotonic() - started)
+
+    async def _read_all(self, errors: dict[str, int]) -> tuple[QueueStats, ...]:
+        conn = await self._connect()
+        channel: AbstractChannel = await conn.channel(publisher_confirms=False)
+        out: list[QueueStats] = []
+        try:
+            for name in self._queues:
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    errors["missing_queue"] = errors.get("missing_queue", 0) + 1
+                    out.append(QueueStats(name, present=False))
+                    channel = await conn.channel(publisher_confirms=False)  # the 404 closed the old one
+                    continue
+                ok = queue.declaration_result
+                out.append(QueueStats(name, True, int(ok.message_count or 0), int(ok.consumer_count or 0)))
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return tuple(out)
+
+    async def _connect(self) -> AbstractConnection:
+        if self._connection is None or self._connection.is_closed:
+            self._connection = await aio_pika.connect(
+                self._url, client_properties={"connection_name": "sluice-metrics"}
+            )
+        return self._connection
