@@ -1,0 +1,78 @@
+"""Batching: script calls made while a batch is in flight go out together in one pipeline.
+
+The first call in a loop iteration schedules a flush for the end of that iteration; everything
+submitted until then shares one pipeline (one round trip). With ``max_inflight`` batches already
+on the wire the new calls wait and pile up, so under load the batch size grows by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ._scripts import Call, ScriptRunner
+from .errors import BackendUnavailable
+
+__all__ = ["Coalescer"]
+
+
+class Coalescer:
+    def __init__(self, runner: ScriptRunner, *, max_batch: int = 256, max_inflight: int = 2) -> None:
+        if max_batch < 1 or max_inflight < 1:
+            raise ValueError("max_batch and max_inflight must be at least 1")
+        self._runner = runner
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, call: Call) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((call, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._pending and self._inflight < self._max_inflight:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            self._inflight += 1
+            task = asyncio.ensure_future(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._runner.run_many([call for call, _ in batch])
+        except asyncio.CancelledError:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(BackendUnavailable("batch cancelled"))
+            raise
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._flush()
+
+    async def aclose(self) -> None:
+        """Wait for the batches on the wire."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

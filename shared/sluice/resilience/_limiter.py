@@ -1,0 +1,246 @@
+"""What the rate limiters share: decisions, waiting, batching and the outage policy.
+
+A subclass supplies the script and its arguments, the reply parser and the local model used when
+failing open; everything else (one round trip per decision, or one pipeline per batch; the
+``acquire`` wait; outage handling) lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self, TypedDict, Unpack
+
+from redis.asyncio import Redis
+
+from ._coalesce import Coalescer
+from ._scripts import Arg, Script, ScriptRunner
+from .errors import BackendUnavailable, RateLimited
+from .keys import KeySpace
+from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
+
+__all__ = ["Acquisition", "Decision", "LimiterOptions", "Rate", "RateLimiterBase"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+_MAX_LOCAL_NAMES = 10_000
+
+
+class LimiterOptions(TypedDict, total=False):
+    """Options every rate limiter takes (all keyword-only, all optional).
+
+    ``keys``: the key prefix (default ``KeySpace()``); ``timeout``: seconds any Redis call may take
+    (default 0.5); ``outage``: the outage policy (default ``FailClosed()``); ``coalesce``: batch
+    concurrent decisions into one pipeline (default off); ``clock`` and ``sleep``: injected for tests
+    (local time only: decisions use Redis' clock); ``logger``.
+    """
+
+    keys: KeySpace | None
+    timeout: float
+    outage: OutagePolicy | None
+    coalesce: bool
+    clock: Clock
+    sleep: Sleep
+    logger: logging.Logger | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``limit`` units per ``period`` seconds."""
+
+    limit: int
+    period: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.period <= 0:
+            raise ValueError(f"a rate needs limit >= 1 and period > 0, not {self.limit}/{self.period}")
+
+    @classmethod
+    def per_second(cls, limit: int) -> Rate:
+        return cls(limit, 1.0)
+
+    @classmethod
+    def per_minute(cls, limit: int) -> Rate:
+        return cls(limit, 60.0)
+
+    @property
+    def period_us(self) -> int:
+        return round(self.period * 1_000_000)
+
+    def scaled(self, share: float) -> Rate:
+        """A ``share`` of this rate, never below one unit per period."""
+        return Rate(max(1, math.floor(self.limit * share)), self.period)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A limiter's answer. ``retry_after`` is seconds until the call could fit (``inf``: never)."""
+
+    allowed: bool
+    retry_after: float
+    remaining: int
+    server_time_us: int = 0  # Redis' clock at the decision; 0 when the outage policy decided
+    degraded: bool = False  # decided by the outage policy, not by Redis
+
+
+class _Model(Protocol):
+    def decide(self, now: int, cost: int = 1, peek: bool = False) -> tuple[int, ...]: ...
+
+
+def _seconds(us: int) -> float:
+    return math.inf if us < 0 else us / 1_000_000
+
+
+class RateLimiterBase(ABC):
+    """Common machinery; see :class:`GCRALimiter` and :class:`SlidingWindowLimiter`."""
+
+    kind = "limit"
+
+    def __init__(self, redis: Redis, **options: Unpack[LimiterOptions]) -> None:
+        keys = options.get("keys") or KeySpace()
+        clock = options.get("clock", time.monotonic)
+        self._keys = keys
+        self._runner = ScriptRunner(redis, timeout=options.get("timeout", 0.5))
+        self._coalescer = Coalescer(self._runner) if options.get("coalesce", False) else None
+        self._clock = clock
+        self._sleep = options.get("sleep", asyncio.sleep)
+        self._outage = OutageMonitor(
+            f"{type(self).__name__}({keys.prefix})",
+            options.get("outage") or FailClosed(),
+            clock=clock,
+            logger=options.get("logger"),
+        )
+        self._local: dict[str, _Model] = {}
+
+    # -- what a subclass supplies
+    @property
+    @abstractmethod
+    def _script(self) -> Script: ...
+
+    @abstractmethod
+    def _args(self, cost: int, peek: bool) -> list[Arg]: ...
+
+    @abstractmethod
+    def _parse(self, reply: Sequence[int]) -> Decision: ...
+
+    @abstractmethod
+    def _local_model(self) -> _Model: ...
+
+    # -- public API
+    @property
+    def outage_stats(self) -> OutageStats:
+        return self._outage.stats
+
+    def key(self, name: str) -> str:
+        return self._keys.key(self.kind, name)
+
+    async def try_acquire(self, name: str, cost: int = 1) -> Decision:
+        """Take ``cost`` units of ``name`` if they fit now; never waits. One round trip."""
+        return await self._decide(name, cost, peek=False)
+
+    async def peek(self, name: str, cost: int = 1) -> Decision:
+        """Would ``cost`` units fit now? Takes nothing."""
+        return await self._decide(name, cost, peek=True)
+
+    async def reset(self, name: str) -> None:
+        """Forget everything about ``name`` (a full bucket again)."""
+        self._local.pop(name, None)
+        await self._runner.command("DEL", self.key(name))
+
+    def acquire(self, name: str, cost: int = 1, *, max_wait: float | None = None) -> Acquisition:
+        """Wait until ``cost`` units of ``name`` are taken; ``await`` it or use ``async with``.
+
+        Raises :class:`RateLimited` when ``max_wait`` seconds pass first (or the cost can never fit) and
+        :class:`BackendUnavailable` when Redis is down under a fail-closed policy.
+        """
+        return Acquisition(lambda: self._wait(name, cost, max_wait))
+
+    async def aclose(self) -> None:
+        if self._coalescer is not None:
+            await self._coalescer.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- machinery
+    async def _wait(self, name: str, cost: int, max_wait: float | None) -> Decision:
+        decision: Decision | None = None
+        try:
+            async with asyncio.timeout(max_wait):
+                while True:
+                    decision = await self._decide(name, cost, peek=False)
+                    if decision.allowed:
+                        return decision
+                    if decision.degraded and not self._outage.fail_open:
+                        raise BackendUnavailable(f"{self.key(name)}: redis unreachable, failing closed")
+                    if math.isinf(decision.retry_after):
+                        raise RateLimited(f"{self.key(name)}: cost {cost} can never fit", math.inf)
+                    await self._sleep(decision.retry_after)
+        except TimeoutError:
+            retry = decision.retry_after if decision is not None else math.inf
+            raise RateLimited(f"{self.key(name)}: no room within {max_wait} s", retry) from None
+
+    async def _decide(self, name: str, cost: int, peek: bool) -> Decision:
+        if cost < 0:
+            raise ValueError("cost must not be negative")
+        if not self._outage.should_try():
+            return self._fallback(name, cost, peek)
+        try:
+            reply = await self._call(name, cost, peek)
+        except BackendUnavailable as exc:
+            self._outage.failed(exc)
+            return self._fallback(name, cost, peek)
+        self._outage.succeeded()
+        return self._parse(reply)
+
+    async def _call(self, name: str, cost: int, peek: bool, now_us: int | None = None) -> Any:
+        """The raw script reply. ``now_us`` overrides the server clock: for tests only."""
+        call = (self._script, [self.key(name)], ["" if now_us is None else now_us, *self._args(cost, peek)])
+        if self._coalescer is not None:
+            return await self._coalescer.submit(call)
+        return await self._runner.run(*call)
+
+    def _fallback(self, name: str, cost: int, peek: bool) -> Decision:
+        self._outage.fell_back()
+        policy = self._outage.policy
+        if isinstance(policy, FailClosed):
+            return Decision(False, policy.probe_interval, 0, degraded=True)
+        model = self._local.get(name)
+        if model is None:
+            if len(self._local) >= _MAX_LOCAL_NAMES:
+                self._local.clear()
+            model = self._local[name] = self._local_model()
+        reply = model.decide(round(self._clock() * 1_000_000), cost, peek)
+        return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], degraded=True)
+
+
+class Acquisition:
+    """The result of ``acquire``: await it for the :class:`Decision`, or ``async with`` it."""
+
+    __slots__ = ("_start",)
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, Decision]]) -> None:
+        self._start = start
+
+    def __await__(self) -> Generator[Any, None, Decision]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Decision:
+        return await self._start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None

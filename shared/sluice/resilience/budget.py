@@ -1,0 +1,107 @@
+"""Fleet-wide retry budget (after Finagle's RetryBudget and Envoy's retry budgets).
+
+Every first attempt deposits a call; a retry is allowed while the retries of the last ``window``
+seconds stay within ``ratio`` of the calls in that window plus ``min_per_second`` per second.
+During an outage of the called service every process's retries draw from the same budget, so the
+fleet sends at most ``ratio`` more load, not ``max_attempts`` times the load (a retry storm).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from . import _lua
+from ._reference import GCRAModel
+from ._scripts import ScriptRunner
+from .errors import BackendUnavailable
+from .keys import KeySpace
+from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
+
+__all__ = ["RetryBudget"]
+
+
+class RetryBudget:
+    """Retries allowed: ``ratio`` x calls in the last ``window`` seconds + ``min_per_second`` x ``window``."""
+
+    kind = "budget"
+
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        *,
+        ratio: float = 0.2,
+        min_per_second: float = 10.0,
+        window: int = 10,
+        keys: KeySpace | None = None,
+        timeout: float = 0.5,
+        outage: OutagePolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if ratio < 0 or min_per_second < 0 or window < 1:
+            raise ValueError("ratio >= 0, min_per_second >= 0 and window >= 1 s are required")
+        self.name = name
+        self.ratio = ratio
+        self.min_per_second = min_per_second
+        self.window = window
+        self.key = (keys or KeySpace()).key(self.kind, name)
+        self._runner = ScriptRunner(redis, timeout=timeout)
+        self._clock = clock
+        self._outage = OutageMonitor(
+            f"RetryBudget({name})", outage or FailClosed(), clock=clock, logger=logger
+        )
+        self._local: GCRAModel | None = None
+
+    @property
+    def outage_stats(self) -> OutageStats:
+        return self._outage.stats
+
+    async def record_call(self, n: int = 1) -> None:
+        """Deposit ``n`` first attempts. Never raises for Redis trouble (the deposit is skipped)."""
+        if self._outage.should_try():
+            try:
+                await self._call("call", n)
+            except BackendUnavailable as exc:
+                self._outage.failed(exc)
+            else:
+                self._outage.succeeded()
+
+    async def try_retry(self) -> bool:
+        """Withdraw one retry if the budget has one."""
+        if not self._outage.should_try():
+            return self._fallback()
+        try:
+            reply = await self._call("retry", 0)
+        except BackendUnavailable as exc:
+            self._outage.failed(exc)
+            return self._fallback()
+        self._outage.succeeded()
+        return bool(reply[0] == 1)
+
+    async def _call(self, kind: str, n: int, now_us: int | None = None) -> list[int]:
+        """The raw script reply; ``now_us`` overrides the server clock, for tests only."""
+        args = [
+            "" if now_us is None else now_us,
+            kind,
+            n,
+            self.window,
+            repr(self.ratio),
+            repr(self.min_per_second),
+        ]
+        reply: list[int] = await self._runner.run(_lua.BUDGET, [self.key], args)
+        return reply
+
+    def _fallback(self) -> bool:
+        self._outage.fell_back()
+        if isinstance(self._outage.policy, FailClosed):
+            return False
+        if self._local is None:
+            per_second = max(self.min_per_second * self._outage.local_share, 1e-3)
+            emission = 1_000_000 / per_second
+            self._local = GCRAModel(emission, emission)
+        return bool(self._local.decide(round(self._clock() * 1_000_000))[0])

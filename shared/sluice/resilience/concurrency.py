@@ -1,0 +1,183 @@
+"""Distributed semaphore: at most ``limit`` holders of a name across every process.
+
+Leases live in a sorted set scored by their expiry (server time). The acquire script first drops
+expired leases -- a crashed holder's slot comes back after one lease time -- then grants one if
+there is room. A running holder's heartbeat renews its lease every ``heartbeat`` seconds. Each grant
+carries a fencing token that only grows (never below the server clock in µs, so it grows even after
+the keys expired): pass it to the protected resource so it can refuse a holder whose lease lapsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from . import _lua
+from ._scripts import ScriptRunner
+from .errors import BackendUnavailable, ConcurrencyLimited
+from .keys import KeySpace
+from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
+
+__all__ = ["ConcurrencyLimiter", "Lease"]
+
+_log = logging.getLogger("sluice.resilience")
+
+
+@dataclass(slots=True)
+class Lease:
+    """One granted slot. ``token`` is the fencing token (0 for a local lease taken while failing open)."""
+
+    name: str
+    token: int
+    local: bool = False
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ConcurrencyLimiter:
+    """``async with sem.acquire("stripe") as lease:`` -- at most ``limit`` holders at once, fleet-wide."""
+
+    kind = "sem"
+
+    def __init__(
+        self,
+        redis: Redis,
+        limit: int,
+        *,
+        lease: float = 30.0,
+        heartbeat: float | None = None,
+        poll: float = 0.05,
+        keys: KeySpace | None = None,
+        timeout: float = 0.5,
+        outage: OutagePolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if limit < 1 or lease <= 0 or poll <= 0:
+            raise ValueError("limit >= 1, lease > 0 and poll > 0 are required")
+        self.limit = limit
+        self.lease = lease
+        self.heartbeat = lease / 3 if heartbeat is None else heartbeat
+        if not 0 < self.heartbeat < lease:
+            raise ValueError("heartbeat must be shorter than the lease")
+        self._poll = poll
+        self._keys = keys or KeySpace()
+        self._runner = ScriptRunner(redis, timeout=timeout)
+        self._sleep = sleep
+        self._log = logger or _log
+        self._outage = OutageMonitor(
+            f"ConcurrencyLimiter({self._keys.prefix})", outage or FailClosed(), clock=clock, logger=logger
+        )
+        self._local_held: dict[str, int] = {}
+
+    @property
+    def outage_stats(self) -> OutageStats:
+        return self._outage.stats
+
+    def keys_of(self, name: str) -> tuple[str, str]:
+        return self._keys.key(self.kind, name, "leases"), self._keys.key(self.kind, name, "fence")
+
+    async def try_acquire(self, name: str) -> tuple[Lease | None, float]:
+        """A lease if a slot is free now, else ``None`` and the seconds until the oldest lease expires.
+
+        The caller must :meth:`release` the lease (and :meth:`renew` it if it holds it long);
+        :meth:`acquire` does both.
+        """
+        if not self._outage.should_try():
+            return self._fallback(name)
+        try:
+            reply = await self._call_acquire(name)
+        except BackendUnavailable as exc:
+            self._outage.failed(exc)
+            return self._fallback(name)
+        self._outage.succeeded()
+        if reply[0] == 1:
+            return Lease(name, int(reply[1])), 0.0
+        return None, reply[1] / 1_000_000
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, name: str, *, max_wait: float | None = None) -> AsyncIterator[Lease]:
+        """Hold a slot of ``name`` for the block, renewing it in the background.
+
+        Raises :class:`ConcurrencyLimited` if no slot frees within ``max_wait`` seconds. If a renewal finds the
+        lease gone (expired during a long stall), ``lease.lost`` is set: check it before a write.
+        """
+        lease = await self._wait(name, max_wait)
+        beat = None if lease.local else asyncio.create_task(self._heartbeat(lease))
+        try:
+            yield lease
+        finally:
+            if beat is not None:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+            await self.release(lease)
+
+    async def renew(self, lease: Lease) -> bool:
+        """Push the lease's expiry one lease time ahead; False (and ``lease.lost`` set) if it was gone."""
+        if lease.local:
+            return True
+        leases, _ = self.keys_of(lease.name)
+        ok = await self._runner.run(
+            _lua.LEASE_RENEW, [leases], ["", round(self.lease * 1_000_000), lease.token]
+        )
+        if ok != 1:
+            lease.lost.set()
+        return bool(ok == 1)
+
+    async def release(self, lease: Lease) -> None:
+        """Give the slot back. Never raises for Redis trouble: an unreleased lease expires by itself."""
+        if lease.local:
+            self._local_held[lease.name] -= 1
+            return
+        try:
+            await self._runner.command("ZREM", self.keys_of(lease.name)[0], lease.token)
+        except BackendUnavailable as exc:
+            self._log.warning("lease %s/%s not released (it will expire): %s", lease.name, lease.token, exc)
+
+    async def _call_acquire(self, name: str, now_us: int | None = None) -> list[int]:
+        """The raw script reply; ``now_us`` overrides the server clock, for tests only."""
+        args = ["" if now_us is None else now_us, self.limit, round(self.lease * 1_000_000)]
+        reply: list[int] = await self._runner.run(_lua.LEASE_ACQUIRE, self.keys_of(name), args)
+        return reply
+
+    async def _wait(self, name: str, max_wait: float | None) -> Lease:
+        retry = math.inf
+        try:
+            async with asyncio.timeout(max_wait):
+                while True:
+                    lease, retry = await self.try_acquire(name)
+                    if lease is not None:
+                        return lease
+                    await self._sleep(min(retry, self._poll))
+        except TimeoutError:
+            raise ConcurrencyLimited(f"{name}: no slot within {max_wait} s", retry) from None
+
+    async def _heartbeat(self, lease: Lease) -> None:
+        while True:
+            await self._sleep(self.heartbeat)
+            try:
+                if not await self.renew(lease):
+                    self._log.warning(
+                        "lease %s/%s was lost before its holder finished", lease.name, lease.token
+                    )
+                    return
+            except BackendUnavailable as exc:
+                self._log.warning("lease %s/%s not renewed: %s", lease.name, lease.token, exc)
+
+    def _fallback(self, name: str) -> tuple[Lease | None, float]:
+        self._outage.fell_back()
+        policy = self._outage.policy
+        if isinstance(policy, FailClosed):
+            raise BackendUnavailable(f"{name}: redis unreachable, failing closed")
+        held = self._local_held.get(name, 0)
+        if held >= max(1, math.floor(self.limit * policy.local_share)):
+            return None, self._poll
+        self._local_held[name] = held + 1
+        return Lease(name, 0, local=True), 0.0

@@ -1,0 +1,46 @@
+"""Sliding-window counter: "at most N per window" quotas, O(1) memory per name.
+
+The estimate is this window's count plus the previous window's count weighted by the part of it
+still inside the sliding window. It is an approximation (it assumes the previous window's calls were
+evenly spread): each fixed window admits at most ``limit``, and any window of the same length at
+most ``2 * limit``; for exact "N in any window" use GCRA with ``burst = N``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Unpack
+
+from redis.asyncio import Redis
+
+from . import _lua
+from ._limiter import Decision, LimiterOptions, Rate, RateLimiterBase, _seconds
+from ._reference import SlidingWindowModel
+from ._scripts import Arg, Script
+
+__all__ = ["SlidingWindowLimiter"]
+
+
+class SlidingWindowLimiter(RateLimiterBase):
+    """``rate.limit`` units per sliding window of ``rate.period`` seconds, shared by every process."""
+
+    kind = "window"
+
+    def __init__(self, redis: Redis, rate: Rate, **options: Unpack[LimiterOptions]) -> None:
+        self.rate = rate
+        super().__init__(redis, **options)
+
+    @property
+    def _script(self) -> Script:
+        return _lua.WINDOW
+
+    def _args(self, cost: int, peek: bool) -> list[Arg]:
+        return [self.rate.period_us, self.rate.limit, cost, 1 if peek else 0]
+
+    def _parse(self, reply: Sequence[int]) -> Decision:
+        return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[3])
+
+    def _local_model(self) -> SlidingWindowModel:
+        share = self._outage.local_share
+        return SlidingWindowModel(self.rate.period_us, max(1, math.floor(self.rate.limit * share)))
