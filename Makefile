@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down test lint fmt bench bench-peers clean
+.PHONY: help install up test lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,8 +34,18 @@ fmt: install ## format and auto-fix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install ## sluice on the peer harness workloads (BENCH_N_NOOP, BENCH_N_IO, BENCH_REPEAT, BENCH_OUT)
-	$(BIN)/python bench/run.py
+PEERS ?= ../shared/bench/peers
+BENCH_VENV := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt $(wildcard $(PEERS)/requirements.txt)
+	@test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -r $(PEERS)/requirements.txt -r bench/requirements.txt -e .
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## sluice vs the raw aio-pika ceilings on the peer workloads (BENCH_VARIANTS=all adds the peers)
+	$(BENCH_VENV)/bin/python bench/run.py
 
 clean: ## remove .venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""sluice as a system under test in the peer harness (../shared/bench/peers).
+
+Same contract as the harness's peer modules:
+
+    python peer_sluice.py publish noop|io N   -> prints {"t0","t1","n"} (common.emit_publish_result)
+
+and a task module for ``sluice worker --tasks peer_sluice`` whose tasks call ``common.done()`` as their
+last statement. Queue type and prefix come from the environment (SLUICE_QUEUE_TYPE, SLUICE_PREFIX),
+set by bench/run.py per variant. The payload is the harness's (~100 B of JSON), validated by a
+pydantic model like any real sluice task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from common import AMQP_URL, IO_SLEEP, done, emit_publish_result, payload
+from pydantic import BaseModel
+
+from sluice.protocol import TaskMessage
+from sluice.publisher import Publisher
+from sluice.settings import Settings
+from sluice.tasks import task
+
+
+class BenchPayload(BaseModel):
+    i: int
+    kind: str
+    user: str
+    data: str
+
+
+@task("bench.noop")
+async def noop(p: BenchPayload) -> None:
+    done()
+
+
+@task("bench.io")
+async def io(p: BenchPayload) -> None:
+    await asyncio.sleep(IO_SLEEP)
+    done()
+
+
+async def publish(workload: str, n: int) -> None:
+    settings = Settings(amqp_url=AMQP_URL)
+    async with Publisher(settings, name="bench-publisher") as pub:
+        await pub.ensure_queue(settings.default_queue)
+        name = f"bench.{workload}"
+        t0 = time.time()
+        report = await pub.publish_many(TaskMessage(name, payload(i)) for i in range(n))
+        t1 = time.time()
+    if report.failed:
+        sys.exit(f"{len(report.failed)} publishes not confirmed, first: {report.failed[0].error}")
+    emit_publish_result(t0, t1, n)
+
+
+def main() -> None:
+    if len(sys.argv) != 4 or sys.argv[1] != "publish":
+        sys.exit("usage: peer_sluice.py publish noop|io N")
+    try:
+        import uvloop
+
+        uvloop.run(publish(sys.argv[2], int(sys.argv[3])))
+    except ImportError:
+        asyncio.run(publish(sys.argv[2], int(sys.argv[3])))
+
+
+if __name__ == "__main__":
+    main()

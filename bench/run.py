@@ -1,0 +1,109 @@
+"""``make bench``: the peer harness's workloads against sluice, ceilings (and optionally peers) in the same run.
+
+It imports the harness in ../shared/bench/peers (read-only; its measurement code is used as is) and adds
+two systems to it:
+
+    sluice-classic   ``sluice worker`` consuming a classic queue   -> compare with ``ceiling``
+    sluice-quorum    ``sluice worker`` consuming a quorum queue    -> compare with ``ceiling-quorum``
+
+Each runs the harness's primary tests: publish + drain (noop), end to end (noop), publish + drain (io),
+with one worker process (``--concurrency 256 --prefetch 256``, the ceiling's prefetch), persistent
+messages, publisher confirms, acks. The publisher is ``sluice.publisher.Publisher`` (bench/peer_sluice.py).
+
+Environment: BENCH_N_NOOP (20000), BENCH_N_IO (5000), BENCH_REPEAT (3) as in the harness;
+BENCH_VARIANTS (default: ceiling,ceiling-quorum,sluice-classic,sluice-quorum; ``all`` adds every peer);
+BENCH_OUT: write the summary rows (system, test, workload, n, rate, peak RSS, ...) as JSON there.
+The full JSON (with every run) goes to bench/results/bench-<time>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PEERS = Path(os.environ.get("BENCH_PEERS_DIR", HERE.parent.parent / "shared" / "bench" / "peers")).resolve()
+if not (PEERS / "run.py").exists():
+    sys.exit(f"peer harness not found at {PEERS} (set BENCH_PEERS_DIR)")
+sys.path.insert(0, str(PEERS))
+
+import run as harness  # noqa: E402  (the harness, by path)
+
+TARGET_XCEIL = 0.8
+TARGET_RSS_MB = 60.0
+CEILING_OF = {"sluice-classic": "ceiling", "sluice-quorum": "ceiling-quorum"}
+
+
+def add_sluice_variants() -> None:
+    sluice = str(Path(sys.executable).parent / "sluice")
+    for qt in ("classic", "quorum"):
+        module = str(HERE / f"peer_sluice_{qt}")
+        prefix = f"bench_sluice_{qt}"
+        env = {
+            "SLUICE_PREFIX": prefix,
+            "SLUICE_QUEUE_TYPE": qt,
+            "SLUICE_AMQP_URL": harness.AMQP_URL,
+            "SLUICE_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": f"{HERE}{os.pathsep}{PEERS}",
+        }
+        argv = [sluice, "worker", "--tasks", "peer_sluice", "--queues", "default"]
+        argv += ["--concurrency", "256", "--prefetch", "256"]
+        harness.VARIANTS[f"sluice-{qt}"] = (module, argv, env, harness.PRIMARY)
+        harness.QUEUES[module] = [f"{prefix}.q.default", f"{prefix}.dlq"]
+
+
+def verdicts(summary: list[dict[str, Any]]) -> list[str]:
+    """sluice rows against their own queue type's ceiling in the same run."""
+    rate = {(s["system"], s["test"], s["workload"]): s.get("rate") for s in summary}
+    lines = []
+    for s in summary:
+        ceiling = CEILING_OF.get(s["system"])
+        if ceiling is None:
+            continue
+        c = rate.get((ceiling, s["test"], s["workload"]))
+        if not (c and s.get("rate")):
+            lines.append(f"{s['system']:<15} {s['test']}:{s['workload']:<5} no comparison (missing rows)")
+            continue
+        s["xceil_same_queue_type"] = round(s["rate"] / c, 3)
+        ok = s["xceil_same_queue_type"] >= TARGET_XCEIL
+        rss = s.get("peak_rss_mb")
+        rss_ok = rss is None or rss < TARGET_RSS_MB
+        lines.append(
+            f"{s['system']:<15} {s['test'] + ':' + s['workload']:<14} {s['rate']:>7.0f}/s "
+            f"vs {ceiling} {c:>7.0f}/s = {s['xceil_same_queue_type']:.2f}x "
+            f"[{'ok' if ok else 'BELOW 0.8x'}]"
+            + (f"  peak RSS {rss:.1f} MB [{'ok' if rss_ok else 'OVER 60 MB'}]" if rss is not None else "")
+        )
+    return lines
+
+
+def main() -> None:
+    add_sluice_variants()
+    default = ["ceiling", "ceiling-quorum", "sluice-classic", "sluice-quorum"]
+    chosen = os.environ.get("BENCH_VARIANTS", "")
+    if chosen == "all":
+        os.environ["BENCH_VARIANTS"] = ",".join(default + harness.DEFAULT_VARIANTS[1:])
+    elif not chosen:
+        os.environ["BENCH_VARIANTS"] = ",".join(default)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    full = results / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    sys.argv = [sys.argv[0], str(full)]
+    harness.main()
+    data = json.loads(full.read_text())
+    lines = verdicts(data["summary"])
+    full.write_text(json.dumps(data, indent=1))
+    print("\nsluice against the raw aio-pika ceiling on the same queue type, same run:")
+    print("\n".join(lines))
+    out = os.environ.get("BENCH_OUT")
+    if out:
+        Path(out).write_text(json.dumps(data["summary"], indent=1))
+        print(f"summary rows written to {out}")
+
+
+if __name__ == "__main__":
+    main()
