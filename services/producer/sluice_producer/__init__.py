@@ -1,1 +1,52 @@
-"""placeholder"""
+"""The producer service: ``sluice publish`` and the ``sluice producer`` HTTP API.
+
+The public names are loaded on first use, so ``sluice --help`` (which imports :mod:`.cli`) never
+imports FastAPI or aio-pika.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sluice_producer.app import create_app
+    from sluice_producer.bulk import publish_all
+    from sluice_producer.link import BrokerLink, BrokerState
+    from sluice_producer.models import BatchAccepted, BatchIn, BatchNotConfirmed, TaskAccepted, TaskIn
+    from sluice_producer.server import serve, serve_async
+
+__all__ = [
+    "BatchAccepted",
+    "BatchIn",
+    "BatchNotConfirmed",
+    "BrokerLink",
+    "BrokerState",
+    "TaskAccepted",
+    "TaskIn",
+    "create_app",
+    "publish_all",
+    "serve",
+    "serve_async",
+]
+
+_HOME = {
+    "create_app": "app",
+    "publish_all": "bulk",
+    "BrokerLink": "link",
+    "BrokerState": "link",
+    "BatchAccepted": "models",
+    "BatchIn": "models",
+    "BatchNotConfirmed": "models",
+    "TaskAccepted": "models",
+    "TaskIn": "models",
+    "serve": "server",
+    "serve_async": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sluice_producer' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sluice_producer.{module}"), name)

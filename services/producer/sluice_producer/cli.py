@@ -1,9 +1,148 @@
-"""Commands of the producer service (filled in by its owner)."""
+"""Commands of the producer service: ``sluice publish`` and ``sluice producer``.
+
+Only typer is imported here; the broker and HTTP stacks are imported inside the commands.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import typer
+
+__all__ = ["register"]
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_\-.:]{1,200}$")
+
+
+def publish(
+    task: str | None = typer.Argument(
+        None,
+        help="task name (every input line's task; with --envelopes, the default task)",
+        show_default=False,
+    ),
+    source: str | None = typer.Argument(
+        None,
+        metavar="[-]",
+        help="'-': read NDJSON from stdin, one payload object per line",
+        show_default=False,
+    ),
+    payload: str | None = typer.Option(
+        None, "--payload", "-p", help="the payload, a JSON object (default {})", show_default=False
+    ),
+    payload_file: Path | None = typer.Option(
+        None,
+        "--payload-file",
+        "-f",
+        help="read the payload (one JSON object) from this file",
+        show_default=False,
+    ),
+    envelopes: bool = typer.Option(
+        False,
+        "--envelopes",
+        help='each input object is an envelope {"task", "payload", "queue", "idempotency_key", "trace_id"}',
+    ),
+    count: int = typer.Option(1, "--count", "-n", min=1, help="publish every payload N times (ids differ)"),
+    queue: str | None = typer.Option(
+        None, "--queue", "-q", help="sluice queue (default: the task's queue, else SLUICE_DEFAULT_QUEUE)"
+    ),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="header x-sluice-idempotency-key of every task", show_default=False
+    ),
+    trace_id: str | None = typer.Option(
+        None, "--trace-id", help="header x-sluice-trace-id of every task", show_default=False
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON summary with the ids instead of ids"),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="progress bar on stderr (default: when stderr is a terminal)"
+    ),
+    tasks: list[str] | None = typer.Option(
+        None,
+        "--tasks",
+        metavar="MODULE",
+        help="module of task definitions: validate payloads, route to the task's queue",
+    ),
+    strict: bool = typer.Option(False, "--strict", help="with --tasks: refuse task names not defined there"),
+) -> None:
+    """Publish tasks to RabbitMQ, each confirmed by the broker; print their ids on stdout."""
+    if task == "-" and source is None:
+        task, source = None, "-"
+    if source is not None and source != "-":
+        raise typer.BadParameter(f"unexpected argument {source!r}; only '-' (stdin) may follow TASK")
+    given = [
+        name for name, v in (("--payload", payload), ("--payload-file", payload_file), ("-", source)) if v
+    ]
+    if len(given) > 1:
+        raise typer.BadParameter(f"{' and '.join(given)} cannot be used together: give one payload source")
+    if task is None and not envelopes:
+        raise typer.BadParameter("missing TASK (or use --envelopes with task names in the input)")
+    if task is not None and not _TASK_NAME.match(task):
+        raise typer.BadParameter(f"bad task name {task!r}: use 1-200 of A-Z a-z 0-9 _ - . :")
+    if strict and not tasks:
+        raise typer.BadParameter("--strict needs --tasks")
+
+    from sluice.settings import Settings
+    from sluice.topology import check_queue_name
+    from sluice_producer import _publish_cmd
+
+    if queue is not None:
+        check_queue_name(queue)
+    args = _publish_cmd.PublishArgs(
+        task=task,
+        payload=payload,
+        payload_file=payload_file,
+        stdin=source == "-",
+        envelopes=envelopes,
+        count=count,
+        queue=queue,
+        idempotency_key=idempotency_key,
+        trace_id=trace_id,
+        as_json=as_json,
+        progress=progress,
+        tasks=tasks or [],
+        strict=strict,
+    )
+    code = _publish_cmd.main(args, Settings())
+    if code:
+        raise typer.Exit(code)
+
+
+def producer(
+    host: str | None = typer.Option(None, "--host", help="bind address (default SLUICE_PRODUCER_HOST)"),
+    port: int | None = typer.Option(
+        None, "--port", min=1, max=65535, help="port (default SLUICE_PRODUCER_PORT)", show_default=False
+    ),
+    tasks: list[str] | None = typer.Option(
+        None,
+        "--tasks",
+        metavar="MODULE",
+        help="module of task definitions: validate payloads, route to the task's queue",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="with --tasks: answer 422 to task names not defined there"
+    ),
+    max_batch: int = typer.Option(10_000, "--max-batch", min=1, help="most tasks in one batch request"),
+) -> None:
+    """Run the producer HTTP service (POST /v1/tasks, /v1/tasks/batch; GET /healthz, /readyz)."""
+    if strict and not tasks:
+        raise typer.BadParameter("--strict needs --tasks")
+    from sluice.settings import Settings
+    from sluice.tasks import Registry
+    from sluice_producer.server import serve
+
+    settings = Settings()
+    registry = Registry.from_modules(tasks) if tasks else None
+    serve(
+        settings,
+        registry,
+        host=host or settings.producer_host,
+        port=port or settings.producer_port,
+        strict=strict,
+        max_batch=max_batch,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this service's commands to the ``sluice`` app."""
+    app.command("publish")(publish)
+    app.command("producer")(producer)

@@ -1,0 +1,238 @@
+"""The producer HTTP API: a FastAPI app built by :func:`create_app` (no app object exists at import).
+
+Status codes: 202 confirmed by the broker; 400 malformed JSON; 413 body or payload over the cap;
+422 invalid request or payload; 503 with ``Retry-After`` when the broker is down, blocked by an alarm,
+or did not confirm within ``publish_timeout``. docs/producer.md is the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from sluice.errors import BrokerError, MessageTooLarge, PublishTimeout, SluiceError
+from sluice.protocol import TaskMessage
+from sluice.publisher import Publisher
+from sluice.settings import Settings
+from sluice.tasks import Registry
+from sluice_producer._limits import BodyLimit
+from sluice_producer.bulk import publish_all
+from sluice_producer.inputs import PayloadInvalid, Rules, build_message
+from sluice_producer.link import BrokerLink, PublisherFactory
+from sluice_producer.models import (
+    BatchAccepted,
+    BatchFailure,
+    BatchIn,
+    BatchNotConfirmed,
+    ErrorOut,
+    HealthOut,
+    TaskAccepted,
+    TaskIn,
+)
+
+__all__ = ["create_app"]
+
+_ENVELOPE_SLACK = 64 * 1024  # room for the envelope around a payload of the maximum size
+_MAX_LISTED_ERRORS = 100
+
+
+class _Unavailable(Exception):
+    """Answer 503 with Retry-After."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class _Invalid(Exception):
+    """Answer 413 or 422 with a list of errors in FastAPI's shape."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.errors = errors
+
+
+def _errors_of(e: SluiceError, loc: list[str | int]) -> list[dict[str, Any]]:
+    if isinstance(e, PayloadInvalid):
+        return [{**err, "loc": [*loc, "payload", *err.get("loc", ())]} for err in e.errors]
+    kind = getattr(e, "reason", None) or type(e).__name__
+    return [{"loc": loc, "msg": str(e), "type": kind}]
+
+
+def create_app(
+    settings: Settings,
+    registry: Registry | None = None,
+    publisher_factory: PublisherFactory | None = None,
+    *,
+    strict: bool = False,
+    max_batch: int = 10_000,
+    max_batch_bytes: int = 64 * 1024 * 1024,
+) -> FastAPI:
+    """The producer app. Its lifespan connects to RabbitMQ in the background (``app.state.link``)."""
+    link = BrokerLink(settings, publisher_factory)
+    rules = Rules(settings.max_message_bytes, settings.default_queue, registry, strict)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(link.run(), name="sluice-producer-link")
+            try:
+                yield
+            finally:
+                runner.cancel()
+
+    app = FastAPI(
+        title="sluice producer",
+        version="1",
+        summary="Publish sluice tasks to RabbitMQ, each confirmed by the broker before the answer.",
+        lifespan=lifespan,
+    )
+    app.state.link = link
+    app.add_middleware(
+        BodyLimit,
+        limits={
+            "/v1/tasks": settings.max_message_bytes + _ENVELOPE_SLACK,
+            "/v1/tasks/batch": max_batch_bytes,
+        },
+        default=_ENVELOPE_SLACK,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        bad_json = [e for e in errors if e.get("type") == "json_invalid"]
+        if bad_json:
+            ctx = bad_json[0].get("ctx") or {}
+            return JSONResponse(
+                {"detail": f"malformed JSON body: {ctx.get('error', 'cannot parse it')}"}, status_code=400
+            )
+        return JSONResponse({"detail": jsonable_encoder(errors[:_MAX_LISTED_ERRORS])}, status_code=422)
+
+    @app.exception_handler(_Invalid)
+    async def _invalid(_: Request, exc: _Invalid) -> JSONResponse:
+        return JSONResponse(
+            {"detail": jsonable_encoder(exc.errors[:_MAX_LISTED_ERRORS])}, status_code=exc.status
+        )
+
+    @app.exception_handler(_Unavailable)
+    async def _unavailable(_: Request, exc: _Unavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+        )
+
+    def check(specs: Sequence[TaskIn], loc: list[str | int]) -> list[TaskMessage]:
+        """Every task checked; all errors at once (413 if all are size errors, else 422)."""
+        messages: list[TaskMessage] = []
+        errors: list[dict[str, Any]] = []
+        too_large = True
+        for i, spec in enumerate(specs):
+            where = f"tasks[{i}]" if len(loc) > 1 else "task"
+            item_loc: list[str | int] = [*loc, i] if len(loc) > 1 else loc
+            try:
+                messages.append(build_message(spec, rules, where))
+            except SluiceError as e:
+                too_large = too_large and isinstance(e, MessageTooLarge)
+                errors.extend(_errors_of(e, item_loc))
+        if errors:
+            raise _Invalid(413 if too_large else 422, errors)
+        return messages
+
+    async def ready_publisher() -> Publisher:
+        state = await link.state()
+        if not state.ready:
+            raise _Unavailable(state.detail, state.retry_after)
+        return link.publisher()
+
+    error_responses: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorOut, "description": "malformed JSON"},
+        413: {"model": ErrorOut, "description": "request body or a payload over the size cap"},
+        422: {"model": ErrorOut, "description": "invalid request, or payload not fitting the task's model"},
+        503: {
+            "model": ErrorOut,
+            "description": "broker down, blocked by an alarm, or no confirm in time; see Retry-After",
+        },
+    }
+
+    @app.post("/v1/tasks", status_code=202, response_model=TaskAccepted, responses=error_responses)
+    async def publish_task(body: TaskIn) -> TaskAccepted:
+        """Publish one task; answers once RabbitMQ confirmed it (persistent, in its queue)."""
+        (msg,) = check([body], ["body"])
+        publisher = await ready_publisher()
+        try:
+            async with asyncio.timeout(settings.publish_timeout):
+                await publisher.publish(msg)
+        except TimeoutError:
+            err = PublishTimeout(f"no confirm within {settings.publish_timeout:g}s")
+            raise _Unavailable(f"task {msg.id} not confirmed: {err}", 5) from None
+        except BrokerError as e:
+            raise _Unavailable(f"task {msg.id} not confirmed: {e}", 5) from None
+        return TaskAccepted(id=msg.id, task=msg.task, queue=msg.queue)
+
+    @app.post(
+        "/v1/tasks/batch",
+        status_code=202,
+        response_model=BatchAccepted,
+        responses={
+            **error_responses,
+            503: {
+                "model": BatchNotConfirmed,
+                "description": "some tasks were not confirmed (listed in failed; the others were); "
+                "or the broker is down or blocked (then nothing was published)",
+            },
+        },
+    )
+    async def publish_batch(body: BatchIn) -> Any:
+        """Publish many tasks: all validated first (nothing is published if one is invalid), then
+        published with many confirms in flight."""
+        if len(body.tasks) > max_batch:
+            raise _Invalid(
+                422,
+                [
+                    {
+                        "loc": ["body", "tasks"],
+                        "msg": f"at most {max_batch} tasks per batch",
+                        "type": "too_long",
+                    }
+                ],
+            )
+        messages = check(body.tasks, ["body", "tasks"])
+        publisher = await ready_publisher()
+        outcomes = await publish_all(publisher, messages)
+        failed = [o for o in outcomes if o.error is not None]
+        ids = [m.id for m in messages]
+        if not failed:
+            return BatchAccepted(ids=ids)
+        report = BatchNotConfirmed(
+            detail=f"{len(failed)} of {len(messages)} tasks not confirmed: {failed[0].error}",
+            ids=ids,
+            confirmed=[o.index for o in outcomes if o.error is None],
+            failed=[BatchFailure(index=o.index, id=o.task_id, error=str(o.error)) for o in failed],
+        )
+        return JSONResponse(report.model_dump(), status_code=503, headers={"Retry-After": "5"})
+
+    @app.get("/healthz", response_model=HealthOut)
+    async def healthz() -> HealthOut:
+        """Liveness: the process answers."""
+        return HealthOut(status="ok")
+
+    @app.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    async def readyz() -> Any:
+        """Readiness: connected to RabbitMQ and not blocked by an alarm."""
+        state = await link.state()
+        out = HealthOut(status="ok" if state.ready else state.detail, broker=state.state)
+        if state.ready:
+            return out
+        return JSONResponse(
+            out.model_dump(), status_code=503, headers={"Retry-After": str(state.retry_after)}
+        )
+
+    return app

@@ -1,0 +1,98 @@
+"""The producer's link to RabbitMQ: one publisher, opened in the background, and its state.
+
+The HTTP service starts whether or not the broker answers: :meth:`BrokerLink.run` keeps trying to
+open the publisher (a robust connection, which then reconnects by itself after a broker restart).
+:meth:`BrokerLink.state` tells the request handlers, without waiting, whether a publish can work:
+connected, and not blocked by a memory or disk alarm (RabbitMQ's ``connection.blocked`` frame, which
+aiormq tracks behind ``Connection.ready()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from sluice.errors import BrokerUnavailable
+from sluice.publisher import Publisher
+from sluice.settings import Settings, mask_url
+
+__all__ = ["BrokerLink", "BrokerState", "PublisherFactory"]
+
+log = logging.getLogger("sluice.producer")
+
+PublisherFactory = Callable[[Settings], AbstractAsyncContextManager[Publisher]]
+
+# how long a ready() probe may take before the connection counts as blocked
+_BLOCK_PROBE_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerState:
+    ready: bool
+    state: str  # "ready", "connecting", "reconnecting", "blocked"
+    detail: str
+    retry_after: int  # seconds a client should wait before retrying when not ready
+
+
+def default_factory(settings: Settings) -> AbstractAsyncContextManager[Publisher]:
+    return Publisher(settings, name="sluice-producer")
+
+
+class BrokerLink:
+    """Owns the publisher of the HTTP service; run :meth:`run` as a task for the service's lifetime."""
+
+    def __init__(self, settings: Settings, factory: PublisherFactory | None = None) -> None:
+        self.settings = settings
+        self._factory = factory or default_factory
+        self._publisher: Publisher | None = None
+        self._last_error = "not connected yet"
+        self.opened = asyncio.Event()
+
+    async def run(self) -> None:
+        """Open the publisher (retrying with backoff until it works), then hold it until cancelled."""
+        delay = 0.5
+        while True:
+            try:
+                async with self._factory(self.settings) as publisher:
+                    self._publisher = publisher
+                    self.opened.set()
+                    log.info("producer connected to %s", mask_url(self.settings.amqp_url))
+                    try:
+                        await asyncio.Event().wait()
+                    finally:
+                        self._publisher = None
+                        self.opened.clear()
+            except BrokerUnavailable as e:
+                self._last_error = str(e)
+                log.warning("%s; retrying in %.1fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def publisher(self) -> Publisher:
+        """The open publisher, or :class:`BrokerUnavailable`."""
+        if self._publisher is None:
+            raise BrokerUnavailable(f"not connected to RabbitMQ: {self._last_error}")
+        return self._publisher
+
+    async def state(self) -> BrokerState:
+        pub = self._publisher
+        if pub is None:
+            return BrokerState(False, "connecting", f"not connected to RabbitMQ: {self._last_error}", 2)
+        conn = pub.connection
+        transport = conn.transport
+        if (
+            conn.is_closed
+            or transport is None
+            or not conn.connected.is_set()
+            or not transport.connection.is_opened
+        ):
+            return BrokerState(False, "reconnecting", "lost the RabbitMQ connection; reconnecting", 2)
+        try:
+            async with asyncio.timeout(_BLOCK_PROBE_S):
+                await transport.ready()
+        except TimeoutError:
+            return BrokerState(False, "blocked", "RabbitMQ is blocking publishers (memory or disk alarm)", 5)
+        return BrokerState(True, "ready", "connected", 0)

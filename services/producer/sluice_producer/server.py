@@ -1,0 +1,82 @@
+"""Running the producer app: uvicorn's ``Server`` inside ``asyncio.run``, draining on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from sluice.settings import Settings
+from sluice.tasks import Registry
+from sluice_producer import _loop
+from sluice_producer.app import create_app
+
+__all__ = ["serve", "serve_async"]
+
+log = logging.getLogger("sluice.producer")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with loop signal handlers: a signal starts the graceful shutdown (stop
+    accepting, finish in-flight requests, close the publisher) and the process then exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        try:
+            for sig in sigs:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            yield
+            return
+        try:
+            yield
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("%s: draining", signal.Signals(sig).name)
+        self.handle_exit(sig, None)
+
+
+async def serve_async(
+    settings: Settings,
+    registry: Registry | None,
+    *,
+    host: str,
+    port: int,
+    strict: bool = False,
+    max_batch: int = 10_000,
+) -> None:
+    app = create_app(settings, registry, strict=strict, max_batch=max_batch)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+        timeout_graceful_shutdown=max(int(settings.publish_timeout) + 2, 5),
+        access_log=False,
+    )
+    server = _Server(config)
+    await server.serve()
+
+
+def serve(
+    settings: Settings,
+    registry: Registry | None,
+    *,
+    host: str,
+    port: int,
+    strict: bool = False,
+    max_batch: int = 10_000,
+) -> None:
+    """Serve until SIGTERM or SIGINT (uvloop when available)."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _loop.run(serve_async(settings, registry, host=host, port=port, strict=strict, max_batch=max_batch))

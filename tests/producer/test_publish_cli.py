@@ -1,0 +1,211 @@
+"""``sluice publish`` end to end: a real subprocess, a real RabbitMQ, the messages read back raw."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import aio_pika
+import pytest
+from producer_helpers import Broker, run_cli
+
+from sluice import protocol as p
+
+
+def env(broker: Broker, **extra: str) -> dict[str, str]:
+    return {"SLUICE_AMQP_URL": broker.url, "SLUICE_PREFIX": broker.prefix, **extra}
+
+
+def ids_of(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line]
+
+
+async def test_single_task_with_every_header(broker: Broker) -> None:
+    before = p.now_ms()
+    r = await run_cli(
+        "publish",
+        "demo.echo",
+        "--payload",
+        '{"n": 1, "s": "ünï"}',
+        "--idempotency-key",
+        "k-1",
+        "--trace-id",
+        "tr-9",
+        env=env(broker),
+    )
+    assert r.code == 0, r.err
+    (task_id,) = ids_of(r.out)
+    assert "published 1, failed 0" in r.err
+    (msg,) = await broker.take(1)
+    assert msg.message_id == task_id
+    assert json.loads(msg.body) == {"n": 1, "s": "ünï"}
+    assert msg.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert msg.content_type == "application/json"
+    h = msg.headers
+    assert h[p.H_TASK] == "demo.echo"
+    assert h[p.H_ATTEMPT] == 1
+    assert h[p.H_VERSION] == p.PROTOCOL_VERSION
+    assert h[p.H_QUEUE] == "default"
+    assert h[p.H_IDEMPOTENCY_KEY] == "k-1"
+    assert h[p.H_TRACE_ID] == "tr-9"
+    created = h[p.H_CREATED_AT]
+    assert isinstance(created, int)
+    assert before <= created <= p.now_ms()
+    # and the contract's own decoder accepts it
+    decoded = p.decode(msg.body, msg.headers, msg.message_id, 1 << 20)
+    assert decoded.idempotency_key == "k-1"
+
+
+async def test_count_publishes_distinct_ids_as_json(broker: Broker) -> None:
+    r = await run_cli(
+        "publish", "demo.echo", "--payload", '{"x": 2}', "--count", "50", "--json", env=env(broker)
+    )
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["published"] == 50
+    assert doc["failed"] == 0
+    assert doc["failures"] == []
+    assert len(set(doc["ids"])) == 50
+    msgs = await broker.take(50)
+    assert {m.message_id for m in msgs} == set(doc["ids"])
+    assert all(json.loads(m.body) == {"x": 2} for m in msgs)
+    assert all(m.headers[p.H_TASK] == "demo.echo" for m in msgs)
+
+
+async def test_ndjson_from_stdin(broker: Broker) -> None:
+    lines = "".join(json.dumps({"i": i}) + "\n" for i in range(200))
+    r = await run_cli("publish", "demo.bulk", "-", env=env(broker), stdin=lines)
+    assert r.code == 0, r.err
+    ids = ids_of(r.out)
+    assert len(ids) == 200
+    assert len(set(ids)) == 200
+    msgs = await broker.take(200)
+    by_id = {m.message_id: json.loads(m.body) for m in msgs}
+    # the printed ids are in input order: id k carries line k's payload
+    assert [by_id[i] for i in ids] == [{"i": i} for i in range(200)]
+    assert all(m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for m in msgs)
+
+
+async def test_payload_file(broker: Broker, tmp_path: Path) -> None:
+    f = tmp_path / "payload.json"
+    f.write_text('{\n  "file": true,\n  "list": [1, 2]\n}\n')
+    r = await run_cli("publish", "demo.file", "--payload-file", str(f), env=env(broker))
+    assert r.code == 0, r.err
+    (task_id,) = ids_of(r.out)
+    (msg,) = await broker.take(1)
+    assert msg.message_id == task_id
+    assert json.loads(msg.body) == {"file": True, "list": [1, 2]}
+
+
+async def test_envelopes_choose_task_and_queue(broker: Broker) -> None:
+    lines = (
+        json.dumps({"task": "a.one", "payload": {"k": 1}, "queue": "alt", "idempotency_key": "e1"})
+        + "\n"
+        + json.dumps({"payload": {"k": 2}})
+        + "\n"
+    )
+    r = await run_cli("publish", "a.fallback", "-", "--envelopes", env=env(broker), stdin=lines)
+    assert r.code == 0, r.err
+    first, second = ids_of(r.out)
+    (alt,) = await broker.take(1, queue="alt")
+    assert (alt.message_id, alt.headers[p.H_TASK], alt.headers[p.H_IDEMPOTENCY_KEY]) == (first, "a.one", "e1")
+    assert alt.headers[p.H_QUEUE] == "alt"
+    (default,) = await broker.take(1)
+    assert (default.message_id, default.headers[p.H_TASK]) == (second, "a.fallback")
+
+
+async def test_tasks_module_validates_and_routes(broker: Broker) -> None:
+    e = env(broker)
+    bad = await run_cli(
+        "publish", "demo.greet", "--payload", '{"who": ""}', "--tasks", "producer_taskdefs", env=e
+    )
+    assert bad.code == 1
+    assert "payload does not fit task 'demo.greet'" in bad.err
+    assert "who" in bad.err
+    assert await broker.count("mail") is None  # checked before connecting: not even declared
+
+    ok = await run_cli(
+        "publish", "demo.greet", "--payload", '{"who": "ada"}', "--tasks", "producer_taskdefs", env=e
+    )
+    assert ok.code == 0, ok.err
+    (msg,) = await broker.take(1, queue="mail")  # the task's own queue
+    assert msg.message_id == ids_of(ok.out)[0]
+
+    strict = await run_cli("publish", "demo.nope", "--tasks", "producer_taskdefs", "--strict", env=e)
+    assert strict.code == 1
+    assert "unknown task 'demo.nope'" in strict.err
+
+
+OVERSIZED = json.dumps({"blob": "x" * 3000})
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "stdin", "extra_env", "expect"),
+    [
+        ("bad json", ["--payload", '{"a": '], None, {}, "--payload: not valid JSON"),
+        ("not an object", ["--payload", "[1, 2]"], None, {}, "expected a JSON object, got an array"),
+        (
+            "bad ndjson line",
+            ["-"],
+            '{"ok": 1}\n{"ok": 2}\n{"broken": \n{"ok": 4}\n',
+            {},
+            "stdin line 3: not valid JSON",
+        ),
+        ("unknown option", ["--frobnicate"], None, {}, "No such option: --frobnicate"),
+        ("two sources", ["--payload", "{}", "-"], "{}\n", {}, "cannot be used together"),
+        (
+            "oversized",
+            ["--payload", OVERSIZED],
+            None,
+            {"SLUICE_MAX_MESSAGE_BYTES": "2048"},
+            "over the cap of 2048",
+        ),
+        (
+            "oversized ndjson line",
+            ["-"],
+            '{"ok": 1}\n' + OVERSIZED + "\n",
+            {"SLUICE_MAX_MESSAGE_BYTES": "2048"},
+            "stdin line 2: body is",
+        ),
+        ("bad queue", ["--queue", "no/slash"], None, {}, "bad queue name"),
+        ("bad setting", [], None, {"SLUICE_PUBLISH_WINDOW": "0"}, "invalid setting publish_window"),
+    ],
+)
+async def test_bad_input_is_one_line_and_publishes_nothing(
+    broker: Broker, case: str, args: list[str], stdin: str | None, extra_env: dict[str, str], expect: str
+) -> None:
+    await broker.declare("default")
+    r = await run_cli("publish", "demo.echo", *args, env=env(broker, **extra_env), stdin=stdin)
+    assert r.code in (1, 2), case
+    assert r.out == ""
+    err_lines = r.err.splitlines()
+    assert len(err_lines) == 1, r.err
+    assert err_lines[0].startswith("sluice: error: ")
+    assert expect in err_lines[0]
+    assert "Traceback" not in r.err
+    assert await broker.count("default") == 0
+
+
+async def test_unreachable_broker_fails_fast(broker: Broker) -> None:
+    start = time.monotonic()
+    r = await run_cli(
+        "publish",
+        "demo.echo",
+        env=env(broker, SLUICE_AMQP_URL="amqp://guest:guest@127.0.0.1:1/", SLUICE_CONNECT_TIMEOUT="3"),
+    )
+    elapsed = time.monotonic() - start
+    assert r.code == 1
+    assert r.out == ""
+    assert r.err.splitlines() == [
+        "sluice: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/: [Errno 111] Connection refused"
+    ]
+    assert elapsed < 3 + 5  # the connect timeout, plus interpreter start-up on a busy machine
+
+
+async def test_unknown_queue_is_declared_not_lost(broker: Broker) -> None:
+    """A fresh queue name is declared before publishing, so `mandatory` never returns the task."""
+    r = await run_cli("publish", "demo.echo", "--queue", "alt", "-n", "3", env=env(broker))
+    assert r.code == 0, r.err
+    msgs = await broker.take(3, queue="alt")
+    assert {m.message_id for m in msgs} == set(ids_of(r.out))
