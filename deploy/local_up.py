@@ -1,0 +1,171 @@
+"""``make up``: the producer, a worker and the metrics service as local processes, stdlib only.
+
+Reads the effective settings with ``sluice config --json`` (so ``SLUICE_*`` variables apply as they
+do for the services), checks that RabbitMQ and Redis answer, starts the three services with their
+output interleaved and prefixed, and on Ctrl-C or SIGTERM stops them all gracefully (SIGTERM, then
+SIGKILL after the worker's grace period). Exits 0 after a requested stop, 1 if the brokers are not
+there or a service stops by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import IO
+from urllib.parse import urlsplit
+
+SERVICES = ("producer", "worker", "metrics")
+START_BROKERS = (
+    "`rabbitmq-server -detached` and `redis-server --daemonize yes --save ''`, "
+    "or `docker compose up -d rabbitmq redis`"
+)
+
+
+def say(line: str) -> None:
+    print(f"sluice up: {line}", file=sys.stderr, flush=True)
+
+
+def sluice_command() -> str:
+    beside = Path(sys.executable).with_name("sluice")
+    return str(beside) if beside.exists() else "sluice"
+
+
+def effective_settings(sluice: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sluice, "config", "--json"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr.strip() or f"sluice config exited with {done.returncode}")
+    settings: dict[str, object] = json.loads(done.stdout)
+    return settings
+
+
+def answers(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return Path(parts.path).exists()
+    try:
+        with socket.create_connection((parts.hostname or "localhost", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def broker_problem(settings: dict[str, object]) -> str | None:
+    """One line naming the brokers that do not answer and how to start them, or None."""
+    down = []
+    amqp, redis = str(settings["amqp_url"]), str(settings["redis_url"])
+    if not answers(amqp, 5672):
+        down.append(f"RabbitMQ ({amqp})")
+    if not answers(redis, 6379):
+        down.append(f"Redis ({redis})")
+    if not down:
+        return None
+    verb = "does" if len(down) == 1 else "do"
+    return f"{' and '.join(down)} {verb} not answer; start the brokers with {START_BROKERS}"
+
+
+def local_url(host: object, port: object, path: str = "") -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else str(host)
+    return f"http://{shown}:{port}{path}"
+
+
+def pump(name: str, stream: IO[str], lock: threading.Lock) -> None:
+    """Copy a child's output to ours, each line prefixed with the service name."""
+    for line in stream:
+        with lock:
+            sys.stdout.write(f"{name:<8} | {line}")
+            sys.stdout.flush()
+
+
+def signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+    """Send ``sig`` to the child's process group (it leads its own session), if it still runs."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited just now
+            os.killpg(proc.pid, sig)
+
+
+def main() -> int:
+    sluice = sluice_command()
+    settings = effective_settings(sluice)
+    problem = broker_problem(settings)
+    if problem:
+        say(problem)
+        return 1
+
+    stop = threading.Event()
+    requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        requested.set()
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    lock = threading.Lock()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    children: dict[str, subprocess.Popen[str]] = {}
+    pumps: list[threading.Thread] = []
+    for name in SERVICES:
+        proc = subprocess.Popen(
+            [sluice, name],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+        children[name] = proc
+        assert proc.stdout is not None
+        t = threading.Thread(target=pump, args=(name, proc.stdout, lock), daemon=True)
+        t.start()
+        pumps.append(t)
+
+    producer = local_url(settings["producer_host"], settings["producer_port"])
+    metrics = local_url(settings["metrics_host"], settings["metrics_port"], "/metrics")
+    say(f"producer {producer}  metrics {metrics}  (Ctrl-C stops all)")
+
+    failed: list[str] = []
+    while not stop.wait(0.2):
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                failed.append(f"{name} exited with {proc.returncode}")
+                stop.set()
+
+    grace = float(str(settings.get("grace_period", 30))) + 5
+    for proc in children.values():
+        signal_group(proc, signal.SIGTERM)
+    for name, proc in children.items():
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            say(f"{name} did not stop within {grace:g}s: killing it")
+            signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    for t in pumps:
+        t.join(5)
+    if failed:
+        say("; ".join(failed) + ": stopped the others")
+        return 1
+    bad = [
+        f"{n} exited with {p.returncode}"
+        for n, p in children.items()
+        if p.returncode not in (0, -signal.SIGTERM)
+    ]
+    say("stopped" + (f" ({'; '.join(bad)})" if bad else ""))
+    return 1 if bad or not requested.is_set() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
