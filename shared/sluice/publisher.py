@@ -160,6 +160,13 @@ class Publisher:
             await self.ensure_queue(msg.queue)
         if body is None:
             body = encode_body(msg.payload, self.settings.max_message_bytes)
+        await self.publish_properties(body, msg.queue, self.properties(msg))
+        return msg.id
+
+    async def publish_properties(
+        self, body: bytes, routing_key: str, properties: spec.Basic.Properties
+    ) -> None:
+        """Publish a body with prepared properties to the tasks exchange and wait for the confirm."""
         if self._channel is None:
             raise BrokerUnavailable("publisher is not open")
         try:
@@ -171,13 +178,12 @@ class Publisher:
             channel.basic_publish(
                 body,
                 exchange=self.topology.tasks_exchange,
-                routing_key=msg.queue,
-                properties=self.properties(msg),
+                routing_key=routing_key,
+                properties=properties,
                 mandatory=True,
                 wait=False,
             )
         )
-        return msg.id
 
     async def publish_raw(self, message: aio_pika.Message, routing_key: str, *, dead: bool = False) -> None:
         """Publish a prepared message to the tasks exchange (or the dead-letter exchange), confirmed."""

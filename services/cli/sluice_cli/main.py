@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from sluice.errors import SluiceError
-from sluice_cli import config_cmd
+from sluice_cli import config_cmd, dlq_cmd
 
 try:  # typer >= 0.23 vendors click; older releases use the click package
     from typer._click import exceptions as cx
@@ -44,6 +44,7 @@ def _register() -> None:
     from sluice_worker import cli as worker_cli
 
     app.command("config")(config_cmd.config)
+    app.add_typer(dlq_cmd.app, name="dlq")
     producer_cli.register(app)
     worker_cli.register(app)
     metrics_cli.register(app)

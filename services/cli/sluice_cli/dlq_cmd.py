@@ -1,0 +1,179 @@
+"""``sluice dlq``: list, show, replay and purge the dead-letter queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from sluice.deadletters import DeadLetter
+
+app = typer.Typer(help="Inspect, replay and purge the dead-letter queue.", no_args_is_help=True)
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _settings() -> Any:
+    from sluice.settings import Settings
+
+    return Settings()
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _selector(
+    ids: list[str] | None, task: str | None, reason: str | None
+) -> Any:  # Callable[[DeadLetter], bool]
+    wanted = set(ids or [])
+
+    def select(d: DeadLetter) -> bool:
+        return (
+            (not wanted or d.id in wanted)
+            and (task is None or d.task == task)
+            and (reason is None or d.reason == reason)
+        )
+
+    return select
+
+
+def _table(rows: list[DeadLetter], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "task", "queue", "reason", "detail", "dead at (UTC)", "attempt", title=title)
+    for d in rows:
+        detail = d.detail if len(d.detail) <= 60 else d.detail[:57] + "..."
+        table.add_row(
+            d.id, d.task or "", d.queue or "", d.reason, detail, _when(d.dead_at_ms), str(d.attempt or "")
+        )
+    Console().print(table)
+
+
+@app.command("ls")
+def ls(
+    task: str | None = typer.Option(None, "--task", help="only this task name"),
+    reason: str | None = typer.Option(
+        None, "--reason", help="only this reason (not_json, handler_error, ...)"
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, help="show at most this many"),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
+) -> None:
+    """List dead letters, oldest first (nothing is removed)."""
+    from sluice.deadletters import DeadLetterQueue
+
+    async def go() -> tuple[list[DeadLetter], int]:
+        async with DeadLetterQueue(_settings()) as dlq:
+            return await dlq.browse(_selector(None, task, reason), limit), await dlq.count()
+
+    rows, total = _run(go())
+    if as_json:
+        for d in rows:
+            typer.echo(json.dumps({k: v for k, v in d.as_dict().items() if k not in ("headers", "body")}))
+        return
+    _table(rows, f"dead letters: showing {len(rows)} of {total}")
+
+
+@app.command("show")
+def show(
+    task_id: str = typer.Argument(..., metavar="ID", help="the task id (message id)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Show one dead letter whole: payload, headers and error."""
+    from sluice.deadletters import DeadLetterQueue
+    from sluice.errors import SluiceError
+
+    async def go() -> list[DeadLetter]:
+        async with DeadLetterQueue(_settings()) as dlq:
+            return await dlq.browse(_selector([task_id], None, None), 1)
+
+    found = _run(go())
+    if not found:
+        raise SluiceError(f"no dead letter with id {task_id!r}")
+    d = found[0].as_dict()
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    c = Console()
+    c.print(f"[bold]{d['id']}[/] task={d['task']} queue={d['queue']} attempt={d['attempt']}")
+    c.print(f"reason: [red]{d['reason']}[/]  at {_when(d['dead_at_ms'])} UTC")
+    c.print(f"detail: {d['detail']}")
+    c.print("headers:", Pretty(d["headers"]))
+    c.print("body:", d["body"])
+
+
+@app.command("replay")
+def replay(
+    ids: list[str] | None = typer.Option(None, "--id", help="replay this id (repeatable)"),
+    task: str | None = typer.Option(None, "--task", help="replay every dead letter of this task"),
+    reason: str | None = typer.Option(None, "--reason", help="replay every dead letter with this reason"),
+    replay_all: bool = typer.Option(False, "--all", help="replay every dead letter"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="say what would be replayed, change nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Republish dead letters to their queue with the attempt count reset (confirmed before removal)."""
+    from sluice.deadletters import DeadLetterQueue, ReplayReport
+    from sluice.errors import ConfigError
+
+    if not (ids or task or reason or replay_all):
+        raise ConfigError("say what to replay: --id, --task, --reason or --all")
+
+    async def go() -> ReplayReport:
+        async with DeadLetterQueue(_settings()) as dlq:
+            return await dlq.replay(_selector(ids, task, reason), dry_run=dry_run)
+
+    report = _run(go())
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "replayed": [d.id for d in report.replayed],
+                    "skipped_no_queue": [d.id for d in report.skipped_no_queue],
+                    "failed": [{"id": d.id, "error": str(e)} for d, e in report.failed],
+                }
+            )
+        )
+    else:
+        verb = "would replay" if dry_run else "replayed"
+        typer.echo(f"{verb} {len(report.replayed)} dead letter(s)")
+        for d in report.skipped_no_queue:
+            typer.echo(f"skipped {d.id}: no task or queue recorded, cannot route it", err=True)
+        for d, e in report.failed:
+            typer.echo(f"failed {d.id}: {e} (left in the DLQ)", err=True)
+    if report.failed or report.skipped_no_queue:
+        raise typer.Exit(1)
+
+
+@app.command("purge")
+def purge(yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
+    """Delete every dead letter (asks first)."""
+    from sluice.deadletters import DeadLetterQueue
+    from sluice.errors import ConfigError
+
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("refusing to purge without --yes when not at a terminal")
+        typer.confirm("Delete every message in the dead-letter queue?", abort=True)
+
+    async def go() -> int:
+        async with DeadLetterQueue(_settings()) as dlq:
+            return await dlq.purge()
+
+    typer.echo(f"purged {_run(go())} dead letter(s)")
