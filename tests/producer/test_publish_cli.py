@@ -169,6 +169,7 @@ OVERSIZED = json.dumps({"blob": "x" * 3000})
             "stdin line 2: body is",
         ),
         ("bad queue", ["--queue", "no/slash"], None, {}, "bad queue name"),
+        ("zero count", ["--count", "0"], None, {}, "--count 0: must be at least 1"),
         ("bad setting", [], None, {"SLUICE_PUBLISH_WINDOW": "0"}, "invalid setting publish_window"),
     ],
 )

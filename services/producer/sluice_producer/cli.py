@@ -42,7 +42,7 @@ def publish(
         "--envelopes",
         help='each input object is an envelope {"task", "payload", "queue", "idempotency_key", "trace_id"}',
     ),
-    count: int = typer.Option(1, "--count", "-n", min=1, help="publish every payload N times (ids differ)"),
+    count: int = typer.Option(1, "--count", "-n", help="publish every payload N times (ids differ)"),
     queue: str | None = typer.Option(
         None, "--queue", "-q", help="sluice queue (default: the task's queue, else SLUICE_DEFAULT_QUEUE)"
     ),
@@ -65,6 +65,8 @@ def publish(
     strict: bool = typer.Option(False, "--strict", help="with --tasks: refuse task names not defined there"),
 ) -> None:
     """Publish tasks to RabbitMQ, each confirmed by the broker; print their ids on stdout."""
+    if count < 1:
+        raise typer.BadParameter(f"--count {count}: must be at least 1")
     if task == "-" and source is None:
         task, source = None, "-"
     if source is not None and source != "-":
@@ -110,7 +112,7 @@ def publish(
 def producer(
     host: str | None = typer.Option(None, "--host", help="bind address (default SLUICE_PRODUCER_HOST)"),
     port: int | None = typer.Option(
-        None, "--port", min=1, max=65535, help="port (default SLUICE_PRODUCER_PORT)", show_default=False
+        None, "--port", help="port (default SLUICE_PRODUCER_PORT)", show_default=False
     ),
     tasks: list[str] | None = typer.Option(
         None,
@@ -121,11 +123,15 @@ def producer(
     strict: bool = typer.Option(
         False, "--strict", help="with --tasks: answer 422 to task names not defined there"
     ),
-    max_batch: int = typer.Option(10_000, "--max-batch", min=1, help="most tasks in one batch request"),
+    max_batch: int = typer.Option(10_000, "--max-batch", help="most tasks in one batch request"),
 ) -> None:
     """Run the producer HTTP service (POST /v1/tasks, /v1/tasks/batch; GET /healthz, /readyz)."""
     if strict and not tasks:
         raise typer.BadParameter("--strict needs --tasks")
+    if port is not None and not 1 <= port <= 65535:
+        raise typer.BadParameter(f"--port {port}: must be 1-65535")
+    if max_batch < 1:
+        raise typer.BadParameter(f"--max-batch {max_batch}: must be at least 1")
     from sluice.settings import Settings
     from sluice.tasks import Registry
     from sluice_producer.server import serve
