@@ -53,13 +53,17 @@ def wait_until(pred, timeout: float, what: str) -> None:  # type: ignore[no-unty
 
 
 @pytest.fixture
-def worker(env: dict[str, str], amqp_url: str, unique: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [*SLUICE, "worker", "--tasks", "e2e_tasks", "--concurrency", "32"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+def worker(
+    env: dict[str, str], amqp_url: str, unique: str, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    log = tmp_path / "worker.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*SLUICE, "worker", "--tasks", "e2e_tasks", "--concurrency", "32"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     queue = f"{unique}.q.default"
     try:
         wait_until(lambda: (queue_state(amqp_url, queue) or (0, 0))[1] >= 1, 30, "the worker's consumer")
@@ -72,6 +76,7 @@ def worker(env: dict[str, str], amqp_url: str, unique: str) -> Iterator[subproce
             proc.kill()
             proc.wait()
         delete_prefix(amqp_url, unique)
+    assert proc.returncode == 0, f"worker exited {proc.returncode}: {log.read_text()[-2000:]}"
 
 
 def delete_prefix(amqp_url: str, prefix: str) -> None:
