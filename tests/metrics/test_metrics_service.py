@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import subprocess
 import time
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -153,6 +154,34 @@ async def test_missing_queue_is_reported_absent_and_the_rest_still_read(
     errors = ("sluice_metrics_scrape_errors_total", (("kind", "missing_queue"),))
     assert first[errors] == 1
     assert second[errors] == 2
+
+
+def close_connection_named(name: str) -> None:
+    """Make RabbitMQ close our client's connection, as a broker restart would."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    pids = [line.split("\t", 1)[0] for line in listed.stdout.splitlines() if f'"{name}"' in line]
+    assert len(pids) == 1, listed.stdout
+    subprocess.run(
+        ["rabbitmqctl", "close_connection", pids[0], "test"], capture_output=True, timeout=30, check=True
+    )
+
+
+async def test_connection_dropped_by_the_broker_is_replaced_within_the_scrape(broker: Broker) -> None:
+    settings, _ = broker
+    work = Topology.from_settings(settings).queue(settings.default_queue)
+    async with metrics_client(settings) as client:
+        assert (await scrape(client))[("sluice_broker_up", ())] == 1
+        await asyncio.to_thread(close_connection_named, f"sluice-metrics {settings.prefix}")
+        got = await scrape(client)
+    assert got[("sluice_broker_up", ())] == 1
+    assert got[("sluice_queue_present", q(work))] == 1
+    assert got[("sluice_metrics_scrape_errors_total", (("kind", "broker"),))] == 0
 
 
 async def test_healthz(broker: Broker) -> None:

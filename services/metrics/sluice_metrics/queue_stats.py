@@ -70,6 +70,7 @@ class QueueStatsSource:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._url = settings.amqp_url
+        self._name = f"sluice-metrics {settings.prefix}"
         self._queues = tuple(queues)
         self._timeout = timeout
         self._connection: AbstractConnection | None = None
@@ -99,30 +100,40 @@ class QueueStatsSource:
         """Stats of every watched queue, or ``broker_up=False``; never longer than the timeout."""
         async with self._lock:
             started = time.monotonic()
-            errors: dict[str, int] = {}
             try:
                 async with asyncio.timeout(self._timeout):
-                    stats = await self._read_all(errors)
+                    stats, errors = await self._read_retrying_stale()
             except TimeoutError:
-                errors["timeout"] = errors.get("timeout", 0) + 1
-                await self.aclose()
-                return QueueSnapshot(False, errors=errors, duration=time.monotonic() - started)
+                failure = "timeout"
             except BROKER_ERRORS:
-                errors["broker"] = errors.get("broker", 0) + 1
-                await self.aclose()
-                return QueueSnapshot(False, errors=errors, duration=time.monotonic() - started)
-            return QueueSnapshot(True, stats, errors, time.monotonic() - started)
+                failure = "broker"
+            else:
+                return QueueSnapshot(True, stats, errors, time.monotonic() - started)
+            await self.aclose()
+            return QueueSnapshot(False, errors={failure: 1}, duration=time.monotonic() - started)
 
-    async def _read_all(self, errors: dict[str, int]) -> tuple[QueueStats, ...]:
+    async def _read_retrying_stale(self) -> tuple[tuple[QueueStats, ...], dict[str, int]]:
+        reused = self._connection is not None and not self._connection.is_closed
+        try:
+            return await self._read_all()
+        except BROKER_ERRORS:
+            if not reused:
+                raise
+        # the kept connection died since the last read (say, a broker restart): one try on a new one
+        await self.aclose()
+        return await self._read_all()
+
+    async def _read_all(self) -> tuple[tuple[QueueStats, ...], dict[str, int]]:
         conn = await self._connect()
         channel: AbstractChannel = await conn.channel(publisher_confirms=False)
         out: list[QueueStats] = []
+        missing = 0
         try:
             for name in self._queues:
                 try:
                     queue = await channel.declare_queue(name, passive=True)
                 except aiormq.exceptions.ChannelNotFoundEntity:
-                    errors["missing_queue"] = errors.get("missing_queue", 0) + 1
+                    missing += 1
                     out.append(QueueStats(name, present=False))
                     channel = await conn.channel(publisher_confirms=False)  # the 404 closed the old one
                     continue
@@ -130,12 +141,13 @@ class QueueStatsSource:
                 out.append(QueueStats(name, True, int(ok.message_count or 0), int(ok.consumer_count or 0)))
         finally:
             if not channel.is_closed:
-                await channel.close()
-        return tuple(out)
+                with contextlib.suppress(*BROKER_ERRORS):
+                    await channel.close()
+        return tuple(out), ({"missing_queue": missing} if missing else {})
 
     async def _connect(self) -> AbstractConnection:
         if self._connection is None or self._connection.is_closed:
             self._connection = await aio_pika.connect(
-                self._url, client_properties={"connection_name": "sluice-metrics"}
+                self._url, client_properties={"connection_name": self._name}
             )
         return self._connection
