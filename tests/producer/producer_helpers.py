@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aio_pika
 import aiormq.exceptions
@@ -24,10 +25,11 @@ QUEUES = ("default", "mail", "alt")  # every sluice queue name these tests publi
 class Broker:
     url: str
     prefix: str
+    queue_type: Literal["quorum", "classic"] = "quorum"
 
     @property
     def topology(self) -> Topology:
-        return Topology(prefix=self.prefix)
+        return Topology(prefix=self.prefix, queue_type=self.queue_type)
 
     async def declare(self, *queues: str) -> None:
         """The topology and the named work queues, so 'nothing was published' can be counted."""
