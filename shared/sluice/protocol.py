@@ -29,9 +29,15 @@ __all__ = [
     "H_DEAD_DETAIL",
     "H_DEAD_QUEUE",
     "H_DEAD_REASON",
+    "H_ERROR_MESSAGE",
+    "H_ERROR_TYPE",
+    "H_ETA",
+    "H_FIRST_FAILURE_AT",
     "H_IDEMPOTENCY_KEY",
+    "H_LAST_FAILURE_AT",
     "H_QUEUE",
     "H_TASK",
+    "H_TRACEBACK",
     "H_TRACE_ID",
     "H_VERSION",
     "PROTOCOL_VERSION",
@@ -54,12 +60,19 @@ H_QUEUE = "x-sluice-queue"  # str, the sluice queue name it was published to
 # optional headers
 H_IDEMPOTENCY_KEY = "x-sluice-idempotency-key"  # str
 H_TRACE_ID = "x-sluice-trace-id"  # str
+H_ETA = "x-sluice-eta"  # int, ms since the epoch: do not run before (delayed publish, retry, deferral)
+H_FIRST_FAILURE_AT = "x-sluice-first-failure-at"  # int, ms since the epoch of the first failed attempt
 
 # headers the worker adds when it dead-letters a task
 H_DEAD_REASON = "x-sluice-dead-reason"  # str: not_json, too_large, bad_headers, unknown_task, ...
 H_DEAD_DETAIL = "x-sluice-dead-detail"  # str: human-readable detail, at most 2 KiB
 H_DEAD_AT = "x-sluice-dead-at"  # int, ms since the epoch
 H_DEAD_QUEUE = "x-sluice-dead-queue"  # str, the sluice queue it was taken from
+# ... and, when a handler failed, the last failure
+H_ERROR_TYPE = "x-sluice-error-type"  # str, the exception's qualified name
+H_ERROR_MESSAGE = "x-sluice-error-message"  # str, str(exception), at most 2 KiB
+H_TRACEBACK = "x-sluice-traceback"  # str, the traceback's last lines, at most 4 KiB
+H_LAST_FAILURE_AT = "x-sluice-last-failure-at"  # int, ms since the epoch
 
 _KEY_MAX = 512
 
@@ -84,6 +97,8 @@ class TaskMessage:
     created_at_ms: int = field(default_factory=now_ms)
     idempotency_key: str | None = None
     trace_id: str | None = None
+    eta_ms: int | None = None  # not to run before this time (ms since the epoch); None: at once
+    first_failure_ms: int | None = None  # when its first attempt failed (retries carry it)
 
     def headers(self) -> dict[str, Any]:
         h: dict[str, Any] = {
@@ -97,6 +112,10 @@ class TaskMessage:
             h[H_IDEMPOTENCY_KEY] = self.idempotency_key
         if self.trace_id is not None:
             h[H_TRACE_ID] = self.trace_id
+        if self.eta_ms is not None:
+            h[H_ETA] = self.eta_ms
+        if self.first_failure_ms is not None:
+            h[H_FIRST_FAILURE_AT] = self.first_failure_ms
         return h
 
 
@@ -175,4 +194,6 @@ def decode(
         created_at_ms=created if created is not None else now_ms(),
         idempotency_key=idem,
         trace_id=_text(h.get(H_TRACE_ID)),
+        eta_ms=_int(h.get(H_ETA)) if H_ETA in h else None,
+        first_failure_ms=_int(h.get(H_FIRST_FAILURE_AT)) if H_FIRST_FAILURE_AT in h else None,
     )

@@ -27,9 +27,9 @@ from sluice.errors import (
     PublishTimeout,
     SluiceError,
 )
-from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body
+from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body, now_ms
 from sluice.settings import Settings
-from sluice.topology import Topology
+from sluice.topology import Topology, next_hop
 
 __all__ = ["PublishOutcome", "PublishReport", "Publisher"]
 
@@ -74,6 +74,7 @@ class Publisher:
         self._tasks_ex: AbstractExchange | None = None
         self._dead_ex: AbstractExchange | None = None
         self._queues: set[str] = set()
+        self._delays_declared = False
         self._declare_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
@@ -127,6 +128,21 @@ class Publisher:
                 raise BrokerUnavailable(f"cannot declare queue {name!r}: {e}") from None
             self._queues.add(name)
 
+    async def ensure_delays(self) -> None:
+        """Declare the delay exchange and its tier queues (once per publisher)."""
+        if self._delays_declared:
+            return
+        async with self._declare_lock:
+            if self._delays_declared:
+                return
+            if self._channel is None:
+                raise BrokerUnavailable("publisher is not open")
+            try:
+                await self.topology.declare_delays(self._channel)
+            except BROKER_ERRORS as e:
+                raise BrokerUnavailable(f"cannot declare the delay queues: {e}") from None
+            self._delays_declared = True
+
     def properties(self, msg: TaskMessage) -> spec.Basic.Properties:
         """The AMQP properties of a task (the contract's, see docs/protocol.md)."""
         return spec.Basic.Properties(
@@ -160,6 +176,11 @@ class Publisher:
             await self.ensure_queue(msg.queue)
         if body is None:
             body = encode_body(msg.payload, self.settings.max_message_bytes)
+        if msg.eta_ms is not None:
+            tier = next_hop(msg.eta_ms - now_ms())
+            if tier is not None:
+                await self.publish_delayed(body, msg.queue, self.properties(msg), tier)
+                return msg.id
         await self.publish_properties(body, msg.queue, self.properties(msg))
         return msg.id
 
@@ -167,6 +188,11 @@ class Publisher:
         self, body: bytes, routing_key: str, properties: spec.Basic.Properties
     ) -> None:
         """Publish a body with prepared properties to the tasks exchange and wait for the confirm."""
+        await self._publish_body(self.topology.tasks_exchange, routing_key, body, properties)
+
+    async def _publish_body(
+        self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
+    ) -> None:
         if self._channel is None:
             raise BrokerUnavailable("publisher is not open")
         try:
@@ -177,13 +203,24 @@ class Publisher:
         await self._confirmed(
             channel.basic_publish(
                 body,
-                exchange=self.topology.tasks_exchange,
+                exchange=exchange,
                 routing_key=routing_key,
                 properties=properties,
                 mandatory=True,
                 wait=False,
             )
         )
+
+    async def publish_delayed(
+        self, body: bytes, queue: str, properties: spec.Basic.Properties, tier_ms: int
+    ) -> None:
+        """Publish to the delay tier ``tier_ms`` (see :data:`~sluice.topology.DELAY_TIERS_MS`), confirmed:
+        the task reaches work queue ``queue`` when the tier's TTL has passed."""
+        if queue not in self._queues:
+            await self.ensure_queue(queue)
+        await self.ensure_delays()
+        key = self.topology.delay_routing_key(tier_ms, queue)
+        await self._publish_body(self.topology.delay_exchange, key, body, properties)
 
     async def publish_raw(self, message: aio_pika.Message, routing_key: str, *, dead: bool = False) -> None:
         """Publish a prepared message to the tasks exchange (or the dead-letter exchange), confirmed."""

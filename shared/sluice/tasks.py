@@ -20,8 +20,10 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel
 
-from sluice.errors import ConfigError, TaskDefinitionError, UnknownTask
+from sluice.errors import ConfigError, SluiceError, TaskDefinitionError, UnknownTask
+from sluice.policy import Breaker, Concurrency, Idempotency, RateLimit, TaskPolicy
 from sluice.protocol import TaskMessage
+from sluice.resilience import RetryPolicy
 from sluice.topology import check_queue_name
 
 __all__ = ["Registry", "Task", "TaskContext", "task"]
@@ -56,6 +58,7 @@ class Task:
     is_async: bool = False
     # positional layout of the call: "payload" / "context" per parameter
     _params: tuple[str, ...] = field(default=(), repr=False)
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
 
     def parse(self, payload: Mapping[str, Any]) -> BaseModel | None:
         """Validate a payload against the handler's model; raises pydantic.ValidationError."""
@@ -95,16 +98,43 @@ def _layout(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel] | None, 
     return model, tuple(params)
 
 
-def task(name: str | None = None, *, queue: str = "default") -> Callable[[Callable[..., Any]], Task]:
-    """Make a function a sluice task.
+def task(
+    name: str | None = None,
+    *,
+    queue: str = "default",
+    rate_limit: str | RateLimit | None = None,
+    concurrency: int | Concurrency | None = None,
+    timeout: float | str | None = None,
+    retry: RetryPolicy | None = None,
+    breaker: str | Breaker | None = None,
+    idempotency: bool | Idempotency | None = None,
+) -> Callable[[Callable[..., Any]], Task]:
+    """Make a function a sluice task, with optional fleet-wide policies (docs/policies.md).
 
     >>> class Greet(BaseModel):
     ...     who: str
-    >>> @task("demo.greet")
+    >>> @task("demo.greet", rate_limit="100/s", retry=RetryPolicy(max_attempts=5), timeout="30s")
     ... async def greet(p: Greet) -> None:
     ...     print("hello", p.who)
+
+    ``rate_limit``: ``"100/s"`` or a :class:`~sluice.policy.RateLimit` (burst, per-tenant key);
+    ``concurrency``: runs at once fleet-wide; ``timeout``: seconds (or ``"30s"``) an ``async`` handler may
+    run; ``retry``: a :class:`~sluice.resilience.RetryPolicy` (without one a failure is dead-lettered);
+    ``breaker``: the name of a shared circuit breaker (or a :class:`~sluice.policy.Breaker`);
+    ``idempotency``: ``True`` (key from the message header) or an :class:`~sluice.policy.Idempotency`.
     """
     check_queue_name(queue)
+    try:
+        policy = TaskPolicy.build(
+            rate_limit=rate_limit,
+            concurrency=concurrency,
+            timeout=timeout,
+            retry=retry,
+            breaker=breaker,
+            idempotency=idempotency,
+        )
+    except SluiceError as e:
+        raise TaskDefinitionError(f"task {name!r}: {e}") from None
 
     def wrap(fn: Callable[..., Any]) -> Task:
         tname = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -118,6 +148,7 @@ def task(name: str | None = None, *, queue: str = "default") -> Callable[[Callab
             model=model,
             is_async=inspect.iscoroutinefunction(fn),
             _params=params,
+            policy=policy,
         )
 
     return wrap

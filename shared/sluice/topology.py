@@ -31,10 +31,19 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from sluice.errors import ConfigError
 from sluice.settings import Settings
 
-__all__ = ["DELAY_TIERS_MS", "QUEUE_NAME", "Topology", "check_queue_name", "delay_tier"]
+__all__ = [
+    "DELAY_TIERS_MS",
+    "DUE_SLACK_MS",
+    "QUEUE_NAME",
+    "Topology",
+    "check_queue_name",
+    "delay_tier",
+    "next_hop",
+]
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,200}$")
 DELAY_TIERS_MS: tuple[int, ...] = tuple(1000 * 2**i for i in range(17))  # 1 s .. 65,536 s (18.2 h)
+DUE_SLACK_MS = 500  # a task due within this is run now: delays are kept to +-0.5 s
 
 
 def delay_tier(delay_ms: int) -> int:
@@ -45,6 +54,17 @@ def delay_tier(delay_ms: int) -> int:
             break
         best = tier
     return best
+
+
+def next_hop(remaining_ms: int, slack_ms: int = DUE_SLACK_MS) -> int | None:
+    """The tier to wait in for a task due in ``remaining_ms``; ``None`` when it is due (within ``slack_ms``).
+
+    The tier is the largest one not longer than ``remaining_ms + slack_ms``, so each hop ends at most
+    ``slack_ms`` late and the last one at most ``slack_ms`` early.
+    """
+    if remaining_ms <= slack_ms:
+        return None
+    return delay_tier(remaining_ms + slack_ms)
 
 
 @dataclass(frozen=True, slots=True)

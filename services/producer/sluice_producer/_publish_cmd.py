@@ -33,6 +33,7 @@ class PublishArgs:
     queue: str | None
     idempotency_key: str | None
     trace_id: str | None
+    delay: str | None
     as_json: bool
     progress: bool | None
     tasks: list[str]
@@ -48,6 +49,7 @@ def collect(args: PublishArgs, settings: Settings, stdin: TextIO) -> list[Item]:
         "queue": args.queue,
         "idempotency_key": args.idempotency_key,
         "trace_id": args.trace_id,
+        "delay": args.delay,
     }
 
     def spec(payload: dict[str, Any], where: str) -> TaskIn:

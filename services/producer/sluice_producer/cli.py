@@ -40,7 +40,8 @@ def publish(
     envelopes: bool = typer.Option(
         False,
         "--envelopes",
-        help='each input object is an envelope {"task", "payload", "queue", "idempotency_key", "trace_id"}',
+        help='each input object is an envelope {"task", "payload", "queue", "idempotency_key", "trace_id", '
+        '"delay"}',
     ),
     count: int = typer.Option(1, "--count", "-n", help="publish every payload N times (ids differ)"),
     queue: str | None = typer.Option(
@@ -51,6 +52,13 @@ def publish(
     ),
     trace_id: str | None = typer.Option(
         None, "--trace-id", help="header x-sluice-trace-id of every task", show_default=False
+    ),
+    delay: str | None = typer.Option(
+        None,
+        "--delay",
+        metavar="D",
+        help="run no sooner than D from now: 30s, 5m, 1500ms, 2h (delay tiers, +-0.5 s)",
+        show_default=False,
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON summary with the ids instead of ids"),
     progress: bool | None = typer.Option(
@@ -89,6 +97,16 @@ def publish(
 
     if queue is not None:
         check_queue_name(queue)
+    if delay is not None:
+        from sluice.errors import ConfigError
+        from sluice.policy import parse_duration
+        from sluice_producer.models import MAX_DELAY_S
+
+        try:
+            if parse_duration(delay) > MAX_DELAY_S:
+                raise typer.BadParameter(f"--delay {delay}: over the maximum of 30 days")
+        except ConfigError as e:
+            raise typer.BadParameter(f"--delay: {e}") from None
     args = _publish_cmd.PublishArgs(
         task=task,
         payload=payload,
@@ -99,6 +117,7 @@ def publish(
         queue=queue,
         idempotency_key=idempotency_key,
         trace_id=trace_id,
+        delay=delay,
         as_json=as_json,
         progress=progress,
         tasks=tasks or [],

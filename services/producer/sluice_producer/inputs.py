@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sluice.errors import ConfigError, NotJSON, ProtocolError, UnknownTask
-from sluice.protocol import TaskMessage, encode_body, new_task_id
+from sluice.protocol import TaskMessage, encode_body, new_task_id, now_ms
 from sluice.tasks import Registry
 from sluice_producer.models import TaskIn
 
@@ -130,6 +130,7 @@ def build_message(spec: TaskIn, rules: Rules, where: str) -> TaskMessage:
         queue=queue,
         idempotency_key=spec.idempotency_key,
         trace_id=spec.trace_id,
+        eta_ms=None if not spec.delay else now_ms() + round(float(spec.delay) * 1000),
     )
 
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sluice.errors import ConfigError
+from sluice.policy import parse_duration
+
+MAX_DELAY_S = 30 * 86400.0
 
 __all__ = [
     "BatchAccepted",
@@ -57,6 +62,24 @@ class TaskIn(BaseModel):
     trace_id: str | None = Field(
         None, min_length=1, max_length=200, description="propagated as header x-sluice-trace-id"
     )
+    delay: float | str | None = Field(
+        None,
+        description="run no sooner than this from now: seconds, or a duration such as 30s, 5m, 1500ms "
+        "(at most 30 days; kept to about +-0.5 s by the delay tiers)",
+    )
+
+    @field_validator("delay")
+    @classmethod
+    def _delay(cls, v: float | str | None) -> float | None:
+        if v is None:
+            return None
+        try:
+            seconds = parse_duration(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        if seconds > MAX_DELAY_S:
+            raise ValueError(f"delay {v!r} is over the maximum of 30 days")
+        return seconds
 
 
 class BatchIn(BaseModel):

@@ -1,0 +1,108 @@
+"""Rate limits changed at run time, without a redeploy: one Redis hash read by every worker.
+
+``sluice limits set demo.email 50/s --burst 10`` writes the hash field ``demo.email``; each worker reads
+the whole hash at most every ``refresh`` seconds (2 by default) and from then on limits the task to
+50/s fleet-wide, whatever its decorator says (a per-tenant ``key`` declared on the task is kept).
+``sluice limits rm demo.email`` goes back to the declared limit (or none).
+
+The hash is ``{prefix}:limits:{overrides}``; each value is JSON ``{"rate": "50/s", "burst": 10}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sluice.errors import ConfigError
+from sluice.policy import RateLimit
+from sluice.resilience import KeySpace
+
+__all__ = ["LimitStore", "effective_rate"]
+
+log = logging.getLogger("sluice.limits")
+
+
+def _encode(limit: RateLimit) -> str:
+    return json.dumps({"rate": str(limit), "burst": limit.burst})
+
+
+def _decode(raw: bytes | str) -> RateLimit:
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or not isinstance(doc.get("rate"), str):
+        raise ConfigError(f"bad limit override {raw!r}")
+    burst = doc.get("burst")
+    return RateLimit.parse(doc["rate"], burst=burst if isinstance(burst, int) else None)
+
+
+def effective_rate(declared: RateLimit | None, override: RateLimit | None) -> RateLimit | None:
+    """The limit that applies: the override (keeping the declared per-tenant key), else the declared."""
+    if override is None:
+        return declared
+    if declared is not None and declared.key is not None:
+        return replace(override, key=declared.key)
+    return override
+
+
+class LimitStore:
+    """Read and write the overrides; :meth:`current` answers from a copy refreshed every ``refresh`` s."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        refresh: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.key = KeySpace(prefix).key("limits", "overrides")
+        self._redis = redis
+        self._refresh = refresh
+        self._clock = clock
+        self._cache: dict[str, RateLimit] = {}
+        self._fresh_until = -1.0
+        self._warned = False
+
+    async def all(self) -> dict[str, RateLimit]:
+        """Every override, by task name (one round trip; a malformed entry is skipped with a warning)."""
+        raw: Mapping[bytes | str, bytes | str] = await self._redis.hgetall(self.key)
+        out: dict[str, RateLimit] = {}
+        for k, v in raw.items():
+            name = k.decode() if isinstance(k, bytes) else k
+            try:
+                out[name] = _decode(v)
+            except (ValueError, ConfigError) as e:
+                log.warning("ignoring the limit override of %s: %s", name, e)
+        return dict(sorted(out.items()))
+
+    async def set(self, task: str, limit: RateLimit) -> None:
+        await self._redis.hset(self.key, task, _encode(limit))
+        self._fresh_until = -1.0
+
+    async def remove(self, task: str) -> bool:
+        """Drop the override of ``task``; False if it had none."""
+        removed: int = await self._redis.hdel(self.key, task)
+        self._fresh_until = -1.0
+        return removed > 0
+
+    async def current(self, task: str) -> RateLimit | None:
+        """The override of ``task`` as of at most ``refresh`` seconds ago.
+
+        When Redis cannot be read the last known overrides stay in force (logged once).
+        """
+        now = self._clock()
+        if now >= self._fresh_until:
+            self._fresh_until = now + self._refresh
+            try:
+                self._cache = await self.all()
+                self._warned = False
+            except (RedisError, OSError) as e:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot read the limit overrides (%s); keeping the last known ones", e)
+        return self._cache.get(task)

@@ -1,0 +1,233 @@
+"""What a task declares about how the fleet runs it: rate limit, concurrency, timeout, retry, breaker,
+idempotency (docs/policies.md).
+
+Each is a small frozen dataclass, checked when built, so a bad declaration fails at import, not at the
+first message. :class:`TaskPolicy` bundles them; ``@task(..., rate_limit="100/s", retry=RetryPolicy())``
+builds one. The worker enforces them (``sluice_worker.gate``); nothing here talks to a broker.
+
+Durations and rates are written the way people write them::
+
+    parse_duration("1500ms") == 1.5      parse_rate("6000/min") == RateLimit(6000, 60.0)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sluice.errors import ConfigError
+from sluice.protocol import TaskMessage
+from sluice.resilience import BreakerPolicy, RetryPolicy
+
+__all__ = [
+    "Breaker",
+    "Concurrency",
+    "Idempotency",
+    "RateLimit",
+    "TaskPolicy",
+    "parse_duration",
+    "parse_rate",
+]
+
+_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?)?\s*([a-z]+)\s*$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from ``"30s"``, ``"5m"``, ``"1500ms"``, ``"2h"``, ``"1d"`` or a bare number of seconds."""
+    if isinstance(text, bool):
+        raise ConfigError(f"bad duration {text!r}")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(text.lower())
+        if m is None or m.group(2) not in ("", *_UNITS):
+            raise ConfigError(f"bad duration {text!r}: use a number with ms, s, m, h or d (e.g. 30s, 1500ms)")
+        seconds = float(m.group(1)) * _UNITS.get(m.group(2), 1.0)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"bad duration {text!r}: must be a finite number >= 0")
+    return seconds
+
+
+def _field_name(name: str, what: str) -> str:
+    if not _FIELD.match(name):
+        raise ConfigError(f"{what}: bad payload field {name!r} (dotted identifiers, e.g. tenant or user.id)")
+    return name
+
+
+def payload_field(payload: Mapping[str, Any], dotted: str) -> str | None:
+    """The payload's value at ``dotted`` (``"user.id"``) as text, or ``None`` when absent or not a scalar."""
+    value: Any = payload
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``limit`` runs per ``period`` seconds fleet-wide (GCRA), at most ``burst`` at once.
+
+    With ``key`` (a payload field, dotted), each value of that field has its own limit (per tenant).
+    """
+
+    limit: int
+    period: float = 1.0
+    burst: int | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or not self.period > 0 or not math.isfinite(self.period):
+            raise ConfigError(f"bad rate limit {self.limit}/{self.period}s: need limit >= 1 and period > 0")
+        if self.burst is not None and self.burst < 1:
+            raise ConfigError(f"bad burst {self.burst}: must be at least 1")
+        if self.key is not None:
+            _field_name(self.key, "rate limit key")
+
+    @classmethod
+    def parse(cls, spec: str, *, burst: int | None = None, key: str | None = None) -> RateLimit:
+        """``"100/s"``, ``"6000/min"``, ``"10/5s"``, ``"1000/h"``, ``"50/d"``."""
+        m = _RATE.match(spec.lower())
+        if m is None or m.group(3) not in _UNITS:
+            raise ConfigError(f"bad rate {spec!r}: use N/unit, e.g. 100/s, 6000/min, 10/5s")
+        count = float(m.group(2)) if m.group(2) else 1.0
+        return cls(int(m.group(1)), count * _UNITS[m.group(3)], burst, key)
+
+    @property
+    def effective_burst(self) -> int:
+        return self.limit if self.burst is None else self.burst
+
+    def __str__(self) -> str:
+        for unit in ("s", "min", "h", "d"):
+            if self.period == _UNITS[unit]:
+                return f"{self.limit}/{unit}"
+        return f"{self.limit}/{self.period:g}s"
+
+
+def parse_rate(spec: str | RateLimit) -> RateLimit:
+    return spec if isinstance(spec, RateLimit) else RateLimit.parse(spec)
+
+
+@dataclass(frozen=True, slots=True)
+class Concurrency:
+    """At most ``limit`` runs at once fleet-wide (per value of the payload field ``key`` if given).
+
+    Each run holds a lease of ``lease`` seconds, renewed while it runs; a dead worker's slot comes back
+    when its lease expires.
+    """
+
+    limit: int
+    key: str | None = None
+    lease: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or not self.lease > 0:
+            raise ConfigError(
+                f"bad concurrency {self.limit} (lease {self.lease}s): need limit >= 1, lease > 0"
+            )
+        if self.key is not None:
+            _field_name(self.key, "concurrency key")
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """Run each key's effect once. The key is the message's ``x-sluice-idempotency-key`` header, or, with
+    ``fields``, those payload fields joined (a message lacking a field has no key and simply runs).
+
+    The claim is completed right after the handler returns, before the ack, and kept ``ttl`` seconds: a
+    redelivery after that (a worker killed before its ack, a DLQ replay) is acked and skipped. A claim
+    whose worker died mid-run expires after ``lease`` seconds and the task runs again.
+    """
+
+    fields: tuple[str, ...] = ()
+    ttl: float = 24 * 3600.0
+    lease: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.ttl > 0 or not self.lease > 0:
+            raise ConfigError("idempotency ttl and lease must be positive")
+        for f in self.fields:
+            _field_name(f, "idempotency field")
+
+    def key_for(self, message: TaskMessage) -> str | None:
+        """The deduplication key of ``message`` (without the task name), or ``None``."""
+        if not self.fields:
+            return message.idempotency_key
+        parts = [payload_field(message.payload, f) for f in self.fields]
+        if any(p is None for p in parts):
+            return None
+        return "|".join(p for p in parts if p is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """A circuit breaker shared, by ``name``, by every task and worker naming it."""
+
+    name: str
+    policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.name or "{" in self.name or "}" in self.name:
+            raise ConfigError(f"bad breaker name {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPolicy:
+    """Every policy of one task; ``None`` is "not declared"."""
+
+    rate_limit: RateLimit | None = None
+    concurrency: Concurrency | None = None
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+    breaker: Breaker | None = None
+    idempotency: Idempotency | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"bad timeout {self.timeout}: must be > 0 seconds")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        rate_limit: str | RateLimit | None = None,
+        concurrency: int | Concurrency | None = None,
+        timeout: float | str | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: str | Breaker | None = None,
+        idempotency: bool | Idempotency | None = None,
+    ) -> TaskPolicy:
+        """From the decorator's convenient forms (strings, ints, ``True``)."""
+        return cls(
+            rate_limit=None if rate_limit is None else parse_rate(rate_limit),
+            concurrency=Concurrency(concurrency) if isinstance(concurrency, int) else concurrency,
+            timeout=None if timeout is None else parse_duration(timeout),
+            retry=retry,
+            breaker=Breaker(breaker) if isinstance(breaker, str) else breaker,
+            idempotency=Idempotency() if idempotency is True else (idempotency or None),
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self == _EMPTY
+
+
+_EMPTY = TaskPolicy()
