@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="metrics HTTP bind address")
     metrics_port: int = Field(9108, ge=1, le=65535, description="metrics HTTP port")
 
+    metrics_enabled: bool = Field(
+        True,
+        description="workers and producers send a telemetry snapshot to the metrics exchange every second",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
     @field_validator("amqp_url")

@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from sluice.errors import SluiceError
-from sluice_cli import config_cmd, dlq_cmd, limits_cmd
+from sluice_cli import config_cmd, dlq_cmd, limits_cmd, status_cmd
 
 try:  # typer >= 0.23 vendors click; older releases use the click package
     from typer._click import exceptions as cx
@@ -45,6 +45,7 @@ def _register() -> None:
 
     app.command("config")(config_cmd.config)
     app.add_typer(dlq_cmd.app, name="dlq")
+    app.command("status")(status_cmd.status)
     app.add_typer(limits_cmd.app, name="limits")
     producer_cli.register(app)
     worker_cli.register(app)

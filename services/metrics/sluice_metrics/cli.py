@@ -25,8 +25,14 @@ def metrics(
     scrape_timeout: float = typer.Option(
         3.0, "--scrape-timeout", min=0.1, help="seconds a scrape may spend reading RabbitMQ"
     ),
+    alive_after: float = typer.Option(
+        5.0, "--alive-after", min=1.0, help="a process is alive while its last snapshot is this recent (s)"
+    ),
+    interval: float = typer.Option(
+        1.0, "--interval", min=0.1, help="seconds between reads of the queues and Redis for the summary"
+    ),
 ) -> None:
-    """Serve GET /metrics (queue depth and consumers per sluice queue, broker up) and GET /healthz."""
+    """Serve GET /metrics, /healthz, /api/summary and the live page at /: queues, workers, tasks, limits."""
     import logging
 
     from sluice.settings import Settings
@@ -45,6 +51,8 @@ def metrics(
             port=settings.metrics_port if port is None else port,
             queues=names,
             scrape_timeout=scrape_timeout,
+            alive_after=alive_after,
+            interval=interval,
         )
     )
 

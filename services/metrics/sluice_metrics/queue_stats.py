@@ -26,9 +26,11 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from sluice.connection import BROKER_ERRORS
 from sluice.settings import Settings
-from sluice.topology import Topology
+from sluice.topology import DELAY_TIERS_MS, Topology
 
-__all__ = ["QueueSnapshot", "QueueStats", "QueueStatsSource", "queues_to_watch"]
+__all__ = ["MAX_QUEUES", "QueueSnapshot", "QueueStats", "QueueStatsSource", "delay_queues", "queues_to_watch"]
+
+MAX_QUEUES = 200
 
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
 
@@ -60,18 +62,32 @@ def queues_to_watch(settings: Settings, extra: Iterable[str] = ()) -> tuple[str,
     return tuple(dict.fromkeys(names))  # de-duplicated, order kept
 
 
+def delay_queues(settings: Settings) -> tuple[str, ...]:
+    """The delay tier queues (reported only where they exist)."""
+    topo = Topology.from_settings(settings)
+    return tuple(topo.delay_queue(ms) for ms in DELAY_TIERS_MS)
+
+
 class QueueStatsSource:
     """Reads :class:`QueueStats` for a fixed list of queues. An async context manager.
 
     Reads are serialised: two scrapes at once take turns on the one connection.
     """
 
-    def __init__(self, settings: Settings, queues: Sequence[str], *, timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queues: Sequence[str],
+        *,
+        timeout: float = 3.0,
+        optional: Sequence[str] = (),
+    ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._url = settings.amqp_url
         self._name = f"sluice-metrics {settings.prefix}"
         self._queues = tuple(queues)
+        self._optional = tuple(q for q in optional if q not in self._queues)
         self._timeout = timeout
         self._connection: AbstractConnection | None = None
         self._lock = asyncio.Lock()
@@ -79,6 +95,12 @@ class QueueStatsSource:
     @property
     def queues(self) -> tuple[str, ...]:
         return self._queues
+
+    def watch(self, names: Iterable[str]) -> None:
+        """Report these queues too from the next read on (at most :data:`MAX_QUEUES` in all)."""
+        for name in names:
+            if name not in self._queues and len(self._queues) + len(self._optional) < MAX_QUEUES:
+                self._queues = (*self._queues, name)
 
     async def __aenter__(self) -> Self:
         return self
@@ -129,12 +151,14 @@ class QueueStatsSource:
         out: list[QueueStats] = []
         missing = 0
         try:
-            for name in self._queues:
+            optional = set(self._optional)
+            for name in (*self._queues, *self._optional):
                 try:
                     queue = await channel.declare_queue(name, passive=True)
                 except aiormq.exceptions.ChannelNotFoundEntity:
-                    missing += 1
-                    out.append(QueueStats(name, present=False))
+                    if name not in optional:  # an optional queue that is absent is simply not shown
+                        missing += 1
+                        out.append(QueueStats(name, present=False))
                     channel = await conn.channel(publisher_confirms=False)  # the 404 closed the old one
                     continue
                 ok = queue.declaration_result

@@ -12,16 +12,26 @@ from typing import Any
 
 import uvicorn
 from prometheus_client.registry import CollectorRegistry
+from redis.asyncio import Redis
 
-from sluice.errors import ConfigError
+from sluice.connection import BROKER_ERRORS
+from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.settings import Settings
+from sluice.telemetry import metrics_exchange
 from sluice_metrics.app import build_app
 from sluice_metrics.collectors import QueueCollector
-from sluice_metrics.queue_stats import QueueStatsSource, queues_to_watch
+from sluice_metrics.feed import SnapshotFeed
+from sluice_metrics.fleet import Fleet
+from sluice_metrics.fleet_metrics import FleetCollector
+from sluice_metrics.processes import ProcessTable
+from sluice_metrics.queue_stats import QueueStatsSource, delay_queues, queues_to_watch
+from sluice_metrics.redis_state import RedisStateSource
 
 __all__ = ["listen", "run", "serve"]
 
 log = logging.getLogger("sluice.metrics")
+
+_FEED_ERRORS: tuple[type[BaseException], ...] = (BrokerUnavailable, TimeoutError, *BROKER_ERRORS)
 
 
 class _Server(uvicorn.Server):
@@ -62,16 +72,36 @@ async def serve(
     port: int,
     queues: Sequence[str] = (),
     scrape_timeout: float = 3.0,
+    alive_after: float = 5.0,
+    interval: float = 1.0,
 ) -> None:
-    """Serve ``/metrics`` and ``/healthz`` until SIGTERM or SIGINT, then finish open requests and return."""
+    """Serve until SIGTERM or SIGINT, then finish open requests and return.
+
+    Besides HTTP: the snapshot feed (telemetry from the metrics exchange) and a sampler that reads the
+    queues and Redis every ``interval`` seconds for ``/api/summary`` and the fleet metrics.
+    """
     watched = queues_to_watch(settings, queues)
     sock = listen(host, port)
     registry = CollectorRegistry()
     collector = QueueCollector()
     registry.register(collector)
+    table = ProcessTable(alive_after=alive_after)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
-        async with QueueStatsSource(settings, watched, timeout=scrape_timeout) as source:
-            app = build_app(registry, source, collector)
+        async with (
+            QueueStatsSource(
+                settings, watched, timeout=scrape_timeout, optional=delay_queues(settings)
+            ) as source,
+            asyncio.TaskGroup() as background,
+        ):
+            fleet = Fleet(settings, table, source, collector, RedisStateSource(redis, settings.prefix))
+            registry.register(FleetCollector(fleet))
+            app = build_app(registry, source, collector, fleet)
+            stop_background = asyncio.Event()
+            background.create_task(_feed_loop(settings, table, stop_background), name="sluice-metrics-feed")
+            background.create_task(
+                _sample_loop(fleet, interval, stop_background), name="sluice-metrics-sampler"
+            )
             config = uvicorn.Config(
                 app,
                 lifespan="off",
@@ -90,11 +120,44 @@ async def serve(
             try:
                 await server.serve(sockets=[sock])
             finally:
+                stop_background.set()
                 for sig in stops:
                     loop.remove_signal_handler(sig)
     finally:
         sock.close()
+        await redis.aclose()
     log.info("stopped")
+
+
+async def _feed_loop(settings: Settings, table: ProcessTable, stop: asyncio.Event) -> None:
+    """Consume snapshots until ``stop``; while the broker is not there, try again every 2 s."""
+    warned = False
+    while not stop.is_set():
+        try:
+            async with SnapshotFeed(settings, table):
+                log.info("receiving telemetry snapshots from %s", metrics_exchange(settings.prefix))
+                warned = False
+                await stop.wait()
+                return
+        except _FEED_ERRORS as e:
+            if not warned:
+                warned = True
+                log.warning("cannot consume telemetry snapshots (%s); retrying", e)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await stop.wait()
+
+
+async def _sample_loop(fleet: Fleet, interval: float, stop: asyncio.Event) -> None:
+    """``fleet.tick()`` every ``interval`` seconds until ``stop``."""
+    while not stop.is_set():
+        try:
+            await fleet.tick()
+        except Exception:  # a bug in a sample must not stop the service
+            log.exception("sampling the fleet failed")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stop.wait()
 
 
 def _stop(server: uvicorn.Server, sig: signal.Signals) -> None:

@@ -1,0 +1,205 @@
+"""The Prometheus collector of the fleet: task counters and histograms merged from the processes'
+snapshots, processes alive, oldest message age, DLQ size, rate limits, breakers and retry budgets.
+
+Every family is rendered at scrape time from :class:`~sluice_metrics.fleet.Fleet` (no state here).
+Labels are bounded: task names (capped per process), outcomes (a fixed set), queue, limit, breaker and
+budget names (capped per process and in the Redis read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from sluice.errors import ConfigError
+from sluice.policy import parse_rate
+from sluice.resilience import BreakerState
+from sluice.telemetry import RUN_BUCKETS, WAIT_BUCKETS
+from sluice_metrics.fleet import Fleet
+from sluice_metrics.processes import Hist
+
+__all__ = ["METRIC_NAMES", "FleetCollector", "rate_per_second"]
+
+# every family this service exports (QueueCollector's included), for docs, dashboards and tests
+METRIC_NAMES = (
+    "sluice_up",
+    "sluice_broker_up",
+    "sluice_redis_up",
+    "sluice_queue_messages",
+    "sluice_queue_consumers",
+    "sluice_queue_present",
+    "sluice_queue_oldest_age_seconds",
+    "sluice_dlq_messages",
+    "sluice_metrics_scrape_errors_total",
+    "sluice_metrics_scrape_duration_seconds",
+    "sluice_metrics_snapshots_total",
+    "sluice_tasks_published_total",
+    "sluice_tasks_completed_total",
+    "sluice_task_run_seconds",
+    "sluice_task_queue_wait_seconds",
+    "sluice_tasks_in_progress",
+    "sluice_workers_alive",
+    "sluice_processes_alive",
+    "sluice_rate_limit_decisions_total",
+    "sluice_rate_limit_wait_seconds",
+    "sluice_rate_limit_override_per_second",
+    "sluice_breaker_state",
+    "sluice_retry_budget_refusals_total",
+)
+
+
+def rate_per_second(text: str) -> float | None:
+    """``"50/s"`` -> 50.0, ``"6000/min"`` -> 100.0 (:func:`sluice.policy.parse_rate`); None if not understood."""
+    try:
+        rate = parse_rate(text)
+    except (ConfigError, ValueError):
+        return None
+    return rate.limit / rate.period
+
+
+def _buckets(bounds: tuple[float, ...], h: Hist) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    running = 0
+    for i, n in enumerate(h.counts):
+        running += n
+        out.append((repr(float(bounds[i])) if i < len(bounds) else "+Inf", running))
+    return out
+
+
+class FleetCollector(Collector):
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families depend on what is known at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        fleet = self._fleet
+        now = fleet.clock()
+        table = fleet.table
+        totals = table.totals()
+        name = fleet.rabbit_name
+
+        published = CounterMetricFamily(
+            "sluice_tasks_published", "tasks producers published (confirmed), by queue", labels=["queue"]
+        )
+        for q, n in sorted(totals.published.items()):
+            published.add_metric([name(q)], n)
+        completed = CounterMetricFamily(
+            "sluice_tasks_completed",
+            "deliveries workers carried out, by task and outcome (success, failed, retried, dead_lettered, "
+            "deduplicated, deferred_limit, deferred_breaker)",
+            labels=["task", "outcome"],
+        )
+        for (task, outcome), n in sorted(totals.done.items()):
+            completed.add_metric([task, outcome], n)
+        run = HistogramMetricFamily(
+            "sluice_task_run_seconds", "seconds a task's handler ran", labels=["task"]
+        )
+        for task, h in sorted(totals.run.items()):
+            run.add_metric([task], _buckets(RUN_BUCKETS, h), h.sum)
+        wait = HistogramMetricFamily(
+            "sluice_task_queue_wait_seconds",
+            "seconds from a task's creation to its start, by queue",
+            labels=["queue"],
+        )
+        for q, h in sorted(totals.wait.items()):
+            wait.add_metric([name(q)], _buckets(WAIT_BUCKETS, h), h.sum)
+        yield from (published, completed, run, wait)
+
+        yield GaugeMetricFamily(
+            "sluice_tasks_in_progress",
+            "tasks running now in live workers",
+            value=table.gauge_sum("in_progress", now),
+        )
+        yield GaugeMetricFamily(
+            "sluice_workers_alive",
+            f"workers that sent a snapshot in the last {table.alive_after:g} s",
+            value=len(table.alive(now, "worker")),
+        )
+        alive = GaugeMetricFamily(
+            "sluice_processes_alive", "processes alive by heartbeat, by kind", labels=["kind"]
+        )
+        kinds: dict[str, int] = {"worker": 0, "producer": 0}
+        for p in table.alive(now):
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        for kind, n in sorted(kinds.items()):
+            alive.add_metric([kind], n)
+        yield alive
+        snapshots = CounterMetricFamily(
+            "sluice_metrics_snapshots", "telemetry snapshots received, by result", labels=["result"]
+        )
+        for result, n in (
+            ("accepted", table.accepted),
+            ("stale", table.stale),
+            ("invalid", table.invalid),
+            ("reset", table.resets),
+        ):
+            snapshots.add_metric([result], n)
+        yield snapshots
+
+        age = GaugeMetricFamily(
+            "sluice_queue_oldest_age_seconds",
+            "upper bound on the age of the oldest message in the queue (docs/metrics.md)",
+            labels=["queue"],
+        )
+        for q, a in sorted(fleet.ages.items()):
+            if a is not None:
+                age.add_metric([q], a)
+        yield age
+        snap = fleet.queues
+        if snap is not None and snap.broker_up:
+            for stats in snap.queues:
+                if stats.queue == fleet.topology.dead_queue and stats.present:
+                    yield GaugeMetricFamily(
+                        "sluice_dlq_messages", "messages in the dead-letter queue", value=stats.messages
+                    )
+
+        decisions = CounterMetricFamily(
+            "sluice_rate_limit_decisions",
+            "rate-limit decisions, by limit and decision",
+            labels=["limit", "decision"],
+        )
+        for (limit, decision), n in sorted(totals.limits.items()):
+            decisions.add_metric([limit, decision], n)
+        lwait = HistogramMetricFamily(
+            "sluice_rate_limit_wait_seconds", "seconds a rate limit made a task wait", labels=["limit"]
+        )
+        for limit, h in sorted(totals.limit_wait.items()):
+            lwait.add_metric([limit], _buckets(WAIT_BUCKETS, h), h.sum)
+        budget = CounterMetricFamily(
+            "sluice_retry_budget_refusals", "retries a retry budget refused, by budget", labels=["budget"]
+        )
+        for b, n in sorted(totals.budget_refused.items()):
+            budget.add_metric([b], n)
+        yield from (decisions, lwait, budget)
+
+        redis = fleet.redis
+        yield GaugeMetricFamily(
+            "sluice_redis_up",
+            "1 if the last read of breaker and limit state reached Redis",
+            value=0 if redis is None or not redis.redis_up else 1,
+        )
+        overrides = GaugeMetricFamily(
+            "sluice_rate_limit_override_per_second",
+            "run-time rate limit set with `sluice limits set`, in tasks per second",
+            labels=["limit"],
+        )
+        breakers = GaugeMetricFamily(
+            "sluice_breaker_state", "circuit breaker state: 0 closed, 1 open, 2 half-open", labels=["breaker"]
+        )
+        if redis is not None:
+            for limit, doc in redis.limits.items():
+                per_s = rate_per_second(str(doc.get("rate", "")))
+                if per_s is not None:
+                    overrides.add_metric([limit], per_s)
+            for b, state in redis.breakers.items():
+                breakers.add_metric([b], BreakerState[state.upper()].value)
+        yield from (overrides, breakers)
