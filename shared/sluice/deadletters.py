@@ -25,8 +25,14 @@ from sluice.protocol import (
     H_DEAD_DETAIL,
     H_DEAD_QUEUE,
     H_DEAD_REASON,
+    H_ERROR_MESSAGE,
+    H_ERROR_TYPE,
+    H_ETA,
+    H_FIRST_FAILURE_AT,
+    H_LAST_FAILURE_AT,
     H_QUEUE,
     H_TASK,
+    H_TRACEBACK,
     TaskMessage,
 )
 from sluice.publisher import Publisher
@@ -39,12 +45,18 @@ H_REPLAYS = "x-sluice-replays"  # how many times this task was replayed from the
 _DROP_ON_REPLAY = {H_DEAD_REASON, H_DEAD_DETAIL, H_DEAD_AT, H_DEAD_QUEUE, "x-death", "x-delivery-count"}
 _DROP_ON_REPLAY |= {"x-first-death-exchange", "x-first-death-queue", "x-first-death-reason"}
 _DROP_ON_REPLAY |= {"x-last-death-exchange", "x-last-death-queue", "x-last-death-reason"}
+# the last failure's details and the due time: a replay runs now, afresh
+_DROP_ON_REPLAY |= {H_ERROR_TYPE, H_ERROR_MESSAGE, H_TRACEBACK, H_FIRST_FAILURE_AT, H_LAST_FAILURE_AT, H_ETA}
 
 
 def _text(v: Any) -> str | None:
     if isinstance(v, bytes):
         return v.decode(errors="replace")
     return v if isinstance(v, str) else None
+
+
+def _ms(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,12 @@ class DeadLetter:
     attempt: int | None
     headers: Mapping[str, Any] = field(repr=False)
     body: bytes = field(repr=False)
+    # the last handler failure, when a handler failed (x-sluice-error-type, ...)
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = field(default=None, repr=False)
+    first_failure_ms: int | None = None
+    last_failure_ms: int | None = None
 
     @classmethod
     def from_message(cls, m: AbstractIncomingMessage, topology: Topology) -> DeadLetter:
@@ -88,6 +106,11 @@ class DeadLetter:
             attempt=attempt if isinstance(attempt, int) else None,
             headers=h,
             body=m.body,
+            error_type=_text(h.get(H_ERROR_TYPE)),
+            error_message=_text(h.get(H_ERROR_MESSAGE)),
+            traceback=_text(h.get(H_TRACEBACK)),
+            first_failure_ms=_ms(h.get(H_FIRST_FAILURE_AT)),
+            last_failure_ms=_ms(h.get(H_LAST_FAILURE_AT)),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,6 +122,11 @@ class DeadLetter:
             "detail": self.detail,
             "dead_at_ms": self.dead_at_ms,
             "attempt": self.attempt,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "traceback": self.traceback,
+            "first_failure_ms": self.first_failure_ms,
+            "last_failure_ms": self.last_failure_ms,
             "headers": {k: _jsonable(v) for k, v in self.headers.items()},
             "body": self.body.decode(errors="replace"),
         }

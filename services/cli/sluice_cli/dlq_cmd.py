@@ -82,7 +82,8 @@ def ls(
     rows, total = _run(go())
     if as_json:
         for d in rows:
-            typer.echo(json.dumps({k: v for k, v in d.as_dict().items() if k not in ("headers", "body")}))
+            skip = ("headers", "body", "traceback")
+            typer.echo(json.dumps({k: v for k, v in d.as_dict().items() if k not in skip}))
         return
     _table(rows, f"dead letters: showing {len(rows)} of {total}")
 
@@ -114,6 +115,19 @@ def show(
     c.print(f"[bold]{d['id']}[/] task={d['task']} queue={d['queue']} attempt={d['attempt']}")
     c.print(f"reason: [red]{d['reason']}[/]  at {_when(d['dead_at_ms'])} UTC")
     c.print(f"detail: {d['detail']}")
+    if d["error_type"]:
+        from rich.markup import escape
+
+        c.print(
+            f"error: [red]{escape(d['error_type'])}[/]: {escape(d['error_message'] or '')}", highlight=False
+        )
+        c.print(
+            f"failures: first {_when(d['first_failure_ms'])} UTC, last {_when(d['last_failure_ms'])} UTC, "
+            f"after {d['attempt']} attempt(s)"
+        )
+        if d["traceback"]:
+            c.print("traceback (last lines):", markup=False)
+            c.print(d["traceback"], markup=False, highlight=False)
     c.print("headers:", Pretty(d["headers"]))
     c.print("body:", d["body"])
 
