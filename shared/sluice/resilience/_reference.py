@@ -9,9 +9,9 @@ Times are microseconds; doubles with the operations in the scripts' order, so re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["GCRAModel", "GCRAReply", "SlidingWindowModel", "WindowReply"]
+__all__ = ["GCRAModel", "GCRAReply", "LeaseModel", "SlidingWindowModel", "WindowReply"]
 
 #: allowed, retry_after µs (-1 never), remaining, reset_after µs, now
 GCRAReply = tuple[int, int, int, int, int]
@@ -72,3 +72,34 @@ class SlidingWindowModel:
         if not peek:
             self.index, self.current, self.previous = idx, c + cost, p
         return 1, 0, math.floor(limit - est - cost), now
+
+
+@dataclass(slots=True)
+class LeaseModel:
+    """The semaphore: leases by fencing token with their expiry; expired ones reclaimed on acquire."""
+
+    limit: int
+    lease_us: int
+    leases: dict[int, int] = field(default_factory=dict)
+    last_token: int = 0
+
+    def acquire(self, now: int) -> tuple[int, int, int, int]:
+        """granted, token (or µs until the oldest lease expires), holders, now."""
+        self.leases = {token: expiry for token, expiry in self.leases.items() if expiry > now}
+        held = len(self.leases)
+        if held >= self.limit:
+            return 0, math.ceil(min(self.leases.values()) - now), held, now
+        token = max(self.last_token + 1, now)
+        self.last_token = token
+        self.leases[token] = now + self.lease_us
+        return 1, token, held + 1, now
+
+    def renew(self, now: int, token: int) -> int:
+        expiry = self.leases.pop(token, None)
+        if expiry is None or expiry <= now:
+            return 0
+        self.leases[token] = now + self.lease_us
+        return 1
+
+    def release(self, token: int) -> None:
+        self.leases.pop(token, None)

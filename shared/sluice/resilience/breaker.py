@@ -7,9 +7,11 @@ half-open and ``half_open_permits`` trial calls are granted, atomically, fleet-w
 successes close it, one failure opens it again. A half-open round whose trials never report
 (their holders died) starts over after ``trial_timeout``.
 
-Each process caches the last state it saw for ``local_cache`` seconds (and never past the end of
-the open time): an open breaker refuses without a round trip, a closed one lets a call through
-without one. Every recorded outcome refreshes the cache.
+Each process caches an open state it saw for ``open_cache`` seconds (never past the end of the open
+time), so an open breaker refuses without a round trip. With ``closed_cache`` > 0 it also caches a
+closed state, saving the ``allow`` round trip of most calls at the price of learning that another
+process opened the breaker up to that much later (or at its next recorded outcome, whose reply
+carries the state). Half-open is never cached: trial permits always come from Redis.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class CircuitBreaker:
         keys: KeySpace | None = None,
         timeout: float = 0.5,
         outage: OutagePolicy | None = None,
-        local_cache: float = 1.0,
+        open_cache: float = 1.0,
+        closed_cache: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -103,12 +106,14 @@ class CircuitBreaker:
         self.key = (keys or KeySpace()).key(self.kind, name)
         self._runner = ScriptRunner(redis, timeout=timeout)
         self._clock = clock
-        self._local_cache = local_cache
+        self._open_cache = open_cache
+        self._closed_cache = closed_cache
         self._outage = OutageMonitor(
             f"CircuitBreaker({name})", outage or FailClosed(), clock=clock, logger=logger
         )
         self._seen = BreakerState.CLOSED
         self._seen_until = -math.inf
+        self._open_until = -math.inf
         p = self.policy
         trial = p.open_for if p.trial_timeout is None else p.trial_timeout
         self._allow_args: list[Arg] = [
@@ -135,7 +140,7 @@ class CircuitBreaker:
         now = self._clock()
         if now < self._seen_until:
             if self._seen is BreakerState.OPEN:
-                raise CircuitOpen(f"breaker {self.name} is open", self._seen_until - now)
+                raise CircuitOpen(f"breaker {self.name} is open", self._open_until - now)
             if self._seen is BreakerState.CLOSED:
                 return Permit()
         if not self._outage.should_try():
@@ -208,13 +213,15 @@ class CircuitBreaker:
         return reply
 
     def _remember(self, state: BreakerState, retry_us: int) -> None:
+        now = self._clock()
         self._seen = state
-        ttl = self._local_cache
         if state is BreakerState.OPEN:
-            ttl = min(ttl, retry_us / 1_000_000)
-        elif state is BreakerState.HALF_OPEN:
-            ttl = 0.0
-        self._seen_until = self._clock() + ttl
+            self._open_until = now + retry_us / 1_000_000
+            self._seen_until = min(now + self._open_cache, self._open_until)
+        elif state is BreakerState.CLOSED:
+            self._seen_until = now + self._closed_cache
+        else:
+            self._seen_until = now
 
     def _fallback(self) -> Permit:
         self._outage.fell_back()

@@ -37,6 +37,7 @@ class Lease:
     name: str
     token: int
     local: bool = False
+    granted_at_us: int = 0  # Redis' clock at the grant (0 for a local lease)
     lost: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -99,7 +100,7 @@ class ConcurrencyLimiter:
             return self._fallback(name)
         self._outage.succeeded()
         if reply[0] == 1:
-            return Lease(name, int(reply[1])), 0.0
+            return Lease(name, int(reply[1]), granted_at_us=int(reply[3])), 0.0
         return None, reply[1] / 1_000_000
 
     @contextlib.asynccontextmanager
@@ -110,13 +111,16 @@ class ConcurrencyLimiter:
         lease gone (expired during a long stall), ``lease.lost`` is set: check it before a write.
         """
         lease = await self._wait(name, max_wait)
-        beat = None if lease.local else asyncio.create_task(self._heartbeat(lease))
+        stop = asyncio.Event()
+        beat = None if lease.local else asyncio.create_task(self._heartbeat(lease, stop))
         try:
             yield lease
         finally:
             if beat is not None:
+                stop.set()
                 beat.cancel()
-                await asyncio.gather(beat, return_exceptions=True)
+                # bounded: a renewal stuck in the client must not hold the release up
+                await asyncio.wait([beat], timeout=self._runner.timeout + 0.5)
             await self.release(lease)
 
     async def renew(self, lease: Lease) -> bool:
@@ -159,9 +163,11 @@ class ConcurrencyLimiter:
         except TimeoutError:
             raise ConcurrencyLimited(f"{name}: no slot within {max_wait} s", retry) from None
 
-    async def _heartbeat(self, lease: Lease) -> None:
+    async def _heartbeat(self, lease: Lease, stop: asyncio.Event) -> None:
         while True:
             await self._sleep(self.heartbeat)
+            if stop.is_set():
+                return
             try:
                 if not await self.renew(lease):
                     self._log.warning(
