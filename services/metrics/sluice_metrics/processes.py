@@ -30,13 +30,13 @@ class Hist:
     sum: float = 0.0
     count: int = 0
 
-    def add(self, other: Hist) -> None:
+    def add(self, other: Hist, sign: int = 1) -> None:
         if len(other.counts) != len(self.counts):
             return  # buckets changed between versions: keep ours
         for i, n in enumerate(other.counts):
-            self.counts[i] += n
-        self.sum += other.sum
-        self.count += other.count
+            self.counts[i] += sign * n
+        self.sum += sign * other.sum
+        self.count += sign * other.count
 
     def copy(self) -> Hist:
         return Hist(list(self.counts), self.sum, self.count)
@@ -57,10 +57,11 @@ class Totals:
     def _counters(self) -> tuple[dict[Any, int], ...]:
         return (self.done, self.published, self.limits, self.budget_refused)
 
-    def add(self, other: Totals) -> None:
+    def add(self, other: Totals, sign: int = 1) -> None:
+        """Add ``other`` in (``sign=-1``: take out what an earlier ``add`` put in)."""
         for mine, theirs in zip(self._counters(), other._counters(), strict=True):
             for k, n in theirs.items():
-                mine[k] = mine.get(k, 0) + n
+                mine[k] = mine.get(k, 0) + sign * n
         for hmine, htheirs in (
             (self.run, other.run),
             (self.wait, other.wait),
@@ -68,7 +69,7 @@ class Totals:
         ):
             for key, h in htheirs.items():
                 if key in hmine:
-                    hmine[key].add(h)
+                    hmine[key].add(h, sign)
                 else:
                     hmine[key] = h.copy()
 
@@ -141,6 +142,7 @@ class ProcessTable:
         self.alive_after = alive_after
         self.expire_after = max(alive_after, expire_after if expire_after is not None else 3 * alive_after)
         self.processes: dict[str, ProcessInfo] = {}
+        self._expired: dict[str, Totals] = {}  # silent ones: taken back out of retired if they return
         self.gone: list[ProcessInfo] = []  # the most recent ones, for display
         self.retired = Totals()
         self.accepted = 0
@@ -173,6 +175,10 @@ class ProcessTable:
             self.invalid += 1
             return False
         old = self.processes.get(instance)
+        back = self._expired.pop(instance, None)
+        if back is not None:  # silent for a while (a broker outage, say), now back: un-retire it
+            self.retired.add(back, -1)
+            old = ProcessInfo(instance, info.kind, info.host, info.pid, info.started, 0, now, back, {}, {})
         if old is not None:
             if seq <= old.seq:
                 self.stale += 1
@@ -199,6 +205,9 @@ class ProcessTable:
                 p.stopped = "silent"
                 self._retire(p)
                 del self.processes[instance]
+                self._expired[instance] = p.totals
+                if len(self._expired) > _MAX_PROCESSES:
+                    del self._expired[next(iter(self._expired))]
 
     def _retire(self, p: ProcessInfo) -> None:
         self.retired.add(p.totals)

@@ -1,0 +1,155 @@
+"""The metrics service with real processes sending snapshots over the real RabbitMQ."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import aio_pika
+from fleet_helpers import SLUICE, Service, end, start_child, until
+
+from sluice.settings import Settings
+from sluice.topology import Topology
+
+ALIVE_AFTER = 2.0  # the service fixture's --alive-after
+INTERVAL = 0.5  # its --interval (the sampler), also the child's snapshot interval
+
+
+def done(svc: Service, outcome: str) -> int:
+    return int(svc.summary()["totals"]["completed"][outcome])
+
+
+def test_counts_match_and_a_killed_worker_stops_being_alive(service: Service, env: dict[str, str]) -> None:
+    ok, failed, published = 37, 5, 42
+    worker = start_child(env, "worker", ok, failed, 0)
+    producer = start_child(env, "producer", 0, 0, published)
+    try:
+        doc = until(lambda: (d := service.summary())["workers_alive"] == 1 and d["totals"]["published"] and d)
+        assert doc["totals"]["completed"]["success"] == ok
+        assert doc["totals"]["completed"]["failed"] == failed
+        assert doc["totals"]["published"] == published
+        assert doc["in_progress"] == 2.0
+        kinds = sorted(p["kind"] for p in doc["processes"] if p["alive"])
+        assert kinds == ["producer", "worker"]
+        got = service.samples()
+        prefix = env["SLUICE_PREFIX"]
+        assert got[("sluice_tasks_completed_total", (("outcome", "success"), ("task", "demo.echo")))] == ok
+        assert got[("sluice_tasks_completed_total", (("outcome", "failed"), ("task", "demo.fail")))] == failed
+        assert got[("sluice_tasks_published_total", (("queue", f"{prefix}.q.default"),))] == published
+        assert got[("sluice_task_run_seconds_count", (("task", "demo.echo"),))] == ok
+        assert (
+            got[("sluice_task_queue_wait_seconds_count", (("queue", f"{prefix}.q.default"),))] == ok + failed
+        )
+        assert got[("sluice_workers_alive", ())] == 1
+
+        worker.kill()  # no final snapshot: only silence tells
+        killed = time.monotonic()
+        until(lambda: service.summary()["workers_alive"] == 0, seconds=10, every=0.1)
+        took = time.monotonic() - killed
+        # bound: alive_after since its last snapshot (sent < 0.5 s before the kill) + one sampler period
+        assert took <= ALIVE_AFTER + 2 * INTERVAL + 0.5, took
+        after = service.summary()
+        assert after["totals"]["completed"]["success"] == ok  # a dead worker's counts stay
+        assert service.samples()[("sluice_processes_alive", (("kind", "producer"),))] == 1
+
+        producer.send_signal(signal.SIGTERM)  # a clean stop: its final snapshot retires it at once
+        assert producer.wait(10) == 0
+        until(lambda: not any(p["alive"] for p in service.summary()["processes"]), seconds=5)
+        assert service.summary()["totals"]["published"] == published
+    finally:
+        end(worker)
+        end(producer)
+
+
+async def test_queue_depth_and_age_follow_a_filled_queue(service: Service, topology: Settings) -> None:
+    topo = Topology.from_settings(topology)
+    work = topo.queue(topology.default_queue)
+
+    def row() -> dict[str, object] | None:
+        return next((q for q in service.summary()["queues"] if q["queue"] == work), None)
+
+    until(lambda: (r := row()) is not None and r["messages"] == 0 and r["oldest_age"] == 0.0)
+    n = 20
+    async with await aio_pika.connect(topology.amqp_url) as conn:
+        channel = await conn.channel()
+        tasks = await channel.get_exchange(topo.tasks_exchange)
+        filled = time.monotonic()
+        for i in range(n):
+            await tasks.publish(
+                aio_pika.Message(b"{}", message_id=f"m{i}"), routing_key=topology.default_queue
+            )
+        first = until(lambda: (r := row()) is not None and r["messages"] == n and r)
+        age1 = float(first["oldest_age"])  # type: ignore[arg-type]
+        time.sleep(1.5)
+        second = row()
+        assert second is not None and second["messages"] == n
+        age2 = float(second["oldest_age"])  # type: ignore[arg-type]
+        # an upper bound that grows with the wait: never more than the time since the fill + one sample
+        assert age2 >= age1 + 1.0
+        assert age2 <= time.monotonic() - filled + INTERVAL + 0.5
+        samples = service.samples()
+        assert samples[("sluice_queue_messages", (("queue", work),))] == n
+        assert samples[("sluice_queue_oldest_age_seconds", (("queue", work),))] >= age2
+        queue = await channel.get_queue(work)
+        await queue.purge()
+        until(lambda: (r := row()) is not None and r["messages"] == 0 and r["oldest_age"] == 0.0)
+
+
+def test_sluice_status_table_json_and_watch(service: Service, env: dict[str, str]) -> None:
+    child = start_child(env, "worker", 3, 1, 0)
+    try:
+        until(lambda: service.summary()["workers_alive"] == 1)
+        run = subprocess.run(
+            [SLUICE, "status", "--url", service.url, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode == 0, run.stderr
+        doc = json.loads(run.stdout)
+        assert doc["totals"]["completed"]["success"] == 3 and doc["workers_alive"] == 1
+        table = subprocess.run(
+            [SLUICE, "status", "--url", service.url],
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert table.returncode == 0, table.stderr
+        prefix = env["SLUICE_PREFIX"]
+        assert f"{prefix}.q.default" in table.stdout and f"{prefix}.dlq" in table.stdout
+        assert "workers alive 1" in table.stdout and "alive" in table.stdout
+
+        watch = subprocess.Popen(
+            [SLUICE, "status", "--url", service.url, "--watch", "--json", "--interval", "0.3"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert watch.stdout is not None
+        lines = [watch.stdout.readline() for _ in range(3)]  # three refreshes
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(10) == 0
+        assert all(json.loads(line)["prefix"] == prefix for line in lines)
+        watch.stdout.close()
+    finally:
+        end(child)
+
+    bad = subprocess.run(
+        [SLUICE, "status", "--url", "http://127.0.0.1:9"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(
+        "sluice: error: cannot reach the metrics service at http://127.0.0.1:9/api/summary"
+    )
+    assert bad.stderr.count("\n") == 1
+    wrong = subprocess.run(
+        [SLUICE, "status", "--url", "nonsense"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert (wrong.returncode, wrong.stderr) == (
+        1,
+        "sluice: error: bad metrics service URL 'nonsense': use http://HOST:PORT\n",
+    )
