@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustConnection
 
 from sluice.errors import BrokerUnavailable
 from sluice.settings import Settings, mask_url
 
-__all__ = ["BROKER_ERRORS", "connect"]
+__all__ = ["BROKER_ERRORS", "connect", "connect_plain"]
+
+_C = TypeVar("_C", bound=AbstractConnection)
 
 # what a lost or refused broker looks like from aio-pika/aiormq
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
@@ -25,13 +29,30 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
     """A robust connection (it reconnects by itself), or :class:`BrokerUnavailable` within the deadline."""
+    return await _within_deadline(
+        settings,
+        aio_pika.connect_robust(
+            settings.amqp_url,
+            client_properties={"connection_name": name},
+            reconnect_interval=1.0,
+        ),
+    )
+
+
+async def connect_plain(settings: Settings, name: str) -> AbstractConnection:
+    """A plain connection (no automatic reconnect), for a caller that supervises reconnection itself.
+
+    Same deadline and errors as :func:`connect`.
+    """
+    return await _within_deadline(
+        settings, aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
+    )
+
+
+async def _within_deadline(settings: Settings, connecting: Awaitable[_C]) -> _C:
     try:
         async with asyncio.timeout(settings.connect_timeout):
-            return await aio_pika.connect_robust(
-                settings.amqp_url,
-                client_properties={"connection_name": name},
-                reconnect_interval=1.0,
-            )
+            return await connecting
     except TimeoutError:
         raise BrokerUnavailable(
             f"RabbitMQ at {mask_url(settings.amqp_url)} did not answer within {settings.connect_timeout:g}s"

@@ -1,1 +1,53 @@
-"""placeholder"""
+"""sluice's worker service: consume task queues, run handlers, dead-letter what cannot run.
+
+``sluice worker`` (or ``python -m sluice_worker``) is the command; :func:`serve` runs a worker inside an
+existing event loop (tests, embedding). Names are imported on first use, so ``sluice --help`` (which
+imports ``sluice_worker.cli``) does not load the AMQP stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sluice_worker.lifecycle import Shutdown, run, serve
+    from sluice_worker.options import apply_options, load_registry, resolve_queues
+    from sluice_worker.outcome import ACK, Ack, DeadLetter, DeadLetterOnError, FailurePolicy, Outcome
+
+__all__ = [
+    "ACK",
+    "Ack",
+    "DeadLetter",
+    "DeadLetterOnError",
+    "FailurePolicy",
+    "Outcome",
+    "Shutdown",
+    "apply_options",
+    "load_registry",
+    "resolve_queues",
+    "run",
+    "serve",
+]
+
+_WHERE = {
+    "Shutdown": "lifecycle",
+    "run": "lifecycle",
+    "serve": "lifecycle",
+    "apply_options": "options",
+    "load_registry": "options",
+    "resolve_queues": "options",
+    "ACK": "outcome",
+    "Ack": "outcome",
+    "DeadLetter": "outcome",
+    "DeadLetterOnError": "outcome",
+    "FailurePolicy": "outcome",
+    "Outcome": "outcome",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'sluice_worker' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sluice_worker.{mod}"), name)

@@ -1,9 +1,57 @@
-"""Commands of the worker service (filled in by its owner)."""
+"""``sluice worker``: run tasks from RabbitMQ queues.
+
+Only typer is imported at the top; the worker is imported inside the command.
+"""
 
 from __future__ import annotations
 
 import typer
 
+_TASKS_HELP = (
+    "Python module whose @task functions to load (repeat, or comma-separate); demo tasks always load."
+)
+_QUEUES_HELP = (
+    "Queue to consume (repeat, or comma-separate). Default: the loaded tasks' queues + the default queue."
+)
+
+
+def worker(
+    tasks: list[str] = typer.Option([], "--tasks", "-t", metavar="MODULE", help=_TASKS_HELP),
+    queues: list[str] = typer.Option([], "--queues", "-q", metavar="QUEUE", help=_QUEUES_HELP),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-c", metavar="N", help="Tasks run at once [env SLUICE_CONCURRENCY]."
+    ),
+    prefetch: int | None = typer.Option(
+        None, "--prefetch", metavar="N", help="Unacked deliveries per queue consumer [env SLUICE_PREFETCH]."
+    ),
+    grace_period: float | None = typer.Option(
+        None,
+        "--grace-period",
+        metavar="S",
+        help="Seconds running tasks get to finish on SIGTERM/SIGINT [env SLUICE_GRACE_PERIOD].",
+    ),
+) -> None:
+    """Run tasks: consume queues, run each task's handler, dead-letter what cannot run."""
+    from pydantic import ValidationError
+
+    from sluice.settings import Settings
+    from sluice_worker.lifecycle import configure_logging, run
+    from sluice_worker.options import apply_options, load_registry, resolve_queues, split_names
+
+    settings = Settings()
+    try:
+        settings = apply_options(
+            settings, concurrency=concurrency, prefetch=prefetch, grace_period=grace_period
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise typer.BadParameter(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    registry = load_registry(split_names(tasks))
+    chosen = resolve_queues(registry, split_names(queues), settings)
+    configure_logging(settings.log_level)
+    run(settings, registry, chosen)
+
 
 def register(app: typer.Typer) -> None:
     """Add this service's commands to the ``sluice`` app."""
+    app.command("worker")(worker)

@@ -1,0 +1,379 @@
+"""Consuming: one :class:`Session` per broker connection, and a :class:`Consumer` that supervises them.
+
+A session owns a plain (non-robust) connection with two channels: one consuming every queue (per-consumer
+QoS = ``prefetch``; quorum queues reject global QoS) and one in confirm mode for dead-letter copies. The
+broker's delivery tasks run the :class:`~sluice_worker.runner.Runner` under a semaphore of ``concurrency``
+slots; finished deliveries are acked in batches (``multiple=True`` over the contiguous finished prefix, see
+:mod:`sluice_worker._acks`) by one flusher task.
+
+Reconnection is supervised here rather than left to aio-pika's robust connection, which has come back from
+a broker restart with zero consumers (aio-pika #231, #626): when the connection or a channel closes, or the
+broker cancels a consumer, the session is dropped whole (its unacked deliveries will be redelivered, its
+running handlers are cancelled with the channel) and a new one declares, sets QoS and consumes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from sluice.connection import BROKER_ERRORS, connect_plain
+from sluice.errors import BrokerUnavailable, ConfigError, SluiceError
+from sluice.settings import Settings, mask_url
+from sluice.topology import Topology
+from sluice_worker._acks import AckTracker
+from sluice_worker.deadletter import DeadLetterPublisher, LogThrottle
+from sluice_worker.outcome import ACK, DeadLetter
+from sluice_worker.runner import Runner
+
+__all__ = ["Consumer", "Session"]
+
+log = logging.getLogger("sluice.worker")
+
+_CANCEL_TIMEOUT = 5.0
+# batched acks: one ack frame once this many deliveries finished (a quarter of the prefetch window), or
+# this many seconds after the first one finished, whichever is sooner
+_ACK_INTERVAL = 0.005
+_CANCEL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
+
+
+class Session:
+    """Consuming over one connection. Not reusable: after a loss the :class:`Consumer` opens a new one."""
+
+    def __init__(
+        self,
+        connection: AbstractConnection,
+        settings: Settings,
+        runner: Runner,
+        slots: asyncio.Semaphore,
+        throttle: LogThrottle,
+    ) -> None:
+        self.connection = connection
+        self._settings = settings
+        self._topology = Topology.from_settings(settings)
+        self._runner = runner
+        self._slots = slots
+        self._throttle = throttle
+        self._acks = AckTracker()
+        self._wake = asyncio.Event()  # a delivery finished since the last ack
+        self._full = asyncio.Event()  # a batch of them did
+        self._unflushed = 0
+        self._batch = max(1, settings.prefetch // 4)
+        self._closing = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._consumer_tags: list[str] = []
+        self._cancelled: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._lost_acks_logged = False
+        # strong references to everything the broker objects hang on
+        self._channel: AbstractChannel | None = None
+        self._raw: RawChannel | None = None
+        self._dead: DeadLetterPublisher | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ---- opening
+    async def open(self, queues: Sequence[str]) -> None:
+        """Declare the topology, set QoS and start one consumer per queue."""
+        s, topo = self._settings, self._topology
+        channel = self._channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=s.prefetch)
+        await topo.declare_base(channel)
+        for q in queues:
+            await topo.declare_queue(channel, q)
+        dead_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        _, dead_exchange = await topo.declare_base(dead_channel)
+        self._dead = DeadLetterPublisher(dead_channel, dead_exchange, s.publish_timeout)
+        raw = self._raw = await channel.get_underlay_channel()
+        raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        self._flusher = asyncio.create_task(self._flush_loop(raw), name="sluice-acks")
+        for q in queues:
+            ok = await raw.basic_consume(topo.queue(q), self._consumer_for(q))
+            if ok.consumer_tag is not None:
+                self._consumer_tags.append(ok.consumer_tag)
+
+    def _on_broker_cancel(self, frame: Basic.Cancel) -> None:
+        if not self._cancelled.done():
+            self._cancelled.set_result(f"the broker cancelled consumer {frame.consumer_tag}")
+
+    # ---- the hot path
+    def _consumer_for(self, queue: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        acks, slots, inflight, run = self._acks, self._slots, self._inflight, self._runner.run
+
+        async def on_delivery(dm: DeliveredMessage) -> None:
+            tag = dm.delivery_tag
+            if tag is None:  # not a basic.deliver: cannot happen on a consumer
+                return
+            acks.received(tag)
+            if self._closing:
+                return  # draining: left unacked, the broker redelivers it
+            async with slots:
+                if self._closing:
+                    return
+                me = asyncio.current_task()
+                if me is not None:
+                    inflight.add(me)
+                try:
+                    p = dm.header.properties
+                    outcome = await run(dm.body, p.headers, p.message_id, bool(dm.redelivered))
+                    if outcome is ACK:
+                        acks.finish(tag)
+                        self._finished()
+                    elif isinstance(outcome, DeadLetter):
+                        await self._dead_letter(queue, dm, tag, outcome)
+                    else:  # an outcome this consumer cannot carry out: keep the message, in the DLQ
+                        await self._dead_letter(
+                            queue, dm, tag, DeadLetter("unsupported_outcome", repr(outcome))
+                        )
+                except Exception:  # a bug of ours: keep going, the broker redelivers the message
+                    log.exception("internal error on a delivery from %s; requeueing it", queue)
+                    await self._answer_alone(tag, requeue=True)
+                finally:
+                    if me is not None:
+                        inflight.discard(me)
+
+        return on_delivery
+
+    async def _dead_letter(self, queue: str, dm: DeliveredMessage, tag: int, dead: DeadLetter) -> None:
+        if self._throttle.allow():
+            log.warning(
+                "dead-lettered task %s from queue %s: %s: %.300s",
+                dm.header.properties.message_id,
+                queue,
+                dead.reason,
+                dead.detail,
+            )
+        assert self._dead is not None
+        try:
+            await self._dead.publish(dm, queue, dead)
+        except SluiceError as e:
+            log.error("dead-letter copy not confirmed (%s); rejecting the delivery so the broker moves it", e)
+            await self._answer_alone(tag, requeue=False)
+            return
+        self._acks.finish(tag)
+        self._finished()
+
+    def _finished(self) -> None:
+        n = self._unflushed = self._unflushed + 1
+        if n == 1:
+            self._wake.set()
+        elif n >= self._batch:
+            self._full.set()
+
+    async def _answer_alone(self, tag: int, *, requeue: bool) -> None:
+        """``nack`` one delivery on its own frame and keep it out of the batched acks."""
+        assert self._raw is not None
+        try:
+            await self._raw.basic_nack(tag, multiple=False, requeue=requeue)
+        except BROKER_ERRORS as e:
+            self._log_lost_acks(e)
+            return
+        self._acks.settle(tag)
+        self._finished()
+
+    async def _flush_loop(self, raw: RawChannel) -> None:
+        acks, wake, full = self._acks, self._wake, self._full
+        while True:
+            await wake.wait()
+            if self._unflushed < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_ACK_INTERVAL):
+                        await full.wait()
+            wake.clear()
+            full.clear()
+            self._unflushed = 0
+            tag = acks.take()
+            if tag is not None:
+                try:
+                    await raw.basic_ack(tag, multiple=True, wait=False)
+                except BROKER_ERRORS as e:
+                    self._log_lost_acks(e)
+                    return
+
+    def _log_lost_acks(self, e: BaseException) -> None:
+        if not self._lost_acks_logged:
+            self._lost_acks_logged = True
+            log.warning(
+                "cannot ack on the lost channel (%s): its %d unacked deliveries will be redelivered",
+                type(e).__name__,
+                self._acks.outstanding,
+            )
+
+    # ---- watching, draining, dropping
+    async def wait_lost(self) -> str:
+        """Wait until this session cannot consume any more; says why."""
+        assert self._raw is not None and self._dead is not None
+        dead_raw = await self._dead.channel.get_underlay_channel()
+        watched: dict[asyncio.Future[Any], str] = {
+            self._raw.closing: "the consuming channel closed",
+            dead_raw.closing: "the dead-letter channel closed",
+            self._cancelled: "",
+        }
+        try:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in watched:
+                if f is not self._cancelled and not f.done():
+                    f.cancel()
+        f = done.pop()
+        if f is self._cancelled:
+            return f.result()  # type: ignore[no-any-return]
+        exc = f.exception()
+        return f"{watched[f]}: {exc!r}" if exc is not None else watched[f]
+
+    async def drain(self, grace: float, force: asyncio.Event) -> None:
+        """Stop consuming, give running tasks ``grace`` seconds (or until ``force``), ack them, close."""
+        self._closing = True
+        raw = self._raw
+        if raw is not None:
+            for ctag in self._consumer_tags:
+                try:
+                    async with asyncio.timeout(_CANCEL_TIMEOUT):
+                        await raw.basic_cancel(ctag)
+                except _CANCEL_ERRORS:
+                    break
+        running = set(self._inflight)
+        log.info(
+            "draining: %d tasks running (grace %gs), %d prefetched deliveries go back to the broker",
+            len(running),
+            grace,
+            self._acks.pending - len(running),
+        )
+        if running:
+            all_done = asyncio.ensure_future(asyncio.wait(running))
+            forced = asyncio.ensure_future(force.wait())
+            await asyncio.wait({all_done, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            for f in (all_done, forced):
+                f.cancel()
+            late = [t for t in running if not t.done()]
+            if late:
+                log.warning(
+                    "%d tasks still running after the grace period: cancelled, to be redelivered", len(late)
+                )
+                for t in late:
+                    t.cancel()
+                await asyncio.wait(late, timeout=_CANCEL_TIMEOUT)
+        await self._final_acks()
+        await self.close()
+
+    async def _final_acks(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        raw = self._raw
+        if raw is None:
+            return
+        try:
+            tag = self._acks.take()
+            if tag is not None:
+                await raw.basic_ack(tag, multiple=True)
+            for t in self._acks.finished_out_of_order():
+                await raw.basic_ack(t)
+        except BROKER_ERRORS as e:
+            self._log_lost_acks(e)
+
+    async def close(self) -> None:
+        """Close channels and connection; unacked deliveries go back to their queues."""
+        self._closing = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for ch in (self._channel, self._dead.channel if self._dead else None):
+            if ch is not None and not ch.is_closed:
+                with contextlib.suppress(*BROKER_ERRORS, TimeoutError):
+                    async with asyncio.timeout(_CANCEL_TIMEOUT):
+                        await ch.close()
+        with contextlib.suppress(*BROKER_ERRORS, TimeoutError):
+            async with asyncio.timeout(_CANCEL_TIMEOUT):
+                await self.connection.close()
+
+
+class Consumer:
+    """Keeps a :class:`Session` consuming ``queues`` until told to stop, reconnecting after a loss.
+
+    The first connection must succeed (a wrong URL fails the command at once); after that every loss is
+    retried with a capped backoff.
+    """
+
+    def __init__(
+        self, settings: Settings, runner: Runner, queues: Sequence[str], *, name: str = "sluice-worker"
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.queues = list(queues)
+        self.name = name
+        self.sessions = 0  # sessions opened so far (1 + reconnects)
+        self._throttle = LogThrottle()
+
+    async def run(self, stop: asyncio.Event, force: asyncio.Event) -> None:
+        s = self.settings
+        slots = asyncio.Semaphore(s.concurrency)
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                session = await self._open(slots)
+            except BrokerUnavailable as e:
+                if self.sessions == 0:
+                    raise
+                log.warning("cannot reconnect: %s; retrying in %.1fs", e, delay)
+                if await _wait(stop, delay):
+                    return
+                delay = min(delay * 2, 15.0)
+                continue
+            delay = 0.5
+            self.sessions += 1
+            log.info("connected to %s (session %d)", mask_url(s.amqp_url), self.sessions)
+            log.info(
+                "consuming queues %s with concurrency %d, prefetch %d",
+                ", ".join(self.queues),
+                s.concurrency,
+                s.prefetch,
+            )
+            lost = asyncio.ensure_future(session.wait_lost())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if stop.is_set():
+                lost.cancel()
+                await session.drain(s.grace_period, force)
+                return
+            log.warning("lost the broker (%s): reconnecting", lost.result())
+            await session.close()
+
+    async def _open(self, slots: asyncio.Semaphore) -> Session:
+        conn = await connect_plain(self.settings, self.name)
+        session = Session(conn, self.settings, self.runner, slots, self._throttle)
+        try:
+            await session.open(self.queues)
+        except aiormq.exceptions.ChannelPreconditionFailed as e:
+            await session.close()
+            raise ConfigError(
+                f"RabbitMQ refused the queue declaration ({e}); does a queue exist with another type? "
+                f"(queue_type={self.settings.queue_type})"
+            ) from None
+        except BROKER_ERRORS as e:
+            await session.close()
+            raise BrokerUnavailable(f"cannot set up consuming: {e!r}") from None
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; True if it is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
