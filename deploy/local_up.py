@@ -5,6 +5,10 @@ do for the services), checks that RabbitMQ and Redis answer, starts the three se
 output interleaved and prefixed, and on Ctrl-C or SIGTERM stops them all gracefully (SIGTERM, then
 SIGKILL after the worker's grace period). Exits 0 after a requested stop, 1 if the brokers are not
 there or a service stops by itself.
+
+Where the ``prometheus`` binary is installed it runs too, with ``deploy/prometheus/prometheus.yml``
+pointed at the local metrics port, on 127.0.0.1:``PROMETHEUS_PORT`` (9090), its data in a temporary
+directory. It is optional: if it stops by itself the services go on.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
@@ -23,6 +29,7 @@ from typing import IO
 from urllib.parse import urlsplit
 
 SERVICES = ("producer", "worker", "metrics")
+DEPLOY = Path(__file__).resolve().parent
 START_BROKERS = (
     "`rabbitmq-server -detached` and `redis-server --daemonize yes --save ''`, "
     "or `docker compose up -d rabbitmq redis`"
@@ -78,6 +85,24 @@ def local_url(host: object, port: object, path: str = "") -> str:
     return f"http://{shown}:{port}{path}"
 
 
+def prometheus_command(workdir: Path, metrics_target: str, port: str) -> list[str] | None:
+    """The command running Prometheus with the deploy config aimed at ``metrics_target``; None if absent."""
+    exe = shutil.which("prometheus")
+    if exe is None:
+        return None
+    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    config = config.replace('"metrics:9108"', f'"{metrics_target}"')
+    config = config.replace("  - alerts.yml", f"  - {DEPLOY / 'prometheus' / 'alerts.yml'}")
+    path = workdir / "prometheus.yml"
+    path.write_text(config)
+    return [
+        exe,
+        f"--config.file={path}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+
+
 def pump(name: str, stream: IO[str], lock: threading.Lock) -> None:
     """Copy a child's output to ours, each line prefixed with the service name."""
     for line in stream:
@@ -115,9 +140,18 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     children: dict[str, subprocess.Popen[str]] = {}
     pumps: list[threading.Thread] = []
-    for name in SERVICES:
+    workdir = Path(tempfile.mkdtemp(prefix="sluice-up-"))
+    commands = {name: [sluice, name] for name in SERVICES}
+    metrics_host = local_url(settings["metrics_host"], settings["metrics_port"]).removeprefix("http://")
+    prom_port = os.environ.get("PROMETHEUS_PORT", "9090")
+    prom = prometheus_command(workdir, metrics_host, prom_port)
+    if prom is None:
+        say("prometheus is not installed: running without it")
+    else:
+        commands["prometheus"] = prom
+    for name, command in commands.items():
         proc = subprocess.Popen(
-            [sluice, name],
+            command,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -135,11 +169,20 @@ def main() -> int:
     producer = local_url(settings["producer_host"], settings["producer_port"])
     metrics = local_url(settings["metrics_host"], settings["metrics_port"], "/metrics")
     say(f"producer {producer}  metrics {metrics}  (Ctrl-C stops all)")
+    if prom is not None:
+        say(
+            f"prometheus http://127.0.0.1:{prom_port}  live page {local_url(settings['metrics_host'], settings['metrics_port'], '/')}"
+        )
 
     failed: list[str] = []
+    optional_gone: set[str] = set()
     while not stop.wait(0.2):
         for name, proc in children.items():
-            if proc.poll() is not None:
+            if proc.poll() is not None and name not in optional_gone:
+                if name == "prometheus":  # optional: say so, keep the services running
+                    optional_gone.add(name)
+                    say(f"prometheus exited with {proc.returncode}; the services go on")
+                    continue
                 failed.append(f"{name} exited with {proc.returncode}")
                 stop.set()
 
@@ -155,13 +198,14 @@ def main() -> int:
             proc.wait()
     for t in pumps:
         t.join(5)
+    shutil.rmtree(workdir, ignore_errors=True)
     if failed:
         say("; ".join(failed) + ": stopped the others")
         return 1
     bad = [
         f"{n} exited with {p.returncode}"
         for n, p in children.items()
-        if p.returncode not in (0, -signal.SIGTERM)
+        if p.returncode not in (0, -signal.SIGTERM) and n not in optional_gone
     ]
     say("stopped" + (f" ({'; '.join(bad)})" if bad else ""))
     return 1 if bad or not requested.is_set() else 0

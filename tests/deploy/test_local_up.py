@@ -74,8 +74,10 @@ def test_bad_setting_is_one_line() -> None:
 
 
 @pytest.fixture
-def stack(amqp_url: str, redis_url: str, unique: str) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
-    producer_port, metrics_port = free_port(), free_port()
+def stack(
+    amqp_url: str, redis_url: str, unique: str
+) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
+    producer_port, metrics_port, prometheus_port = free_port(), free_port(), free_port()
     env = base_env(
         amqp_url=amqp_url,
         redis_url=redis_url,
@@ -84,11 +86,12 @@ def stack(amqp_url: str, redis_url: str, unique: str) -> Iterator[tuple[subproce
         metrics_port=str(metrics_port),
         grace_period="5",
     )
+    env["PROMETHEUS_PORT"] = str(prometheus_port)
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        yield proc, producer_port, metrics_port
+        yield proc, producer_port, metrics_port, prometheus_port
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -116,7 +119,7 @@ def _delete_topology(amqp_url: str, prefix: str) -> None:
                 with suppress(aio_pika.exceptions.ChannelClosed):
                     await channel.queue_delete(q)
             channel = await conn.channel()
-            for x in (f"{prefix}.tasks", f"{prefix}.dead"):
+            for x in (f"{prefix}.tasks", f"{prefix}.dead", f"{prefix}.requeue", f"{prefix}.metrics"):
                 await channel.exchange_delete(x)
 
     asyncio.run(delete())
@@ -155,10 +158,10 @@ def get_ok(url: str, seconds: float) -> httpx.Response:
 
 
 @pytest.mark.slow
-def test_starts_the_three_services_and_stops_them_on_sigterm(
-    stack: tuple[subprocess.Popen[str], int, int], unique: str
+def test_starts_the_services_and_prometheus_and_stops_them_on_sigterm(
+    stack: tuple[subprocess.Popen[str], int, int, int], unique: str
 ) -> None:
-    proc, producer_port, metrics_port = stack
+    proc, producer_port, metrics_port, prometheus_port = stack
     seen: list[str] = []
     urls = read_until(proc, r"sluice up: producer (\S+)  metrics (\S+)", 30, seen)
     assert urls, "".join(seen)
@@ -173,12 +176,24 @@ def test_starts_the_three_services_and_stops_them_on_sigterm(
         time.sleep(0.2)
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
     assert consumer in metrics.text, metrics.text
+    # Prometheus (installed here: .ci/run apt-installs it) scrapes the local metrics service
+    deadline = time.monotonic() + 30
+    health = None
+    while time.monotonic() < deadline:
+        with suppress(httpx.TransportError):
+            targets = httpx.get(f"http://127.0.0.1:{prometheus_port}/api/v1/targets", timeout=2).json()
+            active = targets["data"]["activeTargets"]
+            health = [(t["scrapeUrl"], t["health"]) for t in active]
+            if health == [(f"http://127.0.0.1:{metrics_port}/metrics", "up")]:
+                break
+        time.sleep(0.3)
+    assert health == [(f"http://127.0.0.1:{metrics_port}/metrics", "up")], "".join(seen)
 
     proc.send_signal(signal.SIGTERM)
     assert read_until(proc, r"sluice up: stopped$", 30, seen), "".join(seen)
     assert proc.wait(10) == 0, "".join(seen)
     out = "".join(seen)
-    for name in ("producer", "worker", "metrics"):
+    for name in ("producer", "worker", "metrics", "prometheus"):
         assert re.search(rf"^{name}\s* \| ", out, re.M), f"no prefixed output from {name}"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=2)
