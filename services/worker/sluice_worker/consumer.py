@@ -43,6 +43,7 @@ _CANCEL_TIMEOUT = 5.0
 # batched acks: one ack frame once this many deliveries finished (a quarter of the prefetch window), or
 # this many seconds after the first one finished, whichever is sooner
 _ACK_INTERVAL = 0.005
+_MAX_BACKOFF = 4.0  # seconds between reconnection attempts, at most
 _CANCEL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
 
 
@@ -329,7 +330,7 @@ class Consumer:
                 log.warning("cannot reconnect: %s; retrying in %.1fs", e, delay)
                 if await _wait(stop, delay):
                     return
-                delay = min(delay * 2, 15.0)
+                delay = min(delay * 2, _MAX_BACKOFF)
                 continue
             delay = 0.5
             self.sessions += 1
