@@ -88,8 +88,11 @@ def metrics_exchange(prefix: str) -> str:
 
 
 async def declare_metrics_exchange(channel: aio_pika.abc.AbstractChannel, prefix: str) -> AbstractExchange:
-    """The topic exchange snapshots go to (durable, so both sides may declare it in any order)."""
-    return await channel.declare_exchange(metrics_exchange(prefix), aio_pika.ExchangeType.TOPIC, durable=True)
+    """The topic exchange snapshots go to. Transient: snapshots are worth nothing after a broker restart,
+    and every process declares it again when it reconnects, so no exchange outlives its users' broker."""
+    return await channel.declare_exchange(
+        metrics_exchange(prefix), aio_pika.ExchangeType.TOPIC, durable=False
+    )
 
 
 class Histogram:
@@ -305,9 +308,11 @@ class SnapshotPublisher:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if isinstance(self._telemetry, Telemetry) and self._exchange is not None:
-            with contextlib.suppress(TimeoutError, *BROKER_ERRORS):
+        if isinstance(self._telemetry, Telemetry):  # a short run (a CLI publish) may not have connected yet
+            with contextlib.suppress(*_SEND_ERRORS):
                 async with asyncio.timeout(2.0):
+                    if self._exchange is None:
+                        await self._open(self._telemetry)
                     await self._send(self._telemetry, final=True)
         conn, self._connection = self._connection, None
         if conn is not None:

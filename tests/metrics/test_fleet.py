@@ -151,3 +151,21 @@ def test_sluice_status_table_json_and_watch(service: Service, env: dict[str, str
         1,
         "sluice: error: bad metrics service URL 'nonsense': use http://HOST:PORT\n",
     )
+
+
+def test_sluice_publish_reports_what_it_published(service: Service, env: dict[str, str]) -> None:
+    """The CLI is a short-lived producer: its one final snapshot carries the count."""
+    done = subprocess.run(
+        [SLUICE, "publish", "demo.echo", "--count", "23", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["published"] == 23
+    until(lambda: service.summary()["totals"]["published"] == 23)
+    prefix = env["SLUICE_PREFIX"]
+    assert service.samples()[("sluice_tasks_published_total", (("queue", f"{prefix}.q.default"),))] == 23
+    gone = service.summary()["gone"]
+    assert [(p["kind"], p["stopped"], p["published"]) for p in gone] == [("producer", "stopped", 23)]

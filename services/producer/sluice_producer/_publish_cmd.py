@@ -14,8 +14,9 @@ from typing import Any, TextIO
 from sluice.publisher import Publisher, PublishOutcome
 from sluice.settings import Settings
 from sluice.tasks import Registry
+from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_producer import _loop, inputs
-from sluice_producer.bulk import publish_all
+from sluice_producer.bulk import count_published, publish_all
 from sluice_producer.inputs import Item, Rules
 from sluice_producer.models import TaskIn
 
@@ -129,9 +130,14 @@ async def run(args: PublishArgs, settings: Settings, items: list[Item]) -> int:
     """Publish the checked items; print ids on stdout and a summary on stderr. Returns the exit status."""
     messages = [item.msg for item in items]
     start = time.monotonic()
-    async with Publisher(settings, name="sluice-publish") as publisher:
+    telemetry = telemetry_for(settings, "producer")  # one final snapshot on exit: the published counts
+    async with (
+        SnapshotPublisher(settings, telemetry),
+        Publisher(settings, name="sluice-publish") as publisher,
+    ):
         with _Progress(len(messages), show_progress(args.progress, len(messages), sys.stderr)) as bar:
             outcomes = await publish_all(publisher, messages, bar.advance)
+        count_published(telemetry, messages, outcomes)
     elapsed = time.monotonic() - start
     failed = [o for o in outcomes if o.error is not None]
     confirmed = [o for o in outcomes if o.error is None]

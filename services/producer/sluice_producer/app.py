@@ -22,8 +22,9 @@ from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher
 from sluice.settings import Settings
 from sluice.tasks import Registry
+from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_producer._limits import BodyLimit
-from sluice_producer.bulk import publish_all
+from sluice_producer.bulk import count_published, publish_all
 from sluice_producer.inputs import PayloadInvalid, Rules, build_message
 from sluice_producer.link import BrokerLink, PublisherFactory
 from sluice_producer.models import (
@@ -80,10 +81,11 @@ def create_app(
     """The producer app. Its lifespan connects to RabbitMQ in the background (``app.state.link``)."""
     link = BrokerLink(settings, publisher_factory)
     rules = Rules(settings.max_message_bytes, settings.default_queue, registry, strict)
+    telemetry = telemetry_for(settings, "producer")  # published counts, one snapshot a second
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with asyncio.TaskGroup() as tg:
+        async with SnapshotPublisher(settings, telemetry), asyncio.TaskGroup() as tg:
             runner = tg.create_task(link.run(), name="sluice-producer-link")
             try:
                 yield
@@ -175,6 +177,7 @@ def create_app(
             raise _Unavailable(f"task {msg.id} not confirmed: {err}", 5) from None
         except BrokerError as e:
             raise _Unavailable(f"task {msg.id} not confirmed: {e}", 5) from None
+        telemetry.published(msg.queue)
         return TaskAccepted(id=msg.id, task=msg.task, queue=msg.queue)
 
     @app.post(
@@ -207,6 +210,7 @@ def create_app(
         messages = check(body.tasks, ["body", "tasks"])
         publisher = await ready_publisher()
         outcomes = await publish_all(publisher, messages)
+        count_published(telemetry, messages, outcomes)
         failed = [o for o in outcomes if o.error is not None]
         ids = [m.id for m in messages]
         if not failed:

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from sluice.errors import BrokerUnavailable, PublishTimeout, SluiceError
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher, PublishOutcome
+from sluice.telemetry import NullTelemetry, Telemetry
 
-__all__ = ["NotAttempted", "publish_all"]
+__all__ = ["NotAttempted", "count_published", "publish_all"]
 
 # failures that say the broker, not this one task, is the problem
 BROKER_LEVEL: tuple[type[SluiceError], ...] = (BrokerUnavailable, PublishTimeout)
@@ -85,3 +86,16 @@ def _all_failed(
         for out in outs:
             on_done(out)
     return outs
+
+
+def count_published(
+    telemetry: Telemetry | NullTelemetry, messages: Sequence[TaskMessage], outcomes: Sequence[PublishOutcome]
+) -> None:
+    """Count the confirmed ones in ``telemetry``, per queue (one call per queue, not per task)."""
+    per_queue: dict[str, int] = {}
+    for out in outcomes:
+        if out.error is None:
+            queue = messages[out.index].queue
+            per_queue[queue] = per_queue.get(queue, 0) + 1
+    for queue, n in per_queue.items():
+        telemetry.published(queue, n)
