@@ -59,7 +59,8 @@ log = logging.getLogger("sluice.telemetry")
 SNAPSHOT_VERSION: Final = 1
 # what becomes of a delivery: ran fine; handler failed for good (dead-lettered); handler failed and was
 # scheduled again; could not run at all (bad message, unknown task, bad payload: dead-lettered);
-# skipped as a duplicate; put off by a rate limit / an open breaker
+# skipped as a duplicate; put off by a rate limit / an open breaker / anything else (a delayed task's hop,
+# a duplicate still running, Redis down)
 OUTCOMES: Final = (
     "success",
     "failed",
@@ -68,6 +69,7 @@ OUTCOMES: Final = (
     "deduplicated",
     "deferred_limit",
     "deferred_breaker",
+    "deferred",
 )
 _OUTCOME_SET: Final = frozenset(OUTCOMES)
 # histogram bucket upper bounds, seconds

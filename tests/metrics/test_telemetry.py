@@ -145,3 +145,44 @@ def test_percentile_interpolates_inside_buckets() -> None:
     assert percentile(bounds, [0, 10, 10, 0], 0.75) == pytest.approx(3.0)
     assert percentile(bounds, [0, 0, 0, 5], 0.99) == 4.0  # +Inf bucket: the top bound
     assert len(OUTCOMES) == len(set(OUTCOMES))
+
+
+def test_worker_outcomes_are_named_and_labels_bounded() -> None:
+    from dataclasses import dataclass
+
+    from sluice_worker.telemetry_hook import DeliveryRecorder, outcome_name
+
+    @dataclass
+    class Dead:
+        reason: str
+
+    @dataclass
+    class Again:
+        why: str
+
+    @dataclass
+    class Tagged:
+        metric: str = "deduplicated"
+
+    assert outcome_name(object()) == "success"
+    assert outcome_name(Dead("handler_error")) == "failed"
+    assert outcome_name(Dead("unknown_task")) == "dead_lettered"
+    assert outcome_name(Again("retry")) == "retried"
+    assert outcome_name(Again("rate_limited")) == "deferred_limit"
+    assert outcome_name(Again("breaker_open")) == "deferred_breaker"
+    assert outcome_name(Again("eta")) == "deferred"
+    assert outcome_name(Tagged()) == "deduplicated"
+    assert set(map(outcome_name, (Dead("x"), Again("y"), Tagged()))) <= set(OUTCOMES)
+
+    t = Telemetry("worker")
+    rec = DeliveryRecorder(t, ["demo.echo"])
+    started = rec.begin()
+    assert rec.running == 1 and t.snapshot()["gauges"]["in_progress"] == 1
+    rec.end("default", {"x-sluice-task": "demo.echo", "x-sluice-created-at": 0}, object(), started)
+    rec.end("default", {"x-sluice-task": "made.up.by.a.message"}, Dead("unknown_task"), rec.begin())
+    rec.end("default", None, None, rec.begin())  # cancelled: no outcome, nothing counted
+    doc = t.snapshot()
+    assert rec.running == 0 and doc["gauges"]["in_progress"] == 0
+    assert sorted(map(tuple, doc["done"])) == [("_unknown", "dead_lettered", 1), ("demo.echo", "success", 1)]
+    assert doc["wait"]["default"]["count"] == 1 and doc["wait"]["default"]["counts"][-1] == 1  # created 1970
+    assert set(doc["run"]) == {"demo.echo"}  # a dead-lettered message never ran
