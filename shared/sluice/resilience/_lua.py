@@ -29,15 +29,19 @@ __all__ = [
     "WINDOW",
 ]
 
-_PRELUDE = """
+_NOW = """
 local function now_us()
   if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
+"""
+_KEEP = """
 local function keep(key, ttl_us)
   redis.call('PEXPIRE', key, math.ceil(ttl_us / 1000) + 1000)
 end
+"""
+_PRUNE = """
 -- drop hash fields named '<x>:<bucket>' whose bucket left the window, once per new bucket
 local function prune(key, bucket, span)
   if tonumber(redis.call('HGET', key, 'last')) == bucket then return end
@@ -51,16 +55,22 @@ end
 
 
 def _script(name: str, body: str) -> Script:
-    return Script(name, _PRELUDE + body)
+    """The body with the helpers it uses defined before it (and no others: the hot path stays lean)."""
+    helpers = [h for h, fn in ((_NOW, "now_us("), (_KEEP, "keep("), (_PRUNE, "prune(")) if fn in body]
+    return Script(name, "".join(helpers) + body)
 
 
-# KEYS: tat. ARGV: now, emission interval T (µs per unit), tau = burst*T, cost, peek (0/1).
-# Reply: allowed, retry_after µs (-1: never), remaining, reset_after µs, now.
+# The two rate-limit scripts are the hot path: their parameters come as one string and their reply is
+# one string of integers, which the Python client parses several times faster than an array reply.
+
+# KEYS: tat. ARGV: now, "T tau cost peek" (T: emission interval in µs per unit, tau = burst*T, peek 0/1).
+# Reply: "allowed retry_after_µs(-1: never) remaining reset_after_µs now".
 GCRA = _script(
     "gcra",
     """
 local now = now_us()
-local T, tau, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local a, b, c, peek = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+)')
+local T, tau, cost = tonumber(a), tonumber(b), tonumber(c)
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
 local new_tat = tat + T * cost
@@ -68,22 +78,23 @@ local diff = now - (new_tat - tau)
 if diff < 0 then
   local retry = -1
   if T * cost <= tau then retry = math.ceil(-diff) end
-  return {0, retry, math.floor((now - (tat - tau)) / T), math.ceil(tat - now), now}
+  return string.format('0 %d %d %d %d', retry, math.floor((now - (tat - tau)) / T), math.ceil(tat - now), now)
 end
-if ARGV[5] == '0' then
+if peek == '0' then
   redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 end
-return {1, 0, math.floor(diff / T), math.ceil(new_tat - now), now}
+return string.format('1 0 %d %d %d', math.floor(diff / T), math.ceil(new_tat - now), now)
 """,
 )
 
 # KEYS: hash {w: window index, c: count in it, p: count in the one before}.
-# ARGV: now, window µs, limit, cost, peek. Reply: allowed, retry_after µs (-1: never), remaining, now.
+# ARGV: now, "window_µs limit cost peek". Reply: "allowed retry_after_µs(-1: never) remaining now".
 WINDOW = _script(
     "window",
     """
 local now = now_us()
-local w, limit, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local a, b, d, peek = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+)')
+local w, limit, cost = tonumber(a), tonumber(b), tonumber(d)
 local idx = math.floor(now / w)
 local v = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
 local sw = tonumber(v[1])
@@ -102,13 +113,13 @@ if est + cost > limit then
     end
     if retry < 1 then retry = 1 end
   end
-  return {0, retry, math.max(0, math.floor(limit - est)), now}
+  return string.format('0 %d %d %d', retry, math.max(0, math.floor(limit - est)), now)
 end
-if ARGV[5] == '0' then
+if peek == '0' then
   redis.call('HSET', KEYS[1], 'w', idx, 'c', c + cost, 'p', p)
   keep(KEYS[1], (idx + 2) * w - now)
 end
-return {1, 0, math.floor(limit - est - cost), now}
+return string.format('1 0 %d %d', math.floor(limit - est - cost), now)
 """,
 )
 

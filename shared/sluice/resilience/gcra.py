@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from . import _lua
 from ._limiter import Decision, LimiterOptions, Rate, RateLimiterBase, _seconds
 from ._reference import GCRAModel
-from ._scripts import Arg, Script
+from ._scripts import Script
 
 __all__ = ["GCRALimiter"]
 
@@ -43,8 +43,8 @@ class GCRALimiter(RateLimiterBase):
     def _script(self) -> Script:
         return _lua.GCRA
 
-    def _args(self, cost: int, peek: bool) -> list[Arg]:
-        return [repr(self._emission), repr(self._tau), cost, 1 if peek else 0]
+    def _params(self, cost: int, peek: bool) -> str:
+        return f"{self._emission!r} {self._tau!r} {cost} {int(peek)}"
 
     def _parse(self, reply: Sequence[int]) -> Decision:
         return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[4])

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from . import _lua
 from ._limiter import Decision, LimiterOptions, Rate, RateLimiterBase, _seconds
 from ._reference import SlidingWindowModel
-from ._scripts import Arg, Script
+from ._scripts import Script
 
 __all__ = ["SlidingWindowLimiter"]
 
@@ -35,8 +35,8 @@ class SlidingWindowLimiter(RateLimiterBase):
     def _script(self) -> Script:
         return _lua.WINDOW
 
-    def _args(self, cost: int, peek: bool) -> list[Arg]:
-        return [self.rate.period_us, self.rate.limit, cost, 1 if peek else 0]
+    def _params(self, cost: int, peek: bool) -> str:
+        return f"{self.rate.period_us} {self.rate.limit} {cost} {int(peek)}"
 
     def _parse(self, reply: Sequence[int]) -> Decision:
         return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[3])
