@@ -12,6 +12,8 @@ messages, publisher confirms, acks. The publisher is ``sluice.publisher.Publishe
 
 Environment: BENCH_N_NOOP (20000), BENCH_N_IO (5000), BENCH_REPEAT (3) as in the harness;
 BENCH_VARIANTS (default: ceiling,ceiling-quorum,sluice-classic,sluice-quorum; ``all`` adds every peer);
+sluice-{classic,quorum}-nometrics: the plain worker with SLUICE_METRICS_ENABLED=false; the plain row (metrics
+on) must keep 0.95x of it;
 BENCH_OUT: write the summary rows (system, test, workload, n, rate, peak RSS, ...) as JSON there.
 The full JSON (with every run) goes to bench/results/bench-<time>.json.
 """
@@ -35,6 +37,7 @@ import run as harness  # noqa: E402  (the harness, by path)
 
 TARGET_XCEIL = 0.8
 TARGET_RSS_MB = 60.0
+TARGET_METRICS = 0.95  # metrics on keep this much of metrics-off throughput
 CEILING_OF = {"sluice-classic": "ceiling", "sluice-quorum": "ceiling-quorum"}
 
 
@@ -54,6 +57,8 @@ def add_sluice_variants() -> None:
         argv += ["--concurrency", "256", "--prefetch", "256"]
         harness.VARIANTS[f"sluice-{qt}"] = (module, argv, env, harness.PRIMARY)
         harness.QUEUES[module] = [f"{prefix}.q.default", f"{prefix}.dlq"]
+        off = {**env, "SLUICE_METRICS_ENABLED": "false"}  # the same worker sending no telemetry
+        harness.VARIANTS[f"sluice-{qt}-nometrics"] = (module, argv, off, harness.PRIMARY)
 
 
 def verdicts(summary: list[dict[str, Any]]) -> list[str]:
@@ -81,6 +86,25 @@ def verdicts(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def metrics_cost_verdicts(summary: list[dict[str, Any]]) -> list[str]:
+    """Plain sluice (telemetry on) against the same worker with telemetry off: at least 0.95x."""
+    rate = {(s["system"], s["test"], s["workload"]): s.get("rate") for s in summary}
+    lines = []
+    for s in summary:
+        if not s["system"].endswith("-nometrics") or s["test"] == "publish":
+            continue
+        on_system = s["system"].removesuffix("-nometrics")
+        on, off = rate.get((on_system, s["test"], s["workload"])), s.get("rate")
+        if not (on and off):
+            continue
+        ratio = round(on / off, 3)
+        lines.append(
+            f"{on_system:<15} {s['test'] + ':' + s['workload']:<14} metrics on {on:>7.0f}/s vs off {off:>7.0f}/s"
+            f" = {ratio:.2f}x [{'ok' if ratio >= TARGET_METRICS else f'BELOW {TARGET_METRICS}x'}]"
+        )
+    return lines
+
+
 def main() -> None:
     add_sluice_variants()
     default = ["ceiling", "ceiling-quorum", "sluice-classic", "sluice-quorum"]
@@ -96,7 +120,11 @@ def main() -> None:
     harness.main()
     data = json.loads(full.read_text())
     lines = verdicts(data["summary"])
+    metrics_lines = metrics_cost_verdicts(data["summary"])
     full.write_text(json.dumps(data, indent=1))
+    if metrics_lines:
+        print("\nsluice with telemetry on against telemetry off, same run:")
+        print("\n".join(metrics_lines))
     print("\nsluice against the raw aio-pika ceiling on the same queue type, same run:")
     print("\n".join(lines))
     out = os.environ.get("BENCH_OUT")
