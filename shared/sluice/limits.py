@@ -10,6 +10,7 @@ The hash is ``{prefix}:limits:{overrides}``; each value is JSON ``{"rate": "50/s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -66,6 +67,7 @@ class LimitStore:
         self._clock = clock
         self._cache: dict[str, RateLimit] = {}
         self._fresh_until = -1.0
+        self._refreshing: asyncio.Future[None] | None = None
         self._warned = False
 
     async def all(self) -> dict[str, RateLimit]:
@@ -93,16 +95,24 @@ class LimitStore:
     async def current(self, task: str) -> RateLimit | None:
         """The override of ``task`` as of at most ``refresh`` seconds ago.
 
+        Callers arriving while the copy is being refreshed wait for that one read (never a read each).
         When Redis cannot be read the last known overrides stay in force (logged once).
         """
-        now = self._clock()
-        if now >= self._fresh_until:
-            self._fresh_until = now + self._refresh
-            try:
-                self._cache = await self.all()
-                self._warned = False
-            except (RedisError, OSError) as e:
-                if not self._warned:
-                    self._warned = True
-                    log.warning("cannot read the limit overrides (%s); keeping the last known ones", e)
+        if self._clock() >= self._fresh_until:
+            if self._refreshing is None:
+                self._refreshing = asyncio.ensure_future(self._refresh_copy())
+            refreshing = self._refreshing
+            await asyncio.shield(refreshing)
         return self._cache.get(task)
+
+    async def _refresh_copy(self) -> None:
+        try:
+            self._cache = await self.all()
+            self._warned = False
+        except (RedisError, OSError) as e:
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot read the limit overrides (%s); keeping the last known ones", e)
+        finally:
+            self._fresh_until = self._clock() + self._refresh
+            self._refreshing = None

@@ -1,0 +1,132 @@
+"""Sending a delivery back for later: the :class:`Republish` outcome and its confirmed publisher.
+
+A task that must wait (a retry, a rate limit, an open breaker, an idempotency claim held elsewhere, an
+``x-sluice-eta`` still ahead) is not held in the worker: a copy goes to a delay tier queue
+(``{prefix}.delay.{ms}``, see :mod:`sluice.topology`) and comes back to its work queue when the tier's TTL
+ends. The copy is confirmed by the broker *before* the original is acked, so a crash in between leaves
+the original to be redelivered (a duplicate at worst, never a loss). It holds no slot and no prefetch
+while it waits. A wait longer than a tier, or between tiers, is served by hops: the copy carries its due
+time in ``x-sluice-eta`` and a worker that gets it early sends it on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from aiormq.abc import DeliveredMessage
+
+from sluice.connection import BROKER_ERRORS
+from sluice.errors import BrokerUnavailable, PublishNacked, PublishReturned, PublishTimeout
+from sluice.protocol import H_ETA, TaskMessage, now_ms
+from sluice.topology import DELAY_TIERS_MS, Topology, next_hop
+
+__all__ = ["DelayPublisher", "Republish", "defer", "due", "retry"]
+
+# why a delivery is sent back; "retry" is the only one that spends an attempt
+RETRY = "retry"
+ETA = "eta"
+
+
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """Publish the task again (to delay tier ``tier_ms``, or straight to its queue when ``None``) with
+    ``headers`` updated, confirmed, then ack the delivery."""
+
+    why: str
+    tier_ms: int | None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _tier(delay_ms: int, *, at_least_one_tier: bool) -> int | None:
+    tier = next_hop(delay_ms)
+    if tier is None and at_least_one_tier:
+        return DELAY_TIERS_MS[0]
+    return tier
+
+
+def due(msg: TaskMessage) -> Republish | None:
+    """``None`` when the task may run now, else where to send it on (its ``x-sluice-eta`` is ahead)."""
+    if msg.eta_ms is None:
+        return None
+    tier = next_hop(msg.eta_ms - now_ms())
+    return None if tier is None else Republish(ETA, tier)
+
+
+def defer(why: str, seconds: float) -> Republish:
+    """Come back in about ``seconds`` (at least the shortest tier), without spending an attempt."""
+    delay_ms = max(0, round(seconds * 1000))
+    return Republish(why, _tier(delay_ms, at_least_one_tier=True), {H_ETA: now_ms() + delay_ms})
+
+
+def retry(seconds: float, headers: Mapping[str, Any]) -> Republish:
+    """Run again in about ``seconds`` (a short delay goes straight back to the queue); ``headers`` carry
+    the next attempt number and the failure times."""
+    delay_ms = max(0, round(seconds * 1000))
+    return Republish(RETRY, _tier(delay_ms, at_least_one_tier=False), {**headers, H_ETA: now_ms() + delay_ms})
+
+
+def copy_for(delivered: DeliveredMessage, updates: Mapping[str, Any]) -> aio_pika.Message:
+    """The delivery as a new persistent message with the same id and properties, headers updated."""
+    p = delivered.header.properties
+    headers: dict[str, Any] = dict(p.headers or {})
+    for k in ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason"):
+        headers.pop(k, None)
+    for k in ("x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count"):
+        headers.pop(k, None)
+    headers.update(updates)
+    return aio_pika.Message(
+        delivered.body,
+        headers=headers,
+        content_type=p.content_type,
+        content_encoding=p.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        message_id=p.message_id,
+        timestamp=p.timestamp,
+        type=p.message_type,
+        app_id=p.app_id,
+    )
+
+
+class DelayPublisher:
+    """Confirmed publishes of :class:`Republish` copies, on a confirm-mode channel."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        delay_exchange: AbstractExchange,
+        tasks_exchange: AbstractExchange,
+        topology: Topology,
+        timeout: float,
+    ) -> None:
+        self.channel = channel  # strong reference: the exchanges' channel must outlive them
+        self._delay = delay_exchange
+        self._tasks = tasks_exchange
+        self._topology = topology
+        self._timeout = timeout
+
+    async def publish(self, delivered: DeliveredMessage, queue: str, out: Republish) -> None:
+        """Publish the copy and wait for its confirm; a ``PublishError`` or ``BrokerUnavailable`` if not."""
+        message = copy_for(delivered, out.headers)
+        if out.tier_ms is None:
+            exchange, key = self._tasks, queue
+        else:
+            exchange, key = self._delay, self._topology.delay_routing_key(out.tier_ms, queue)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await exchange.publish(message, routing_key=key)
+        except TimeoutError:
+            raise PublishTimeout(f"no confirm for the delayed copy within {self._timeout:g}s") from None
+        except aiormq.exceptions.PublishError as e:
+            raise PublishReturned(f"delayed copy unroutable: {e.frame!r}") from None
+        except aiormq.exceptions.DeliveryError as e:
+            raise PublishNacked(f"delayed copy refused: {e.frame!r}") from None
+        except BROKER_ERRORS as e:
+            raise BrokerUnavailable(f"lost the broker before the delayed copy's confirm: {e!r}") from None

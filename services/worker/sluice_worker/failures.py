@@ -1,0 +1,87 @@
+"""What a failed handler becomes: a delayed retry (the task's :class:`~sluice.resilience.RetryPolicy`) or the
+dead-letter queue with the details of the last failure.
+
+:class:`RetryOrDeadLetter` is the worker's :class:`~sluice_worker.outcome.FailurePolicy`. A task without a
+retry policy, a non-retryable error, or the last attempt goes to the DLQ; the copy carries the exception
+type, message, a traceback tail, the attempt count (``x-sluice-attempt``) and the first and last failure
+times. Otherwise the task is republished to a delay tier with ``x-sluice-attempt`` + 1; the delay is the
+policy's backoff (at least an error's ``retry_after``), its ``deadline`` counted from the first publish.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+
+from sluice.protocol import (
+    H_ATTEMPT,
+    H_ERROR_MESSAGE,
+    H_ERROR_TYPE,
+    H_FIRST_FAILURE_AT,
+    H_LAST_FAILURE_AT,
+    H_TRACEBACK,
+    TaskMessage,
+    now_ms,
+)
+from sluice.resilience import RandomSource, next_delay
+from sluice.tasks import Task
+from sluice_worker.delays import retry
+from sluice_worker.outcome import HANDLER_ERROR, DeadLetter, Outcome, truncate_detail
+
+__all__ = ["RetryOrDeadLetter", "TaskTimeout", "traceback_tail"]
+
+TRACEBACK_MAX_BYTES = 4096
+_TRACEBACK_LINES = 12
+
+
+class TaskTimeout(TimeoutError):
+    """An ``async`` handler ran past its task's ``timeout`` and was cancelled (retryable)."""
+
+
+def traceback_tail(error: BaseException, limit: int = TRACEBACK_MAX_BYTES) -> str:
+    """The last lines of ``error``'s traceback, at most ``limit`` bytes (the end is what tells)."""
+    lines = "".join(traceback.format_exception(error)).rstrip().splitlines()[-_TRACEBACK_LINES:]
+    text = "\n".join(lines)
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return "..." + raw[-(limit - 3) :].decode("utf-8", "ignore")
+
+
+class RetryOrDeadLetter:
+    """The failure policy of a worker that knows task policies."""
+
+    def __init__(self, rng: RandomSource | None = None) -> None:
+        self._rng: RandomSource = rng or random.Random()
+
+    def on_error(self, task: Task, message: TaskMessage, error: Exception) -> Outcome:
+        now = now_ms()
+        first = message.first_failure_ms if message.first_failure_ms is not None else now
+        policy = task.policy.retry
+        if policy is not None:
+            delay = next_delay(
+                policy,
+                message.attempt,
+                error,
+                elapsed=max(0.0, (now - message.created_at_ms) / 1000),
+                previous_delay=None,
+                rng=self._rng,
+            )
+            if delay is not None:
+                return retry(delay, {H_ATTEMPT: message.attempt + 1, H_FIRST_FAILURE_AT: first})
+        kind = type(error).__qualname__
+        text = str(error)
+        tries = f"attempt {message.attempt}" + (
+            f" of {policy.max_attempts}" if policy is not None and policy.max_attempts else ""
+        )
+        return DeadLetter(
+            HANDLER_ERROR,
+            f"{kind}: {text} ({tries})",
+            headers={
+                H_ERROR_TYPE: kind,
+                H_ERROR_MESSAGE: truncate_detail(text),
+                H_TRACEBACK: traceback_tail(error),
+                H_FIRST_FAILURE_AT: first,
+                H_LAST_FAILURE_AT: now,
+            },
+        )

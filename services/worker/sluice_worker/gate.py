@@ -1,0 +1,309 @@
+"""The policy gate: what stands between a delivery and its handler, fleet-wide, on Redis.
+
+Before the run, in this order (each step cheap when the task does not declare it):
+
+1. **due time**: an ``x-sluice-eta`` still ahead sends the task on to the next delay tier;
+2. **rate limit** (declared, or the run-time override of ``sluice limits``): GCRA per task (per payload key).
+   Over the limit is not a failure: a wait shorter than ``in_place`` seconds is waited here (one poller
+   per key per process), a longer one defers the task by the limiter's ``retry_after``; no attempt spent;
+3. **idempotency**: a key already done is acked and skipped (counted); one claimed by a running worker
+   defers the task until that claim's lease ends;
+4. **concurrency**: a fleet-wide lease, renewed while the handler runs; none free: deferred;
+5. **breaker**: an open breaker defers the task by its remaining open time (no attempt spent), so the
+   worker stops running that task's work while it is open; half-open trials follow the breaker's permits.
+
+Then the handler runs (an ``async`` one under ``asyncio.timeout``), and after it: the claim is completed
+(success) or released (failure), the breaker records the outcome, the lease is released, and a failure
+goes to the :class:`~sluice_worker.failures.RetryOrDeadLetter` policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sluice.limits import LimitStore, effective_rate
+from sluice.policy import RateLimit, payload_field
+from sluice.protocol import TaskMessage
+from sluice.resilience import (
+    BackendUnavailable,
+    CircuitBreaker,
+    CircuitOpen,
+    Claimed,
+    ClaimLost,
+    ConcurrencyLimited,
+    ConcurrencyLimiter,
+    Done,
+    GCRALimiter,
+    IdempotencyStore,
+    KeySpace,
+    Permit,
+    Rate,
+)
+from sluice.tasks import Task
+from sluice_worker.delays import defer, due
+from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
+from sluice_worker.outcome import ACK, FailurePolicy, Outcome
+
+__all__ = ["GateStats", "PolicyGate"]
+
+log = logging.getLogger("sluice.worker")
+
+IN_PLACE = 0.25  # seconds a rate-limited task may wait in place before it is deferred instead
+BACKEND_RETRY = 1.0  # seconds to defer a task whose policy Redis cannot decide (fail closed)
+
+Call = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class GateStats:
+    """What the gate did, by kind (``skipped``, ``deferred:rate_limited``, ``timeout``, ...)."""
+
+    counts: Counter[str]
+
+
+class PolicyGate:
+    """Enforces every task's policies; one per worker process, sharing one Redis client."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        limits: LimitStore | None = None,
+        failures: RetryOrDeadLetter | None = None,
+        in_place: float = IN_PLACE,
+    ) -> None:
+        self.redis = redis
+        self.keys = KeySpace(prefix)
+        self.limits = limits or LimitStore(redis, prefix)
+        self.failures = failures or RetryOrDeadLetter()
+        self.stats = GateStats(Counter())
+        self._in_place = in_place
+        self._limiters: dict[tuple[int, float, int], GCRALimiter] = {}
+        self._pollers: dict[str, asyncio.Lock] = {}
+        self._slots: dict[str, float] = {}  # per limit: when this worker's last deferral comes back
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._sems: dict[str, ConcurrencyLimiter] = {}
+        self._idem: dict[tuple[float, float], IdempotencyStore] = {}
+
+    async def aclose(self) -> None:
+        """Wait for the rate-limit decisions still on the wire (the Redis client is the caller's)."""
+        for lim in self._limiters.values():
+            await lim.aclose()
+
+    async def applies(self, task: Task) -> bool:
+        """Does ``task`` need the gate (declared policies, or a run-time limit)?"""
+        p = task.policy
+        if p.rate_limit or p.concurrency or p.breaker or p.idempotency or p.timeout:
+            return True
+        return await self.limits.current(task.name) is not None
+
+    async def run(self, task: Task, msg: TaskMessage, call: Call, failures: FailurePolicy) -> Outcome:
+        """Decide, run ``call`` (the handler) if allowed, and answer the delivery's outcome (a handler's
+        exception becomes what ``failures`` says)."""
+        later = due(msg)
+        if later is not None:
+            self._count("deferred:eta")
+            return later
+        p = task.policy
+        rate = effective_rate(p.rate_limit, await self.limits.current(task.name))
+        if rate is not None:
+            part = payload_field(msg.payload, rate.key) if rate.key else None
+            name = task.name if part is None else f"{task.name}:{part}"
+            wait = await self._take_rate(name, rate)
+            if wait is not None:
+                self._count("deferred:rate_limited")
+                return defer("rate_limited", self._line_up(name, rate, wait))
+        async with contextlib.AsyncExitStack() as stack:
+            claim: tuple[IdempotencyStore, str, str] | None = None
+            if p.idempotency is not None:
+                key = p.idempotency.key_for(msg)
+                if key is not None:
+                    store = self._store(p.idempotency.lease, p.idempotency.ttl)
+                    name = f"{task.name}:{key}"
+                    try:
+                        got = await store.claim(name)
+                    except BackendUnavailable as e:
+                        return self._backend_down(task, e)
+                    if isinstance(got, Done):
+                        self._count("skipped")
+                        log.info(
+                            "skipped task %s (%s): idempotency key %r already done", msg.id, task.name, key
+                        )
+                        return ACK
+                    if not isinstance(got, Claimed):
+                        self._count("deferred:in_progress")
+                        return defer("in_progress", got.retry_after)
+                    claim = (store, name, got.token)
+                    stack.push_async_callback(self._release_claim, claim)
+            if p.concurrency is not None:
+                sem = self._sem(task)
+                part = payload_field(msg.payload, p.concurrency.key) if p.concurrency.key else None
+                try:
+                    await stack.enter_async_context(
+                        sem.acquire(
+                            task.name if part is None else f"{task.name}:{part}", max_wait=self._in_place
+                        )
+                    )
+                except ConcurrencyLimited:
+                    self._count("deferred:concurrency")
+                    return defer("concurrency", BACKEND_RETRY)
+                except BackendUnavailable as e:
+                    return self._backend_down(task, e)
+            breaker: CircuitBreaker | None = None
+            permit: Permit | None = None
+            if p.breaker is not None:
+                breaker = self._breaker(p.breaker.name, p.breaker.policy)
+                try:
+                    permit = await breaker.allow()
+                except CircuitOpen as e:
+                    self._count("deferred:breaker_open")
+                    return defer("breaker_open", e.retry_after)
+                except BackendUnavailable as e:
+                    return self._backend_down(task, e)
+            try:
+                await self._call(task, call)
+            except Exception as e:
+                if breaker is not None and permit is not None:
+                    await self._record(breaker, permit, not breaker.policy.counts_as_failure(e))
+                return failures.on_error(task, msg, e)
+            if breaker is not None and permit is not None:
+                await self._record(breaker, permit, True)
+            if claim is not None:
+                stack.pop_all()
+                await self._finish_claim(claim, done=True)
+        return ACK
+
+    # ---- steps
+    async def _take_rate(self, name: str, rate: RateLimit) -> float | None:
+        """Take one unit of the limit ``name``; ``None`` when taken, else seconds to defer by."""
+        limiter = self._limiter(rate)
+        deadline = time.monotonic() + self._in_place
+        d = await limiter.try_acquire(name)  # the common case: room, one (pipelined) round trip
+        if d.allowed:
+            return None
+        if d.degraded:
+            return BACKEND_RETRY
+        if math.isinf(d.retry_after) or d.retry_after > self._in_place:
+            return d.retry_after if math.isfinite(d.retry_after) else rate.period
+        # a short wait: waited here, by one poller per key at a time (no herd polling Redis)
+        lock = self._pollers.get(name)
+        if lock is None:
+            lock = self._pollers[name] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(self._in_place):
+                await lock.acquire()
+        except TimeoutError:
+            return d.retry_after
+        try:
+            while True:
+                wait = d.retry_after
+                if time.monotonic() + wait > deadline:
+                    return wait
+                await asyncio.sleep(wait)
+                d = await limiter.try_acquire(name)
+                if d.allowed:
+                    return None
+                if d.degraded:
+                    return BACKEND_RETRY
+                if math.isinf(d.retry_after):
+                    return rate.period
+        finally:
+            lock.release()
+
+    def _line_up(self, name: str, rate: RateLimit, wait: float) -> float:
+        """Spread this worker's deferrals of one limit at its emission interval, instead of sending them
+        all back after the same ``retry_after`` (to be refused again together): far fewer round trips
+        through the delay tiers when a backlog meets its limit."""
+        now = time.monotonic()
+        slot = max(now + wait, self._slots.get(name, 0.0) + rate.period / rate.limit)
+        self._slots[name] = slot
+        return slot - now
+
+    async def _call(self, task: Task, call: Call) -> None:
+        timeout = task.policy.timeout
+        if timeout is None or not task.is_async:
+            await call()
+            return
+        try:
+            async with asyncio.timeout(timeout) as cm:
+                await call()
+        except TimeoutError:
+            if cm.expired():
+                self._count("timeout")
+                raise TaskTimeout(f"task {task.name} ran past its timeout of {timeout:g}s") from None
+            raise
+
+    async def _record(self, breaker: CircuitBreaker, permit: Permit, success: bool) -> None:
+        try:
+            await breaker.record(permit, success)
+        except BackendUnavailable as e:  # the outcome is lost, the task's outcome is not
+            log.warning("breaker %s: outcome not recorded: %s", breaker.name, e)
+
+    async def _release_claim(self, claim: tuple[IdempotencyStore, str, str]) -> None:
+        await self._finish_claim(claim, done=False)
+
+    async def _finish_claim(self, claim: tuple[IdempotencyStore, str, str], *, done: bool) -> None:
+        """Complete (the effect happened) or release (it failed) a claim; never raises for Redis."""
+        store, name, token = claim
+        try:
+            await (store.complete(name, token) if done else store.release(name, token))
+        except (ClaimLost, BackendUnavailable) as e:
+            what = "completed (a redelivery would run again)" if done else "released (it will expire)"
+            log.warning("idempotency claim %s not %s: %s", name, what, e)
+
+    def _backend_down(self, task: Task, e: Exception) -> Outcome:
+        self._count("deferred:backend")
+        log.warning("task %s deferred: its policy cannot be decided: %s", task.name, e)
+        return defer("backend_unavailable", BACKEND_RETRY)
+
+    def _count(self, what: str) -> None:
+        self.stats.counts[what] += 1
+
+    # ---- primitives, made once per shape and shared by every task using it
+    def _limiter(self, rate: RateLimit) -> GCRALimiter:
+        shape = (rate.limit, rate.period, rate.effective_burst)
+        lim = self._limiters.get(shape)
+        if lim is None:
+            lim = self._limiters[shape] = GCRALimiter(
+                self.redis,
+                Rate(rate.limit, rate.period),
+                burst=rate.effective_burst,
+                keys=self.keys,
+                coalesce=True,  # concurrent decisions share one pipeline
+            )
+        return lim
+
+    def _breaker(self, name: str, policy: Any) -> CircuitBreaker:
+        b = self._breakers.get(name)
+        if b is None:
+            b = self._breakers[name] = CircuitBreaker(self.redis, name, policy, keys=self.keys)
+        return b
+
+    def _sem(self, task: Task) -> ConcurrencyLimiter:
+        c = task.policy.concurrency
+        assert c is not None
+        sem = self._sems.get(task.name)
+        if sem is None:
+            sem = self._sems[task.name] = ConcurrencyLimiter(
+                self.redis, c.limit, lease=c.lease, keys=self.keys
+            )
+        return sem
+
+    def _store(self, lease: float, ttl: float) -> IdempotencyStore:
+        s = self._idem.get((lease, ttl))
+        if s is None:
+            s = self._idem[(lease, ttl)] = IdempotencyStore(
+                self.redis, lease=lease, result_ttl=ttl, keys=self.keys
+            )
+        return s

@@ -1,0 +1,139 @@
+"""The policy gate in process, against the real Redis: each decision of docs/policies.md."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from sluice import task
+from sluice.policy import Breaker, Idempotency, RateLimit
+from sluice.protocol import H_ATTEMPT, H_ETA, H_FIRST_FAILURE_AT, TaskMessage, now_ms
+from sluice.resilience import BreakerPolicy, BreakerState, FixedBackoff, RetryPolicy
+from sluice.tasks import Task
+from sluice_worker.delays import Republish
+from sluice_worker.failures import RetryOrDeadLetter
+from sluice_worker.gate import PolicyGate
+from sluice_worker.outcome import ACK, DeadLetter, Outcome
+
+
+class T(BaseModel):
+    tenant: str = "a"
+    n: int = 0
+
+
+@pytest.fixture
+async def gate(redis_url: str, unique: str) -> AsyncIterator[PolicyGate]:
+    client = aioredis.Redis.from_url(redis_url)
+    g = PolicyGate(client, unique)
+    yield g
+    await g.aclose()
+    keys = [k async for k in client.scan_iter(f"{unique}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def _run(gate: PolicyGate, t: Task, msg: TaskMessage, fail: Exception | None = None) -> Outcome:
+    """The gate's outcome; records in ``gate_calls`` whether the handler was called."""
+    called = False
+
+    async def call() -> None:
+        nonlocal called
+        called = True
+        if fail is not None:
+            raise fail
+
+    out = await gate.run(t, msg, call, gate.failures)
+    CALLED.append(called)
+    return out
+
+
+CALLED: list[bool] = []
+
+
+async def test_rate_limit_per_tenant_defers_without_an_attempt(gate: PolicyGate) -> None:
+    @task("g.rate", rate_limit=RateLimit(1, 10.0, key="tenant"))
+    async def h(p: T) -> None: ...
+
+    assert await _run(gate, h, TaskMessage("g.rate", {"tenant": "a"})) is ACK
+    second = await _run(gate, h, TaskMessage("g.rate", {"tenant": "a"}))
+    assert isinstance(second, Republish) and second.why == "rate_limited"
+    assert CALLED[-1] is False
+    assert H_ATTEMPT not in second.headers, "a deferral spends no attempt"
+    assert second.tier_ms is not None and second.tier_ms >= 8000  # about 10 s: the next unit
+    assert await _run(gate, h, TaskMessage("g.rate", {"tenant": "b"})) is ACK, "each tenant has its own"
+
+
+async def test_idempotency_skips_what_was_done(gate: PolicyGate) -> None:
+    @task("g.idem", idempotency=Idempotency(fields=("n",)))
+    async def h(p: T) -> None: ...
+
+    assert await _run(gate, h, TaskMessage("g.idem", {"n": 1})) is ACK
+    assert await _run(gate, h, TaskMessage("g.idem", {"n": 1})) is ACK
+    assert CALLED[-2:] == [True, False], "the duplicate is acked without running"
+    assert gate.stats.counts["skipped"] == 1
+    # a failed run releases its claim: the next one runs
+    failed = await _run(gate, h, TaskMessage("g.idem", {"n": 2}), ValueError("no"))
+    assert isinstance(failed, DeadLetter)
+    assert await _run(gate, h, TaskMessage("g.idem", {"n": 2})) is ACK
+    assert gate.stats.counts["skipped"] == 1
+
+
+async def test_open_breaker_defers_and_half_open_lets_trials_through(gate: PolicyGate) -> None:
+    policy = BreakerPolicy(minimum_calls=2, failure_rate=0.5, open_for=1.0, half_open_permits=1)
+
+    @task("g.brk", breaker=Breaker("svc", policy))
+    async def h(p: T) -> None: ...
+
+    for _ in range(2):
+        assert isinstance(await _run(gate, h, TaskMessage("g.brk", {}), ConnectionError("down")), DeadLetter)
+    deferred = await _run(gate, h, TaskMessage("g.brk", {}))
+    assert isinstance(deferred, Republish) and deferred.why == "breaker_open"
+    assert CALLED[-1] is False
+    # after open_for the breaker half-opens: its one trial permit runs, succeeds and closes it
+    deadline = time.monotonic() + 5
+    while (out := await _run(gate, h, TaskMessage("g.brk", {}))) is not ACK:
+        assert isinstance(out, Republish) and out.why == "breaker_open"
+        assert time.monotonic() < deadline, "the breaker never half-opened"
+        await asyncio.sleep(0.05)
+    assert await gate._breakers["svc"].state() == BreakerState.CLOSED
+
+
+async def test_retry_then_dead_letter_with_details(gate: PolicyGate) -> None:
+    @task("g.retry", retry=RetryPolicy(max_attempts=2, backoff=FixedBackoff(3.0)), timeout=5)
+    async def h(p: T) -> None: ...
+
+    first = await _run(gate, h, TaskMessage("g.retry", {}), KeyError("k"))
+    assert isinstance(first, Republish) and first.why == "retry"
+    assert first.tier_ms == 2000  # 3 s: the 2 s tier, then a hop
+    assert first.headers[H_ATTEMPT] == 2
+    assert abs(first.headers[H_ETA] - (now_ms() + 3000)) < 500
+    started = first.headers[H_FIRST_FAILURE_AT]
+    last = await _run(gate, h, TaskMessage("g.retry", {}, attempt=2, first_failure_ms=started), KeyError("k"))
+    assert isinstance(last, DeadLetter)
+    assert last.headers["x-sluice-error-type"] == "KeyError"
+    assert last.headers[H_FIRST_FAILURE_AT] == started
+    assert "attempt 2 of 2" in last.detail
+
+
+async def test_a_task_not_yet_due_is_sent_on(gate: PolicyGate) -> None:
+    @task("g.eta", timeout=1)
+    async def h(p: T) -> None: ...
+
+    out = await _run(gate, h, TaskMessage("g.eta", {}, eta_ms=now_ms() + 5000))
+    assert isinstance(out, Republish) and out.why == "eta" and out.tier_ms == 4000
+    assert await _run(gate, h, TaskMessage("g.eta", {}, eta_ms=now_ms() + 200)) is ACK
+
+
+def test_without_a_retry_policy_a_failure_is_dead_lettered() -> None:
+    @task("g.plain")
+    async def h(p: T) -> None: ...
+
+    out = RetryOrDeadLetter().on_error(h, TaskMessage("g.plain", {}), RuntimeError("x"))
+    assert isinstance(out, DeadLetter) and out.reason == "handler_error"
+    assert "RuntimeError: x" in out.headers["x-sluice-traceback"]
