@@ -17,6 +17,7 @@ from sluice.resilience import (
     InProgress,
     KeySpace,
     RetryBudget,
+    RetryBudgetExhausted,
     RetryPolicy,
 )
 
@@ -35,6 +36,14 @@ async def test_budget_allows_a_fraction_of_recent_calls_plus_a_floor(redis: Redi
     later = [(await budget._call("retry", 0, now_us=T0 + 5 * S))[0] for _ in range(3)]
     assert later == [1, 1, 0]
     assert 0 < await redis.pttl(budget.key) <= 5_000
+
+
+async def test_spend_raises_when_the_budget_is_spent(redis: Redis, keys: KeySpace) -> None:
+    budget = RetryBudget(redis, "svc", ratio=0.0, min_per_second=0.2, window=5, keys=keys)
+    await budget.spend()  # 0.2/s x 5 s: one retry
+    with pytest.raises(RetryBudgetExhausted) as info:
+        await budget.spend()
+    assert info.value.retry_after == 1.0
 
 
 async def test_budget_is_shared_and_stops_retries_fleet_wide(redis_url: str, keys: KeySpace) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from sluice.resilience import ConcurrencyLimited, ConcurrencyLimiter, KeySpace
+from sluice.resilience import ConcurrencyLimited, ConcurrencyLimiter, KeySpace, LeaseLost
 
 HAMMER = Path(__file__).with_name("hammer.py")
 
@@ -86,8 +86,11 @@ async def test_renewing_an_expired_lease_reports_it_lost(redis: Redis, keys: Key
     lease, _ = await sem.try_acquire("db")
     assert lease is not None
     await redis.zrem(sem.keys_of("db")[0], lease.token)  # as if it had expired and been reclaimed
+    lease.check()  # still believed held
     assert not await sem.renew(lease)
     assert lease.lost.is_set()
+    with pytest.raises(LeaseLost):
+        lease.check()
 
 
 @pytest.mark.slow

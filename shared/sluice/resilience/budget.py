@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from . import _lua
 from ._reference import GCRAModel
 from ._scripts import ScriptRunner
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, RetryBudgetExhausted
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
 
@@ -82,6 +82,11 @@ class RetryBudget:
             return self._fallback()
         self._outage.succeeded()
         return bool(reply[0] == 1)
+
+    async def spend(self) -> None:
+        """Withdraw one retry or raise :class:`RetryBudgetExhausted` (for retry loops of your own)."""
+        if not await self.try_retry():
+            raise RetryBudgetExhausted(f"retry budget {self.name} is spent", retry_after=1.0)
 
     async def _call(self, kind: str, n: int, now_us: int | None = None) -> list[int]:
         """The raw script reply; ``now_us`` overrides the server clock, for tests only."""

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from . import _lua
 from ._scripts import ScriptRunner
-from .errors import BackendUnavailable, ConcurrencyLimited
+from .errors import BackendUnavailable, ConcurrencyLimited, LeaseLost
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
 
@@ -38,6 +38,12 @@ class Lease:
     token: int
     local: bool = False
     granted_at_us: int = 0  # Redis' clock at the grant (0 for a local lease)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if a renewal found this lease gone: call it before a write."""
+        if self.lost.is_set():
+            raise LeaseLost(f"lease {self.name}/{self.token} expired or was reclaimed while held")
+
     lost: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -108,7 +114,8 @@ class ConcurrencyLimiter:
         """Hold a slot of ``name`` for the block, renewing it in the background.
 
         Raises :class:`ConcurrencyLimited` if no slot frees within ``max_wait`` seconds. If a renewal finds the
-        lease gone (expired during a long stall), ``lease.lost`` is set: check it before a write.
+        lease gone (expired during a long stall), ``lease.lost`` is set and ``lease.check()``
+        raises :class:`LeaseLost`: call it before a write.
         """
         lease = await self._wait(name, max_wait)
         stop = asyncio.Event()
