@@ -76,6 +76,34 @@ async def test_sigterm_lets_running_tasks_finish_and_leaves_the_rest_queued(
     assert (await queue_counts(channel, topo.queue("default")))[0] == 0
 
 
+async def long_task_running(
+    settings: Settings, start_worker: Callable[..., WorkerProcess], r: redis.Redis, key: str, grace: str
+) -> WorkerProcess:
+    """A worker with ``--grace-period grace`` running one 60 s task."""
+    async with Publisher(settings) as pub:
+        await pub.publish(TaskMessage("wt.record", {"key": key, "n": 0, "seconds": 60.0}))
+    w = start_worker("--tasks", "tasks_for_tests", "--grace-period", grace)
+
+    async def running() -> bool:
+        return bool(counts(r, key, "starts"))
+
+    await eventually(running, 30, "the long task to start")
+    return w
+
+
+async def assert_cancelled_and_requeued(
+    w: WorkerProcess, channel: aio_pika.abc.AbstractChannel, settings: Settings, r: redis.Redis, key: str
+) -> None:
+    assert "cancelled, to be redelivered" in w.stderr()
+    assert counts(r, key, "runs") == {}, "the cancelled task did not count as done"
+    queue = Topology.from_settings(settings).queue("default")
+
+    async def back_in_queue() -> bool:
+        return (await queue_counts(channel, queue)) == (1, 0)
+
+    await eventually(back_in_queue, 10, "the cancelled task back in its queue")
+
+
 async def test_a_second_signal_cuts_the_grace_period_short(
     channel: aio_pika.abc.AbstractChannel,
     settings: Settings,
@@ -84,15 +112,7 @@ async def test_a_second_signal_cuts_the_grace_period_short(
     unique: str,
 ) -> None:
     key = f"{unique}:force"
-    topo = Topology.from_settings(settings)
-    async with Publisher(settings) as pub:
-        await pub.publish(TaskMessage("wt.record", {"key": key, "n": 0, "seconds": 60.0}))
-    w = start_worker("--tasks", "tasks_for_tests", "--grace-period", "60")
-
-    async def running() -> bool:
-        return bool(counts(r, key, "starts"))
-
-    await eventually(running, 30, "the long task to start")
+    w = await long_task_running(settings, start_worker, r, key, grace="60")
     w.proc.send_signal(signal.SIGTERM)
 
     async def draining() -> bool:
@@ -103,10 +123,19 @@ async def test_a_second_signal_cuts_the_grace_period_short(
     code = w.terminate(timeout=15)  # the second SIGTERM
     assert code == 0, w.stderr()[-2000:]
     assert time.monotonic() - t0 < 10
-    assert "cancelled, to be redelivered" in w.stderr()
-    assert counts(r, key, "runs") == {}, "the cancelled task did not count as done"
+    await assert_cancelled_and_requeued(w, channel, settings, r, key)
 
-    async def back_in_queue() -> bool:
-        return (await queue_counts(channel, topo.queue("default"))) == (1, 0)
 
-    await eventually(back_in_queue, 10, "the cancelled task back in its queue")
+async def test_tasks_still_running_after_the_grace_period_are_cancelled_and_redelivered(
+    channel: aio_pika.abc.AbstractChannel,
+    settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    r: redis.Redis,
+    unique: str,
+) -> None:
+    key = f"{unique}:grace"
+    w = await long_task_running(settings, start_worker, r, key, grace="1")
+    t0 = time.monotonic()
+    assert w.terminate(timeout=15) == 0, w.stderr()[-2000:]
+    assert 1.0 <= time.monotonic() - t0 < 6.0
+    await assert_cancelled_and_requeued(w, channel, settings, r, key)

@@ -226,6 +226,8 @@ class Session:
         f = done.pop()
         if f is self._cancelled:
             return f.result()  # type: ignore[no-any-return]
+        if f.cancelled():
+            return watched[f]
         exc = f.exception()
         return f"{watched[f]}: {exc!r}" if exc is not None else watched[f]
 
@@ -349,7 +351,11 @@ class Consumer:
                 lost.cancel()
                 await session.drain(s.grace_period, force)
                 return
-            log.warning("lost the broker (%s): reconnecting", lost.result())
+            try:
+                why = lost.result()
+            except Exception as e:  # watching itself failed: the session is gone all the same
+                why = repr(e)
+            log.warning("lost the broker (%s): reconnecting", why)
             await session.close()
 
     async def _open(self, slots: asyncio.Semaphore) -> Session:
