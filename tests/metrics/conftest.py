@@ -19,13 +19,12 @@ async def topology(amqp_url: str, redis_url: str, unique: str) -> AsyncIterator[
     """Settings with a unique prefix (classic queues), the base topology and default queue declared."""
     settings = Settings(amqp_url=amqp_url, redis_url=redis_url, prefix=unique, queue_type="classic")
     topo = Topology.from_settings(settings)
-    conn = await aio_pika.connect(amqp_url)
-    try:
+    async with await aio_pika.connect(amqp_url) as conn:
         channel = await conn.channel()
         await topo.declare_base(channel)
         await topo.declare_queue(channel, settings.default_queue)
-        await channel.close()
-        yield settings
+    yield settings
+    async with await aio_pika.connect(amqp_url) as conn:  # a new one: the test may have restarted the broker
         cleanup = await conn.channel()
         for name in (topo.queue(settings.default_queue), topo.dead_queue):
             await cleanup.queue_delete(name)
@@ -36,8 +35,6 @@ async def topology(amqp_url: str, redis_url: str, unique: str) -> AsyncIterator[
             metrics_exchange(unique),
         ):
             await cleanup.exchange_delete(name)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

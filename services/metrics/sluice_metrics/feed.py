@@ -3,7 +3,9 @@
 An exclusive, server-named queue bound with ``#`` holds the snapshots for this service only; it is
 capped (``x-max-length``) and its messages expire after 10 s, so a stalled service never piles them
 up. Deliveries are not acked (``no_ack``): a lost snapshot is replaced by the next one a second later.
-The connection is robust: after a broker restart it declares the queue again and consumes again.
+The connection is plain: :attr:`SnapshotFeed.lost` is set when it closes, and the service opens a new
+feed (a new queue, bound and consumed afresh) rather than trusting a robust connection to restore a
+server-named exclusive queue and its consumer.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from sluice.connection import BROKER_ERRORS, connect
+from sluice.connection import BROKER_ERRORS, connect_plain
 from sluice.settings import Settings
 from sluice.telemetry import declare_metrics_exchange
 from sluice_metrics.processes import ProcessTable
@@ -28,7 +30,7 @@ __all__ = ["SnapshotFeed"]
 
 log = logging.getLogger("sluice.metrics")
 
-_QUEUE_ARGS = {"x-max-length": 10_000, "x-message-ttl": 10_000}
+_QUEUE_ARGS: dict[str, Any] = {"x-max-length": 10_000, "x-message-ttl": 10_000}
 
 
 class SnapshotFeed:
@@ -40,13 +42,15 @@ class SnapshotFeed:
         self._settings = settings
         self._table = table
         self._clock = clock
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._queue: AbstractQueue | None = None
-        self.received = asyncio.Event()  # set on every accepted snapshot (tests wait on it)
+        self.received = asyncio.Event()  # set on every accepted snapshot
+        self.lost = asyncio.Event()  # set when the connection closes: open a new feed
 
     async def __aenter__(self) -> Self:
         s = self._settings
-        self._connection = await connect(s, f"sluice-metrics feed {s.prefix}")
+        self._connection = await connect_plain(s, f"sluice-metrics feed {s.prefix}")
+        self._connection.close_callbacks.add(lambda *_: self.lost.set())
         try:
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=200)

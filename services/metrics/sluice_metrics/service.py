@@ -134,11 +134,17 @@ async def _feed_loop(settings: Settings, table: ProcessTable, stop: asyncio.Even
     warned = False
     while not stop.is_set():
         try:
-            async with SnapshotFeed(settings, table):
+            async with SnapshotFeed(settings, table) as feed:
                 log.info("receiving telemetry snapshots from %s", metrics_exchange(settings.prefix))
                 warned = False
-                await stop.wait()
-                return
+                stopping = asyncio.ensure_future(stop.wait())
+                lost = asyncio.ensure_future(feed.lost.wait())
+                await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                lost.cancel()
+                if stop.is_set():
+                    return
+                log.warning("lost the broker connection of the snapshot feed: reconnecting")
         except _FEED_ERRORS as e:
             if not warned:
                 warned = True
