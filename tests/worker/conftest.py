@@ -66,6 +66,11 @@ async def channel(amqp_url: str, unique: str) -> AsyncIterator[aio_pika.abc.Abst
             await cleanup.exchange_delete(ex)
 
 
+def counts(r: redis.Redis, key: str, what: str) -> dict[int, int]:
+    """A tasks_for_tests hash (``starts`` / ``runs``) as {n: count}."""
+    return {int(k): int(v) for k, v in r.hgetall(f"{key}:{what}").items()}
+
+
 async def queue_counts(ch: aio_pika.abc.AbstractChannel, name: str) -> tuple[int, int]:
     """(ready messages, consumers) of a queue that exists."""
     q = await ch.declare_queue(name, passive=True)

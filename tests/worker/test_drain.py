@@ -14,11 +14,7 @@ from sluice.publisher import Publisher
 from sluice.settings import Settings
 from sluice.topology import Topology
 
-from .conftest import WorkerProcess, eventually, queue_counts
-
-
-def counts(r: redis.Redis, key: str, what: str) -> dict[int, int]:
-    return {int(k): int(v) for k, v in r.hgetall(f"{key}:{what}").items()}
+from .conftest import WorkerProcess, counts, eventually, queue_counts
 
 
 async def test_sigterm_lets_running_tasks_finish_and_leaves_the_rest_queued(
