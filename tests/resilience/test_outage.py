@@ -33,6 +33,14 @@ from .conftest import ThrowawayRedis
 KEYS = KeySpace("outage")
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 async def client(throwaway_redis: ThrowawayRedis) -> AsyncIterator[Redis]:
     c = Redis.from_url(throwaway_redis.url)
@@ -75,6 +83,7 @@ async def test_restart_fail_open_uses_the_local_limit_logs_once_and_recovers(
     throwaway_redis: ThrowawayRedis, client: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="sluice.resilience")
+    clock = FakeClock()  # local time only: the local limiter and the probe spacing
     limiter = GCRALimiter(
         client,
         Rate.per_second(1_000),
@@ -82,17 +91,21 @@ async def test_restart_fail_open_uses_the_local_limit_logs_once_and_recovers(
         keys=KEYS,
         timeout=0.3,
         outage=FailOpen(local_share=0.1, probe_interval=0.05),
+        clock=clock,
     )
     assert not (await limiter.try_acquire("api")).degraded
     throwaway_redis.kill()
-    # down: decisions come from the local limit, a tenth of the global one (burst 10)
+    # down: decisions come from the local limit, a tenth of the global one (burst 10, 100/s)
     local = [await limiter.try_acquire("api") for _ in range(30)]
     assert all(d.degraded for d in local)
-    assert 10 <= sum(d.allowed for d in local) <= 12  # the local burst, plus what 100/s refills meanwhile
+    assert sum(d.allowed for d in local) == 10
+    clock.now += 0.05  # 50 ms later the local bucket has 5 more
+    assert sum([(await limiter.try_acquire("api")).allowed for _ in range(10)]) == 5
     assert limiter.outage_stats.outages == 1
-    assert limiter.outage_stats.fallback_decisions == 30
+    assert limiter.outage_stats.fallback_decisions == 40
     throwaway_redis.start()
     for _ in range(200):  # bounded: until a probe finds Redis back
+        clock.now += 0.05
         decision = await limiter.try_acquire("api")
         if not decision.degraded:
             break
