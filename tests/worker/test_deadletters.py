@@ -141,3 +141,41 @@ async def test_the_worker_survives_a_poison_flood(
 
         await eventually(good_ran, 10, "the valid task after the flood")
         await asyncio.sleep(0)
+
+
+@task("wt.inproc.selfcancel")
+async def selfcancel(p: Mark) -> None:
+    raise asyncio.CancelledError  # a handler's own CancelledError is a failure, not a shutdown
+
+
+async def test_a_handler_raising_cancelled_error_is_a_failure_not_a_stall(
+    channel: aio_pika.abc.AbstractChannel, settings: Settings, unique: str
+) -> None:
+    topo = Topology.from_settings(settings)
+    registry = load_registry([])
+    registry.add(mark)
+    registry.add(selfcancel)
+    async with running_worker(channel, settings, registry):
+        ex = await channel.get_exchange(topo.tasks_exchange)
+        body = json.dumps({"key": unique, "n": 3}).encode()
+        await ex.publish(
+            aio_pika.Message(body, headers=headers("wt.inproc.selfcancel"), message_id="sc"), "default"
+        )
+        await ex.publish(aio_pika.Message(body, headers=headers("wt.inproc.mark")), "default")
+
+        async def dead() -> bool:
+            return (await queue_counts(channel, topo.dead_queue))[0] == 1
+
+        await eventually(dead, 15, "the self-cancelling task in the DLQ")
+
+        async def good_ran() -> bool:
+            return SEEN.get(unique) == [3]
+
+        await eventually(good_ran, 10, "the task after it")
+        dlq = await channel.declare_queue(topo.dead_queue, passive=True)
+        m = await dlq.get()
+        await m.ack()
+        assert m.headers[H_DEAD_REASON] == "handler_error"
+        assert "CancelledError" in str(m.headers[H_DEAD_DETAIL])
+    # acked, not stuck: with the worker gone nothing comes back to the work queue
+    assert (await queue_counts(channel, topo.queue("default")))[0] == 0

@@ -350,6 +350,7 @@ class Consumer:
             if stop.is_set():
                 lost.cancel()
                 await session.drain(s.grace_period, force)
+                self._throttle.flush()
                 return
             try:
                 why = lost.result()

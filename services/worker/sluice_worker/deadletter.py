@@ -99,11 +99,16 @@ class LogThrottle:
     def allow(self) -> bool:
         now = time.monotonic()
         if now - self._start >= self._period:
-            if self.suppressed:
-                log.warning("%d more dead-lettered messages were not logged", self.suppressed)
-            self._start, self._count, self.suppressed = now, 0, 0
+            self.flush()
+            self._start, self._count = now, 0
         if self._count < self._limit:
             self._count += 1
             return True
         self.suppressed += 1
         return False
+
+    def flush(self) -> None:
+        """Log how many lines were held back, if any."""
+        if self.suppressed:
+            log.warning("%d more dead-lettered messages were not logged", self.suppressed)
+            self.suppressed = 0

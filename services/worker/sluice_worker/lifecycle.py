@@ -106,3 +106,14 @@ def configure_logging(level: str) -> None:
     )
     for noisy in ("aiormq", "aio_pika"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    if level != "DEBUG":
+        logging.getLogger("aiormq.connection").addFilter(_reconnect_chatter)
+
+
+# what aiormq logs (with tracebacks) when the broker goes away or refuses a reconnection attempt; the
+# worker says the same in one line ("lost the broker ...", "cannot reconnect ...")
+_CHATTER = ("error when creating transport", "Unexpected connection close", "Cancelling cause reader")
+
+
+def _reconnect_chatter(record: logging.LogRecord) -> bool:
+    return not (isinstance(record.msg, str) and record.msg.startswith(_CHATTER))

@@ -67,6 +67,12 @@ class Runner:
                 await task.fn(*args)
             else:
                 await asyncio.get_running_loop().run_in_executor(self._pool, task.fn, *args)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is None or me.cancelling():
+                raise  # we are being cancelled (drain, lost connection): the delivery goes back
+            # the handler raised CancelledError on its own: a failure like any other
+            return self._policy.on_error(task, msg, RuntimeError("the handler raised CancelledError"))
         except Exception as e:
             return self._policy.on_error(task, msg, e)
         return ACK
