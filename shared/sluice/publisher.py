@@ -31,7 +31,7 @@ from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body, now_ms
 from sluice.settings import Settings
 from sluice.topology import Topology, next_hop
 
-__all__ = ["PublishOutcome", "PublishReport", "Publisher"]
+__all__ = ["PublishOutcome", "PublishReport", "Publisher", "await_confirm"]
 
 PERSISTENT = 2
 
@@ -230,19 +230,7 @@ class Publisher:
         await self._confirmed(ex.publish(message, routing_key=routing_key))
 
     async def _confirmed(self, pending: Awaitable[Any]) -> None:
-        try:
-            async with asyncio.timeout(self.settings.publish_timeout):
-                await pending
-        except TimeoutError:
-            raise PublishTimeout(
-                f"no confirm within {self.settings.publish_timeout:g}s (broker down or blocked by an alarm?)"
-            ) from None
-        except aiormq.exceptions.PublishError as e:
-            raise PublishReturned(f"unroutable: {e.frame!r}") from None
-        except aiormq.exceptions.DeliveryError as e:
-            raise PublishNacked(f"the broker refused the task: {e.frame!r}") from None
-        except BROKER_ERRORS as e:
-            raise BrokerUnavailable(f"lost the broker before the confirm: {e!r}") from None
+        await await_confirm(pending, self.settings.publish_timeout)
 
     async def publish_many(
         self,
@@ -285,3 +273,22 @@ async def _aiter(items: Iterable[TaskMessage] | AsyncIterable[TaskMessage]) -> A
     else:
         for m in items:
             yield m
+
+
+async def await_confirm(pending: Awaitable[Any], within: float, what: str = "the task") -> None:
+    """Await a publish on a confirm-mode channel; its failure as a sluice error.
+
+    :class:`PublishTimeout` after ``within`` seconds, :class:`PublishReturned` if unroutable,
+    :class:`PublishNacked` if the broker refused it, :class:`BrokerUnavailable` if the connection died.
+    """
+    try:
+        async with asyncio.timeout(within):
+            await pending
+    except TimeoutError:
+        raise PublishTimeout(f"no confirm within {within:g}s (broker down or blocked by an alarm?)") from None
+    except aiormq.exceptions.PublishError as e:
+        raise PublishReturned(f"unroutable: {e.frame!r}") from None
+    except aiormq.exceptions.DeliveryError as e:
+        raise PublishNacked(f"the broker refused {what}: {e.frame!r}") from None
+    except BROKER_ERRORS as e:
+        raise BrokerUnavailable(f"lost the broker before the confirm: {e!r}") from None

@@ -9,19 +9,16 @@ work queues' ``x-dead-letter-exchange``) still moves it: nothing is lost.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
 import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiormq.abc import DeliveredMessage
 
-from sluice.connection import BROKER_ERRORS
-from sluice.errors import BrokerUnavailable, PublishNacked, PublishReturned, PublishTimeout
 from sluice.protocol import H_DEAD_AT, H_DEAD_DETAIL, H_DEAD_QUEUE, H_DEAD_REASON, now_ms
+from sluice.publisher import await_confirm
 from sluice_worker.outcome import DeadLetter
 
 __all__ = ["DeadLetterPublisher", "LogThrottle", "dead_copy"]
@@ -66,17 +63,9 @@ class DeadLetterPublisher:
         """Publish the dead copy and wait for its confirm; a :class:`PublishError` or
         :class:`BrokerUnavailable` if it was not confirmed."""
         message = dead_copy(delivered, queue, dead)
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._exchange.publish(message, routing_key=queue)
-        except TimeoutError:
-            raise PublishTimeout(f"no confirm for the dead-letter copy within {self._timeout:g}s") from None
-        except aiormq.exceptions.PublishError as e:
-            raise PublishReturned(f"dead-letter copy unroutable: {e.frame!r}") from None
-        except aiormq.exceptions.DeliveryError as e:
-            raise PublishNacked(f"dead-letter copy refused: {e.frame!r}") from None
-        except BROKER_ERRORS as e:
-            raise BrokerUnavailable(f"lost the broker before the dead-letter confirm: {e!r}") from None
+        await await_confirm(
+            self._exchange.publish(message, routing_key=queue), self._timeout, "the dead-letter copy"
+        )
 
 
 class LogThrottle:
