@@ -68,6 +68,8 @@ async def serve(
     """Consume ``queues`` until ``shutdown.stop`` (or SIGTERM/SIGINT when no ``shutdown`` is given)."""
     own = shutdown is None
     sd = shutdown or Shutdown()
+    names = sorted(registry)
+    log.info("%d tasks: %s%s", len(names), ", ".join(names[:20]), ", ..." if len(names) > 20 else "")
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")
     try:
         consumer = Consumer(settings, Runner(registry, settings, pool, policy), queues)
