@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import aio_pika
+import pytest
 from pydantic import BaseModel
 
 from sluice.protocol import (
@@ -45,10 +46,11 @@ def headers(task_name: str) -> dict[str, Any]:
     return {H_VERSION: 1, H_TASK: task_name, H_ATTEMPT: 1, H_QUEUE: "default"}
 
 
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_bad_messages_are_dead_lettered_with_their_reason_and_the_worker_goes_on(
-    channel: aio_pika.abc.AbstractChannel, settings: Settings, unique: str
+    channel: aio_pika.abc.AbstractChannel, settings: Settings, unique: str, queue_type: str
 ) -> None:
-    settings = settings.model_copy(update={"max_message_bytes": 1024})
+    settings = settings.model_copy(update={"max_message_bytes": 1024, "queue_type": queue_type})
     topo = Topology.from_settings(settings)
     registry = load_registry([])
     registry.add(mark)
