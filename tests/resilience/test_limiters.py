@@ -102,8 +102,22 @@ async def test_coalesced_calls_share_pipelines_and_stay_exact(
         plain = kind(redis, Rate.per_minute(100), keys=keys)
         got: list[Decision] = await asyncio.gather(*(batched.try_acquire("b") for _ in range(300)))
         assert sum(d.allowed for d in got) == 100
+        coalescer = batched._coalescer
+        assert coalescer is not None
+        # the first call went alone, the other 299 shared a few pipelines
+        assert coalescer.sent_alone == 1
+        assert coalescer.batched_calls == 299
+        assert coalescer.batches <= 4
         got = await asyncio.gather(*(plain.try_acquire("p") for _ in range(300)))
         assert sum(d.allowed for d in got) == 100
+
+
+async def test_a_lone_caller_does_not_wait_for_a_batch(redis: Redis, keys: KeySpace) -> None:
+    async with GCRALimiter(redis, Rate.per_minute(100), keys=keys, coalesce=True) as batched:
+        for _ in range(5):
+            assert (await batched.try_acquire("solo")).allowed
+        assert batched._coalescer is not None
+        assert (batched._coalescer.sent_alone, batched._coalescer.batches) == (5, 0)
 
 
 async def test_names_are_independent(redis: Redis, keys: KeySpace) -> None:

@@ -1,8 +1,10 @@
-"""Batching: script calls made while a batch is in flight go out together in one pipeline.
+"""Batching: script calls made while others are in flight go out together in one pipeline.
 
-The first call in a loop iteration schedules a flush for the end of that iteration; everything
-submitted until then shares one pipeline (one round trip). With ``max_inflight`` batches already
-on the wire the new calls wait and pile up, so under load the batch size grows by itself.
+A call made when nothing is in flight goes out at once, alone (a single caller pays nothing for
+batching). A call made while something is in flight is queued; the first queued call in a loop
+iteration schedules a flush for the end of that iteration, and everything queued until then shares
+one pipeline (one round trip). With ``max_inflight`` sends already on the wire the queue waits and
+grows, so under load the batch size grows by itself.
 """
 
 from __future__ import annotations
@@ -27,8 +29,25 @@ class Coalescer:
         self._inflight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sent_alone = 0  # calls sent at once, nothing else being in flight
+        self.batches = 0  # pipelines sent
+        self.batched_calls = 0  # calls sent in those pipelines
+
+    async def call(self, call: Call) -> Any:
+        """The script's reply: sent at once when nothing is in flight, else in the next batch."""
+        if self._inflight or self._pending:
+            return await self.submit(call)
+        self._inflight += 1
+        self.sent_alone += 1
+        try:
+            return await self._runner.run(*call)
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._flush()
 
     def submit(self, call: Call) -> asyncio.Future[Any]:
+        """Queue ``call`` for the next batch."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append((call, fut))
@@ -43,6 +62,8 @@ class Coalescer:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             self._inflight += 1
+            self.batches += 1
+            self.batched_calls += len(batch)
             task = asyncio.ensure_future(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -199,15 +199,15 @@ class RateLimiterBase(ABC):
 
     async def _decide(self, name: str, cost: int, peek: bool) -> Decision:
         # the hot path: kept flat on purpose (each extra coroutine layer costs about 1 % of a decision)
-        if cost < 0:
-            raise ValueError("cost must not be negative")
+        if cost < 0 or not name:
+            raise ValueError("cost must not be negative and the name must not be empty")
         outage = self._outage
         if outage.stats.in_outage and not outage.should_try():
             return self._fallback(name, cost, peek)
         call = self._make_call(name, cost, peek, "")
         try:
             if self._coalescer is not None:
-                reply = await self._coalescer.submit(call)
+                reply = await self._coalescer.call(call)
             else:
                 reply = await self._runner.run(*call)
         except BackendUnavailable as exc:
