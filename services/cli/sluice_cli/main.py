@@ -59,7 +59,9 @@ def _one_line(e: BaseException) -> str:
         loc = ".".join(str(p) for p in first["loc"]) or "value"
         more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
         return f"invalid setting {loc}: {first['msg']}{more}"
-    return " ".join(str(e).split()) or type(e).__name__
+    # a click error's format_message names the option: "Invalid value for '--prefetch': ..."
+    text = e.format_message() if isinstance(e, cx.ClickException) else str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
