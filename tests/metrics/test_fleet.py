@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import aio_pika
-from fleet_helpers import SLUICE, Service, end, start_child, until
+from fleet_helpers import HERE, SLUICE, Service, end, start_child, until
 
 from sluice.settings import Settings
 from sluice.topology import Topology
@@ -169,3 +171,49 @@ def test_sluice_publish_reports_what_it_published(service: Service, env: dict[st
     assert service.samples()[("sluice_tasks_published_total", (("queue", f"{prefix}.q.default"),))] == 23
     gone = service.summary()["gone"]
     assert [(p["kind"], p["stopped"], p["published"]) for p in gone] == [("producer", "stopped", 23)]
+
+
+def test_a_real_worker_publish_n_fail_m(service: Service, env: dict[str, str], tmp_path: Path) -> None:
+    """`sluice publish` N ok and M failing tasks, a real `sluice worker` runs them: the metrics say N and M,
+    and once the worker is killed it stops being alive within the heartbeat bound."""
+    n, m = 40, 7
+    wenv = {**env, "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])}
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [SLUICE, "worker", "--tasks", "fleet_tasks", "--concurrency", "8"],
+        env=wenv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        until(lambda: service.summary()["workers_alive"] == 1, seconds=30)
+        for name, count in (("fleet.ok", n), ("fleet.fail", m)):
+            sent = subprocess.run(
+                [SLUICE, "publish", name, "-p", '{"n": 1}', "--count", str(count), "--tasks", "fleet_tasks"],
+                env=wenv,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert sent.returncode == 0, sent.stderr
+        doc = until(lambda: (d := service.summary())["totals"]["completed"]["failed"] == m and d, seconds=30)
+        assert doc["totals"]["completed"]["success"] == n
+        assert doc["totals"]["published"] == n + m
+        prefix = env["SLUICE_PREFIX"]
+        got = service.samples()
+        assert got[("sluice_tasks_completed_total", (("outcome", "success"), ("task", "fleet.ok")))] == n
+        assert got[("sluice_tasks_completed_total", (("outcome", "failed"), ("task", "fleet.fail")))] == m
+        assert got[("sluice_task_run_seconds_count", (("task", "fleet.ok"),))] == n
+        assert got[("sluice_task_queue_wait_seconds_count", (("queue", f"{prefix}.q.default"),))] == n + m
+        until(lambda: service.samples().get(("sluice_dlq_messages", ())) == m)
+
+        worker.kill()
+        killed = time.monotonic()
+        until(lambda: service.summary()["workers_alive"] == 0, seconds=10, every=0.1)
+        assert time.monotonic() - killed <= ALIVE_AFTER + 1.0 + INTERVAL + 0.5  # worker snapshots every 1 s
+        assert service.summary()["totals"]["completed"]["success"] == n
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait(10)

@@ -34,6 +34,7 @@ from sluice_worker._acks import AckTracker
 from sluice_worker.deadletter import DeadLetterPublisher, LogThrottle
 from sluice_worker.outcome import ACK, DeadLetter
 from sluice_worker.runner import Runner
+from sluice_worker.telemetry_hook import DeliveryRecorder
 
 __all__ = ["Consumer", "Session"]
 
@@ -57,8 +58,10 @@ class Session:
         runner: Runner,
         slots: asyncio.Semaphore,
         throttle: LogThrottle,
+        recorder: DeliveryRecorder | None = None,
     ) -> None:
         self.connection = connection
+        self._recorder = recorder or DeliveryRecorder.off()
         self._settings = settings
         self._topology = Topology.from_settings(settings)
         self._runner = runner
@@ -107,6 +110,7 @@ class Session:
     # ---- the hot path
     def _consumer_for(self, queue: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         acks, slots, inflight, run = self._acks, self._slots, self._inflight, self._runner.run
+        begin, end = self._recorder.begin, self._recorder.end
 
         async def on_delivery(dm: DeliveredMessage) -> None:
             tag = dm.delivery_tag
@@ -121,6 +125,7 @@ class Session:
                 me = asyncio.current_task()
                 if me is not None:
                     inflight.add(me)
+                started, outcome = begin(), None
                 try:
                     p = dm.header.properties
                     outcome = await run(dm.body, p.headers, p.message_id, bool(dm.redelivered))
@@ -137,6 +142,7 @@ class Session:
                     log.exception("internal error on a delivery from %s; requeueing it", queue)
                     await self._answer_alone(tag, requeue=True)
                 finally:
+                    end(queue, dm.header.properties.headers, outcome, started)  # telemetry
                     if me is not None:
                         inflight.discard(me)
 
@@ -310,10 +316,17 @@ class Consumer:
     """
 
     def __init__(
-        self, settings: Settings, runner: Runner, queues: Sequence[str], *, name: str = "sluice-worker"
+        self,
+        settings: Settings,
+        runner: Runner,
+        queues: Sequence[str],
+        *,
+        name: str = "sluice-worker",
+        recorder: DeliveryRecorder | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
+        self.recorder = recorder
         self.queues = list(queues)
         self.name = name
         self.sessions = 0  # sessions opened so far (1 + reconnects)
@@ -361,7 +374,7 @@ class Consumer:
 
     async def _open(self, slots: asyncio.Semaphore) -> Session:
         conn = await connect_plain(self.settings, self.name)
-        session = Session(conn, self.settings, self.runner, slots, self._throttle)
+        session = Session(conn, self.settings, self.runner, slots, self._throttle, self.recorder)
         try:
             await session.open(self.queues)
         except aiormq.exceptions.ChannelPreconditionFailed as e:

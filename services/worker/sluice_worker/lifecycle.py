@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 
 from sluice.settings import Settings
 from sluice.tasks import Registry
+from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_worker.consumer import Consumer
 from sluice_worker.outcome import FailurePolicy
 from sluice_worker.runner import Runner
+from sluice_worker.telemetry_hook import DeliveryRecorder
 
 __all__ = ["Shutdown", "configure_logging", "run", "serve"]
 
@@ -71,13 +73,16 @@ async def serve(
     names = sorted(registry)
     log.info("%d tasks: %s%s", len(names), ", ".join(names[:20]), ", ..." if len(names) > 20 else "")
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")
+    telemetry = telemetry_for(settings, "worker")  # one snapshot a second to the metrics service
     try:
-        consumer = Consumer(settings, Runner(registry, settings, pool, policy), queues)
-        if own:
-            with sd.signals():
+        recorder = DeliveryRecorder(telemetry, names)
+        consumer = Consumer(settings, Runner(registry, settings, pool, policy), queues, recorder=recorder)
+        async with SnapshotPublisher(settings, telemetry):
+            if own:
+                with sd.signals():
+                    await consumer.run(sd.stop, sd.force)
+            else:
                 await consumer.run(sd.stop, sd.force)
-        else:
-            await consumer.run(sd.stop, sd.force)
     finally:
         # a sync handler still running after the grace period cannot be interrupted; do not wait for it
         pool.shutdown(wait=False, cancel_futures=True)

@@ -67,6 +67,11 @@ class DeliveryRecorder:
         self._running = 0
         telemetry.gauge("in_progress", lambda: self._running)
 
+    @classmethod
+    def off(cls) -> DeliveryRecorder:
+        """A recorder that counts nothing (telemetry off)."""
+        return cls(NullTelemetry(), ())
+
     @property
     def running(self) -> int:
         return self._running
