@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from sluice.resilience import BreakerPolicy, BreakerState, CircuitBreaker, CircuitOpen, KeySpace, Permit
+from sluice.resilience import (
+    BackendUnavailable,
+    BreakerPolicy,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpen,
+    KeySpace,
+    Permit,
+)
 
 from .conftest import ThrowawayRedis
 
@@ -127,6 +135,20 @@ async def test_an_open_breaker_refuses_without_a_round_trip(throwaway_redis: Thr
         with pytest.raises(CircuitOpen):
             await breaker.allow()
     assert breaker.outage_stats.failed_calls == 0
+    await client.aclose()
+
+
+async def test_closed_cache_saves_the_allow_round_trip(throwaway_redis: ThrowawayRedis) -> None:
+    client = Redis.from_url(throwaway_redis.url)
+    cached = CircuitBreaker(client, "svc", POLICY, keys=KeySpace("t"), closed_cache=60)
+    exact = CircuitBreaker(client, "svc", POLICY, keys=KeySpace("t"))
+    await cached.allow()
+    await exact.allow()
+    throwaway_redis.kill()
+    assert await cached.allow() == Permit()  # answered from the cache: no round trip, no outage
+    assert cached.outage_stats.failed_calls == 0
+    with pytest.raises(BackendUnavailable):  # the default asks Redis (and fails closed)
+        await exact.allow()
     await client.aclose()
 
 

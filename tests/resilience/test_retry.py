@@ -160,7 +160,7 @@ async def test_tenacity_retries_retryable_errors_with_the_computed_delays() -> N
             raise Flaky
         return "ok"
 
-    result = await policy.retrying(sleep=time.sleep, clock=time.clock, rng=random.Random(7))(flaky)
+    result: str = await policy.retrying(sleep=time.sleep, clock=time.clock, rng=random.Random(7))(flaky)
     assert result == "ok"
     assert calls == 4
     assert time.slept == pytest.approx(delays(policy.replace(max_attempts=4), random.Random(7)))
