@@ -22,8 +22,8 @@ class GCRALimiter(RateLimiterBase):
     In any interval of length ``t`` it admits at most ``burst + rate * t`` units, and traffic that
     keeps to that bound is never refused. ``burst`` defaults to ``rate.limit``.
 
-    ``coalesce=True`` sends the decisions made concurrently in one loop iteration together, in one
-    pipeline: more decisions per second than one-by-one round trips allow.
+    ``coalesce=True`` sends the decisions asked for while others are in flight together, in one
+    pipeline: more decisions per second than one-by-one round trips allow (a lone call goes at once).
     """
 
     kind = "gcra"
