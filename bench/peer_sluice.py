@@ -13,12 +13,14 @@ pydantic model like any real sluice task.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 
 from common import AMQP_URL, IO_SLEEP, done, emit_publish_result, payload
 from pydantic import BaseModel
 
+from sluice.policy import Idempotency, RateLimit
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher
 from sluice.settings import Settings
@@ -43,13 +45,46 @@ async def io(p: BenchPayload) -> None:
     done()
 
 
+# the policy variants (bench/run.py): a rate limit never reached, dedup off; and dedup on (a key per task
+# and run, from the message header)
+NEVER_REACHED = RateLimit(1_000_000, 1.0)
+DEDUP = Idempotency(ttl=600.0)
+
+
+@task("bench.noop_policy", rate_limit=NEVER_REACHED)
+async def noop_policy(p: BenchPayload) -> None:
+    done()
+
+
+@task("bench.io_policy", rate_limit=NEVER_REACHED)
+async def io_policy(p: BenchPayload) -> None:
+    await asyncio.sleep(IO_SLEEP)
+    done()
+
+
+@task("bench.noop_idem", rate_limit=NEVER_REACHED, idempotency=DEDUP)
+async def noop_idem(p: BenchPayload) -> None:
+    done()
+
+
+@task("bench.io_idem", rate_limit=NEVER_REACHED, idempotency=DEDUP)
+async def io_idem(p: BenchPayload) -> None:
+    await asyncio.sleep(IO_SLEEP)
+    done()
+
+
 async def publish(workload: str, n: int) -> None:
     settings = Settings(amqp_url=AMQP_URL)
     async with Publisher(settings, name="bench-publisher") as pub:
         await pub.ensure_queue(settings.default_queue)
-        name = f"bench.{workload}"
+        flavour = os.environ.get("BENCH_SLUICE_POLICY", "")  # "", "policy" or "idem"
+        name = f"bench.{workload}" + (f"_{flavour}" if flavour else "")
+        run = os.environ.get("BENCH_RUN", "run")
         t0 = time.time()
-        report = await pub.publish_many(TaskMessage(name, payload(i)) for i in range(n))
+        report = await pub.publish_many(
+            TaskMessage(name, payload(i), idempotency_key=f"{run}:{i}" if flavour == "idem" else None)
+            for i in range(n)
+        )
         t1 = time.time()
     if report.failed:
         sys.exit(f"{len(report.failed)} publishes not confirmed, first: {report.failed[0].error}")

@@ -11,7 +11,9 @@ with one worker process (``--concurrency 256 --prefetch 256``, the ceiling's pre
 messages, publisher confirms, acks. The publisher is ``sluice.publisher.Publisher`` (bench/peer_sluice.py).
 
 Environment: BENCH_N_NOOP (20000), BENCH_N_IO (5000), BENCH_REPEAT (3) as in the harness;
-BENCH_VARIANTS (default: ceiling,ceiling-quorum,sluice-classic,sluice-quorum; ``all`` adds every peer);
+BENCH_VARIANTS (default: ceiling,ceiling-quorum,sluice-classic,sluice-quorum; ``all`` adds every peer;
+sluice-{classic,quorum}-policy (a noop declaring a rate limit never reached) and -idem (plus dedup on a
+header key) are compared with the plain sluice row of their queue type, targets 0.7x and 0.5x);
 sluice-{classic,quorum}-nometrics: the plain worker with SLUICE_METRICS_ENABLED=false; the plain row (metrics
 on) must keep 0.95x of it;
 BENCH_OUT: write the summary rows (system, test, workload, n, rate, peak RSS, ...) as JSON there.
@@ -39,6 +41,12 @@ TARGET_XCEIL = 0.8
 TARGET_RSS_MB = 60.0
 TARGET_METRICS = 0.95  # metrics on keep this much of metrics-off throughput
 CEILING_OF = {"sluice-classic": "ceiling", "sluice-quorum": "ceiling-quorum"}
+# policy-carrying variants against the plain sluice row of the same queue type: (plain, target)
+POLICY_OF = {
+    f"sluice-{qt}-{flavour}": (f"sluice-{qt}", target)
+    for qt in ("classic", "quorum")
+    for flavour, target in (("policy", 0.7), ("idem", 0.5))
+}
 
 
 def add_sluice_variants() -> None:
@@ -59,6 +67,9 @@ def add_sluice_variants() -> None:
         harness.QUEUES[module] = [f"{prefix}.q.default", f"{prefix}.dlq"]
         off = {**env, "SLUICE_METRICS_ENABLED": "false"}  # the same worker sending no telemetry
         harness.VARIANTS[f"sluice-{qt}-nometrics"] = (module, argv, off, harness.PRIMARY)
+        for flavour in ("policy", "idem"):  # same worker and queue, tasks declaring policies
+            penv = {**env, "BENCH_SLUICE_POLICY": flavour}
+            harness.VARIANTS[f"sluice-{qt}-{flavour}"] = (module, argv, penv, harness.PRIMARY)
 
 
 def verdicts(summary: list[dict[str, Any]]) -> list[str]:
@@ -82,6 +93,27 @@ def verdicts(summary: list[dict[str, Any]]) -> list[str]:
             f"vs {ceiling} {c:>7.0f}/s = {s['xceil_same_queue_type']:.2f}x "
             f"[{'ok' if ok else 'BELOW 0.8x'}]"
             + (f"  peak RSS {rss:.1f} MB [{'ok' if rss_ok else 'OVER 60 MB'}]" if rss is not None else "")
+        )
+    return lines
+
+
+def policy_verdicts(summary: list[dict[str, Any]]) -> list[str]:
+    """Policy-carrying sluice rows against the plain sluice row of the same queue type, same run."""
+    rate = {(s["system"], s["test"], s["workload"]): s.get("rate") for s in summary}
+    lines = []
+    for s in summary:
+        if s["system"] not in POLICY_OF or s["test"] == "publish":
+            continue
+        plain, target = POLICY_OF[s["system"]]
+        base = rate.get((plain, s["test"], s["workload"]))
+        if not (base and s.get("rate")):
+            lines.append(f"{s['system']:<22} {s['test']}:{s['workload']:<5} no comparison (missing rows)")
+            continue
+        s["x_plain_sluice"] = round(s["rate"] / base, 3)
+        ok = s["x_plain_sluice"] >= target
+        lines.append(
+            f"{s['system']:<22} {s['test'] + ':' + s['workload']:<14} {s['rate']:>7.0f}/s "
+            f"vs {plain} {base:>7.0f}/s = {s['x_plain_sluice']:.2f}x [{'ok' if ok else f'BELOW {target}x'}]"
         )
     return lines
 
@@ -120,6 +152,7 @@ def main() -> None:
     harness.main()
     data = json.loads(full.read_text())
     lines = verdicts(data["summary"])
+    policy_lines = policy_verdicts(data["summary"])
     metrics_lines = metrics_cost_verdicts(data["summary"])
     full.write_text(json.dumps(data, indent=1))
     if metrics_lines:
@@ -127,6 +160,9 @@ def main() -> None:
         print("\n".join(metrics_lines))
     print("\nsluice against the raw aio-pika ceiling on the same queue type, same run:")
     print("\n".join(lines))
+    if policy_lines:
+        print("\nsluice with task policies against plain sluice on the same queue type, same run:")
+        print("\n".join(policy_lines))
     out = os.environ.get("BENCH_OUT")
     if out:
         Path(out).write_text(json.dumps(data["summary"], indent=1))

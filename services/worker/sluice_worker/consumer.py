@@ -32,6 +32,7 @@ from sluice.settings import Settings, mask_url
 from sluice.topology import Topology
 from sluice_worker._acks import AckTracker
 from sluice_worker.deadletter import DeadLetterPublisher, LogThrottle
+from sluice_worker.delays import DelayPublisher, Republish
 from sluice_worker.outcome import ACK, DeadLetter
 from sluice_worker.runner import Runner
 from sluice_worker.telemetry_hook import DeliveryRecorder
@@ -81,6 +82,7 @@ class Session:
         self._channel: AbstractChannel | None = None
         self._raw: RawChannel | None = None
         self._dead: DeadLetterPublisher | None = None
+        self._later: DelayPublisher | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     # ---- opening
@@ -95,6 +97,9 @@ class Session:
         dead_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         _, dead_exchange = await topo.declare_base(dead_channel)
         self._dead = DeadLetterPublisher(dead_channel, dead_exchange, s.publish_timeout)
+        tasks_exchange = await dead_channel.get_exchange(topo.tasks_exchange, ensure=False)
+        delay_exchange = await topo.declare_delays(dead_channel)
+        self._later = DelayPublisher(dead_channel, delay_exchange, tasks_exchange, topo, s.publish_timeout)
         raw = self._raw = await channel.get_underlay_channel()
         raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         self._flusher = asyncio.create_task(self._flush_loop(raw), name="sluice-acks")
@@ -132,6 +137,8 @@ class Session:
                     if outcome is ACK:
                         acks.finish(tag)
                         self._finished()
+                    elif isinstance(outcome, Republish):
+                        await self._republish(queue, dm, tag, outcome)
                     elif isinstance(outcome, DeadLetter):
                         await self._dead_letter(queue, dm, tag, outcome)
                     else:  # an outcome this consumer cannot carry out: keep the message, in the DLQ
@@ -173,6 +180,18 @@ class Session:
             self._wake.set()
         elif n >= self._batch:
             self._full.set()
+
+    async def _republish(self, queue: str, dm: DeliveredMessage, tag: int, out: Republish) -> None:
+        """Send the task back for later (confirmed), then ack it; unconfirmed: requeue the delivery."""
+        assert self._later is not None
+        try:
+            await self._later.publish(dm, queue, out)
+        except SluiceError as e:
+            log.error("delayed copy (%s) not confirmed (%s); requeueing the delivery", out.why, e)
+            await self._answer_alone(tag, requeue=True)
+            return
+        self._acks.finish(tag)
+        self._finished()
 
     async def _answer_alone(self, tag: int, *, requeue: bool) -> None:
         """``nack`` one delivery on its own frame and keep it out of the batched acks."""

@@ -11,19 +11,16 @@ time in ``x-sluice-eta`` and a worker that gets it early sends it on.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiormq.abc import DeliveredMessage
 
-from sluice.connection import BROKER_ERRORS
-from sluice.errors import BrokerUnavailable, PublishNacked, PublishReturned, PublishTimeout
 from sluice.protocol import H_ETA, TaskMessage, now_ms
+from sluice.publisher import await_confirm
 from sluice.topology import DELAY_TIERS_MS, Topology, next_hop
 
 __all__ = ["DelayPublisher", "Republish", "defer", "due", "retry"]
@@ -119,14 +116,4 @@ class DelayPublisher:
             exchange, key = self._tasks, queue
         else:
             exchange, key = self._delay, self._topology.delay_routing_key(out.tier_ms, queue)
-        try:
-            async with asyncio.timeout(self._timeout):
-                await exchange.publish(message, routing_key=key)
-        except TimeoutError:
-            raise PublishTimeout(f"no confirm for the delayed copy within {self._timeout:g}s") from None
-        except aiormq.exceptions.PublishError as e:
-            raise PublishReturned(f"delayed copy unroutable: {e.frame!r}") from None
-        except aiormq.exceptions.DeliveryError as e:
-            raise PublishNacked(f"delayed copy refused: {e.frame!r}") from None
-        except BROKER_ERRORS as e:
-            raise BrokerUnavailable(f"lost the broker before the delayed copy's confirm: {e!r}") from None
+        await await_confirm(exchange.publish(message, routing_key=key), self._timeout, "the delayed copy")

@@ -49,12 +49,13 @@ from sluice.resilience import (
     Permit,
     Rate,
 )
+from sluice.settings import Settings
 from sluice.tasks import Task
 from sluice_worker.delays import defer, due
 from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
 from sluice_worker.outcome import ACK, FailurePolicy, Outcome
 
-__all__ = ["GateStats", "PolicyGate"]
+__all__ = ["GateStats", "PolicyGate", "redis_for"]
 
 log = logging.getLogger("sluice.worker")
 
@@ -62,6 +63,17 @@ IN_PLACE = 0.25  # seconds a rate-limited task may wait in place before it is de
 BACKEND_RETRY = 1.0  # seconds to defer a task whose policy Redis cannot decide (fail closed)
 
 Call = Callable[[], Awaitable[None]]
+
+
+def redis_for(settings: Settings) -> Redis:
+    """The worker's Redis client: enough connections for every slot and its lease heartbeat, so a busy
+    worker never fails a policy decision for want of a connection (the pool would raise, not wait)."""
+    return Redis.from_url(
+        settings.redis_url,
+        max_connections=2 * settings.concurrency + 16,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+    )
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_worker.consumer import Consumer
+from sluice_worker.gate import PolicyGate, redis_for
 from sluice_worker.outcome import FailurePolicy
 from sluice_worker.runner import Runner
 from sluice_worker.telemetry_hook import DeliveryRecorder
@@ -74,9 +75,12 @@ async def serve(
     log.info("%d tasks: %s%s", len(names), ", ".join(names[:20]), ", ..." if len(names) > 20 else "")
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")
     telemetry = telemetry_for(settings, "worker")  # one snapshot a second to the metrics service
+    redis = redis_for(settings)  # task policies (docs/policies.md); not used by tasks that declare none
+    gate = PolicyGate(redis, settings.prefix)
     try:
         recorder = DeliveryRecorder(telemetry, names)
-        consumer = Consumer(settings, Runner(registry, settings, pool, policy), queues, recorder=recorder)
+        runner = Runner(registry, settings, pool, policy or gate.failures, gate)
+        consumer = Consumer(settings, runner, queues, recorder=recorder)
         async with SnapshotPublisher(settings, telemetry):
             if own:
                 with sd.signals():
@@ -86,6 +90,8 @@ async def serve(
     finally:
         # a sync handler still running after the grace period cannot be interrupted; do not wait for it
         pool.shutdown(wait=False, cancel_futures=True)
+        await gate.aclose()
+        await redis.aclose()
     log.info("stopped")
 
 

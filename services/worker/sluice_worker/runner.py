@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from sluice.errors import ProtocolError, UnknownTask
 from sluice.protocol import decode
 from sluice.settings import Settings
-from sluice.tasks import Registry, TaskContext
+from sluice.tasks import Registry, Task, TaskContext
+from sluice_worker.gate import PolicyGate
 from sluice_worker.outcome import ACK, INVALID_PAYLOAD, DeadLetter, DeadLetterOnError, FailurePolicy, Outcome
 
 __all__ = ["Runner"]
@@ -27,7 +28,7 @@ __all__ = ["Runner"]
 class Runner:
     """Runs deliveries against a :class:`~sluice.tasks.Registry`."""
 
-    __slots__ = ("_default_queue", "_max_bytes", "_policy", "_pool", "_tasks", "registry")
+    __slots__ = ("_default_queue", "_gate", "_max_bytes", "_policy", "_pool", "_tasks", "registry")
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class Runner:
         settings: Settings,
         pool: Executor,
         policy: FailurePolicy | None = None,
+        gate: PolicyGate | None = None,
     ) -> None:
         self.registry = registry
         self._tasks = dict(registry.items())
@@ -42,6 +44,7 @@ class Runner:
         self._policy: FailurePolicy = policy or DeadLetterOnError()
         self._max_bytes = settings.max_message_bytes
         self._default_queue = settings.default_queue
+        self._gate = gate
 
     async def run(
         self,
@@ -62,6 +65,9 @@ class Runner:
         except ValidationError as e:
             return DeadLetter(INVALID_PAYLOAD, f"payload of {msg.task!r} is invalid: {e}")
         args = task.arguments(model, TaskContext(msg, redelivered))
+        gate = self._gate
+        if gate is not None and (msg.eta_ms is not None or await gate.applies(task)):
+            return await gate.run(task, msg, lambda: self._call(task, args), self._policy)
         try:
             if task.is_async:
                 await task.fn(*args)
@@ -76,3 +82,9 @@ class Runner:
         except Exception as e:
             return self._policy.on_error(task, msg, e)
         return ACK
+
+    async def _call(self, task: Task, args: list[Any]) -> None:
+        if task.is_async:
+            await task.fn(*args)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._pool, task.fn, *args)
