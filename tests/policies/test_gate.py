@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sluice import task
 from sluice.policy import Breaker, Idempotency, RateLimit
 from sluice.protocol import H_ATTEMPT, H_ETA, H_FIRST_FAILURE_AT, TaskMessage, now_ms
-from sluice.resilience import BreakerPolicy, BreakerState, FixedBackoff, RetryPolicy
+from sluice.resilience import BreakerPolicy, BreakerState, Decision, FixedBackoff, RetryPolicy
 from sluice.tasks import Task
 from sluice_worker.delays import Republish
 from sluice_worker.failures import RetryOrDeadLetter
@@ -137,3 +137,35 @@ def test_without_a_retry_policy_a_failure_is_dead_lettered() -> None:
     out = RetryOrDeadLetter().on_error(h, TaskMessage("g.plain", {}), RuntimeError("x"))
     assert isinstance(out, DeadLetter) and out.reason == "handler_error"
     assert "RuntimeError: x" in out.headers["x-sluice-traceback"]
+
+
+async def test_a_high_rate_takes_units_in_small_batches(gate: PolicyGate) -> None:
+    @task("g.fast", rate_limit=RateLimit(100_000, 1.0, burst=1000))
+    async def h(p: T) -> None: ...
+
+    assert await _run(gate, h, TaskMessage("g.fast", {})) is ACK
+    limiter = gate._limiters[(100_000, 1.0, 1000)]
+    decisions: list[int] = []
+    take = limiter.try_acquire
+
+    async def counted(name: str, cost: int = 1) -> Decision:
+        decisions.append(cost)
+        return await take(name, cost)
+
+    limiter.try_acquire = counted  # type: ignore[method-assign]
+    gate._units.clear()
+    for _ in range(
+        128
+    ):  # units unused after 5 ms are dropped and retaken: a few more decisions, not more units
+        assert await _run(gate, h, TaskMessage("g.fast", {})) is ACK
+    assert set(decisions) == {64}, "each decision takes 64 units (5 ms of 100,000/s)"
+    assert len(decisions) < 128 / 8, len(decisions)
+
+
+def test_batches_stay_small_and_slow_rates_take_one_unit() -> None:
+    from sluice_worker.gate import _batch
+
+    assert _batch(RateLimit(50, 1.0, burst=5)) == 1
+    assert _batch(RateLimit(399, 1.0)) == 1
+    assert _batch(RateLimit(2000, 1.0, burst=10)) == 5
+    assert _batch(RateLimit(1_000_000, 1.0)) == 64

@@ -62,7 +62,19 @@ log = logging.getLogger("sluice.worker")
 IN_PLACE = 0.25  # seconds a rate-limited task may wait in place before it is deferred instead
 BACKEND_RETRY = 1.0  # seconds to defer a task whose policy Redis cannot decide (fail closed)
 
+UNIT_HOLD = 0.005  # seconds a unit taken ahead may wait for its task (then it is dropped, unused)
+MAX_BATCH = 64
+
 Call = Callable[[], Awaitable[None]]
+
+
+def _batch(rate: RateLimit) -> int:
+    """Units one decision takes at a high rate: ``UNIT_HOLD`` seconds of the rate, at most ``MAX_BATCH`` and
+    half the burst. 1 (one unit per decision) below 400 per second. A unit taken ahead is used within
+    ``UNIT_HOLD`` or dropped, so the fleet admits at most ``UNIT_HOLD`` seconds of the rate (0.5 %) above
+    the GCRA bound in any window, and never more than the limit over time."""
+    per_second = rate.limit / rate.period
+    return max(1, min(MAX_BATCH, rate.effective_burst // 2, int(per_second * UNIT_HOLD)))
 
 
 def redis_for(settings: Settings) -> Redis:
@@ -104,6 +116,7 @@ class PolicyGate:
         self._limiters: dict[tuple[int, float, int], GCRALimiter] = {}
         self._pollers: dict[str, asyncio.Lock] = {}
         self._slots: dict[str, float] = {}  # per limit: when this worker's last deferral comes back
+        self._units: dict[str, tuple[int, float]] = {}  # per limit: units taken ahead, usable until
         self._breakers: dict[str, CircuitBreaker] = {}
         self._sems: dict[str, ConcurrencyLimiter] = {}
         self._idem: dict[tuple[float, float], IdempotencyStore] = {}
@@ -200,7 +213,18 @@ class PolicyGate:
     async def _take_rate(self, name: str, rate: RateLimit) -> float | None:
         """Take one unit of the limit ``name``; ``None`` when taken, else seconds to defer by."""
         limiter = self._limiter(rate)
-        deadline = time.monotonic() + self._in_place
+        now = time.monotonic()
+        deadline = now + self._in_place
+        held = self._units.get(name)
+        if held is not None and held[0] > 0 and now < held[1]:
+            self._units[name] = (held[0] - 1, held[1])  # a unit this worker took in the last few ms
+            return None
+        batch = _batch(rate)
+        if batch > 1:  # a high rate: take a few milliseconds' worth of units in one decision
+            d = await limiter.try_acquire(name, batch)
+            if d.allowed:
+                self._units[name] = (batch - 1, time.monotonic() + UNIT_HOLD)
+                return None
         d = await limiter.try_acquire(name)  # the common case: room, one (pipelined) round trip
         if d.allowed:
             return None
