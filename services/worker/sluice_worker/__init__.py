@@ -11,6 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sluice_worker.delays import Republish
+    from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
+    from sluice_worker.gate import PolicyGate
     from sluice_worker.lifecycle import Shutdown, run, serve
     from sluice_worker.options import apply_options, load_registry, resolve_queues
     from sluice_worker.outcome import ACK, Ack, DeadLetter, DeadLetterOnError, FailurePolicy, Outcome
@@ -22,7 +25,11 @@ __all__ = [
     "DeadLetterOnError",
     "FailurePolicy",
     "Outcome",
+    "PolicyGate",
+    "Republish",
+    "RetryOrDeadLetter",
     "Shutdown",
+    "TaskTimeout",
     "apply_options",
     "load_registry",
     "resolve_queues",
@@ -32,6 +39,10 @@ __all__ = [
 
 _WHERE = {
     "Shutdown": "lifecycle",
+    "PolicyGate": "gate",
+    "Republish": "delays",
+    "RetryOrDeadLetter": "failures",
+    "TaskTimeout": "failures",
     "run": "lifecycle",
     "serve": "lifecycle",
     "apply_options": "options",
