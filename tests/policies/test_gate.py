@@ -101,7 +101,7 @@ async def test_open_breaker_defers_and_half_open_lets_trials_through(gate: Polic
         assert isinstance(out, Republish) and out.why == "breaker_open"
         assert time.monotonic() < deadline, "the breaker never half-opened"
         await asyncio.sleep(0.05)
-    assert await gate._breakers["svc"].state() == BreakerState.CLOSED
+    assert await gate.primitives.breakers["svc"].state() == BreakerState.CLOSED
 
 
 async def test_retry_then_dead_letter_with_details(gate: PolicyGate) -> None:
@@ -144,7 +144,7 @@ async def test_a_high_rate_takes_units_in_small_batches(gate: PolicyGate) -> Non
     async def h(p: T) -> None: ...
 
     assert await _run(gate, h, TaskMessage("g.fast", {})) is ACK
-    limiter = gate._limiters[(100_000, 1.0, 1000)]
+    limiter = gate.primitives.limiters[(100_000, 1.0, 1000)]
     decisions: list[int] = []
     take = limiter.try_acquire
 

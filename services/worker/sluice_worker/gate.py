@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -41,16 +40,14 @@ from sluice.resilience import (
     Claimed,
     ClaimLost,
     ConcurrencyLimited,
-    ConcurrencyLimiter,
     Done,
-    GCRALimiter,
     IdempotencyStore,
     KeySpace,
     Permit,
-    Rate,
 )
 from sluice.settings import Settings
 from sluice.tasks import Task
+from sluice_worker._primitives import Primitives
 from sluice_worker.delays import defer, due
 from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
 from sluice_worker.outcome import ACK, FailurePolicy, Outcome
@@ -113,18 +110,14 @@ class PolicyGate:
         self.failures = failures or RetryOrDeadLetter()
         self.stats = GateStats(Counter())
         self._in_place = in_place
-        self._limiters: dict[tuple[int, float, int], GCRALimiter] = {}
+        self.primitives = Primitives(redis, self.keys)
         self._pollers: dict[str, asyncio.Lock] = {}
         self._slots: dict[str, float] = {}  # per limit: when this worker's last deferral comes back
         self._units: dict[str, tuple[int, float]] = {}  # per limit: units taken ahead, usable until
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._sems: dict[str, ConcurrencyLimiter] = {}
-        self._idem: dict[tuple[float, float], IdempotencyStore] = {}
 
     async def aclose(self) -> None:
         """Wait for the rate-limit decisions still on the wire (the Redis client is the caller's)."""
-        for lim in self._limiters.values():
-            await lim.aclose()
+        await self.primitives.aclose()
 
     async def applies(self, task: Task) -> bool:
         """Does ``task`` need the gate (declared policies, or a run-time limit)?"""
@@ -154,7 +147,7 @@ class PolicyGate:
             if p.idempotency is not None:
                 key = p.idempotency.key_for(msg)
                 if key is not None:
-                    store = self._store(p.idempotency.lease, p.idempotency.ttl)
+                    store = self.primitives.store(p.idempotency.lease, p.idempotency.ttl)
                     name = f"{task.name}:{key}"
                     try:
                         got = await store.claim(name)
@@ -172,7 +165,7 @@ class PolicyGate:
                     claim = (store, name, got.token)
                     stack.push_async_callback(self._release_claim, claim)
             if p.concurrency is not None:
-                sem = self._sem(task)
+                sem = self.primitives.sem(task.name, p.concurrency)
                 part = payload_field(msg.payload, p.concurrency.key) if p.concurrency.key else None
                 try:
                     await stack.enter_async_context(
@@ -188,7 +181,7 @@ class PolicyGate:
             breaker: CircuitBreaker | None = None
             permit: Permit | None = None
             if p.breaker is not None:
-                breaker = self._breaker(p.breaker.name, p.breaker.policy)
+                breaker = self.primitives.breaker(p.breaker.name, p.breaker.policy)
                 try:
                     permit = await breaker.allow()
                 except CircuitOpen as e:
@@ -212,7 +205,7 @@ class PolicyGate:
     # ---- steps
     async def _take_rate(self, name: str, rate: RateLimit) -> float | None:
         """Take one unit of the limit ``name``; ``None`` when taken, else seconds to defer by."""
-        limiter = self._limiter(rate)
+        limiter = self.primitives.limiter(rate)
         now = time.monotonic()
         deadline = now + self._in_place
         held = self._units.get(name)
@@ -305,41 +298,3 @@ class PolicyGate:
 
     def _count(self, what: str) -> None:
         self.stats.counts[what] += 1
-
-    # ---- primitives, made once per shape and shared by every task using it
-    def _limiter(self, rate: RateLimit) -> GCRALimiter:
-        shape = (rate.limit, rate.period, rate.effective_burst)
-        lim = self._limiters.get(shape)
-        if lim is None:
-            lim = self._limiters[shape] = GCRALimiter(
-                self.redis,
-                Rate(rate.limit, rate.period),
-                burst=rate.effective_burst,
-                keys=self.keys,
-                coalesce=True,  # concurrent decisions share one pipeline
-            )
-        return lim
-
-    def _breaker(self, name: str, policy: Any) -> CircuitBreaker:
-        b = self._breakers.get(name)
-        if b is None:
-            b = self._breakers[name] = CircuitBreaker(self.redis, name, policy, keys=self.keys)
-        return b
-
-    def _sem(self, task: Task) -> ConcurrencyLimiter:
-        c = task.policy.concurrency
-        assert c is not None
-        sem = self._sems.get(task.name)
-        if sem is None:
-            sem = self._sems[task.name] = ConcurrencyLimiter(
-                self.redis, c.limit, lease=c.lease, keys=self.keys
-            )
-        return sem
-
-    def _store(self, lease: float, ttl: float) -> IdempotencyStore:
-        s = self._idem.get((lease, ttl))
-        if s is None:
-            s = self._idem[(lease, ttl)] = IdempotencyStore(
-                self.redis, lease=lease, result_ttl=ttl, keys=self.keys
-            )
-        return s

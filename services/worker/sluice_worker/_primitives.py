@@ -1,0 +1,71 @@
+"""The resilience primitives the policy gate uses, made once per shape and shared by every task using it.
+
+One :class:`Primitives` per worker process, over one Redis client and the deployment's key prefix.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from sluice.policy import Concurrency, RateLimit
+from sluice.resilience import (
+    BreakerPolicy,
+    CircuitBreaker,
+    ConcurrencyLimiter,
+    GCRALimiter,
+    IdempotencyStore,
+    KeySpace,
+    Rate,
+)
+
+__all__ = ["Primitives"]
+
+
+class Primitives:
+    """Rate limiters by (limit, period, burst), breakers by name, semaphores by task, dedup stores by (lease, ttl)."""
+
+    def __init__(self, redis: Redis, keys: KeySpace) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.limiters: dict[tuple[int, float, int], GCRALimiter] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.sems: dict[str, ConcurrencyLimiter] = {}
+        self.stores: dict[tuple[float, float], IdempotencyStore] = {}
+
+    def limiter(self, rate: RateLimit) -> GCRALimiter:
+        shape = (rate.limit, rate.period, rate.effective_burst)
+        lim = self.limiters.get(shape)
+        if lim is None:
+            lim = self.limiters[shape] = GCRALimiter(
+                self.redis,
+                Rate(rate.limit, rate.period),
+                burst=rate.effective_burst,
+                keys=self.keys,
+                coalesce=True,  # concurrent decisions share one pipeline
+            )
+        return lim
+
+    def breaker(self, name: str, policy: BreakerPolicy) -> CircuitBreaker:
+        b = self.breakers.get(name)
+        if b is None:
+            b = self.breakers[name] = CircuitBreaker(self.redis, name, policy, keys=self.keys)
+        return b
+
+    def sem(self, task: str, c: Concurrency) -> ConcurrencyLimiter:
+        sem = self.sems.get(task)
+        if sem is None:
+            sem = self.sems[task] = ConcurrencyLimiter(self.redis, c.limit, lease=c.lease, keys=self.keys)
+        return sem
+
+    def store(self, lease: float, ttl: float) -> IdempotencyStore:
+        s = self.stores.get((lease, ttl))
+        if s is None:
+            s = self.stores[(lease, ttl)] = IdempotencyStore(
+                self.redis, lease=lease, result_ttl=ttl, keys=self.keys
+            )
+        return s
+
+    async def aclose(self) -> None:
+        """Wait for the rate-limit decisions still on the wire (the Redis client is the caller's)."""
+        for lim in self.limiters.values():
+            await lim.aclose()
