@@ -11,6 +11,7 @@ time in ``x-sluice-eta`` and a worker that gets it early sends it on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiormq.abc import DeliveredMessage
 
+from sluice.connection import BROKER_ERRORS
+from sluice.errors import BrokerUnavailable
 from sluice.protocol import H_ETA, TaskMessage, now_ms
 from sluice.publisher import await_confirm
 from sluice.topology import DELAY_TIERS_MS, Topology, next_hop
@@ -93,21 +96,35 @@ def copy_for(delivered: DeliveredMessage, updates: Mapping[str, Any]) -> aio_pik
 
 
 class DelayPublisher:
-    """Confirmed publishes of :class:`Republish` copies, on a confirm-mode channel."""
+    """Confirmed publishes of :class:`Republish` copies, on a confirm-mode channel.
+
+    The delay exchange and its tier queues are declared on the first copy that needs them, not when the
+    session opens: a worker whose tasks never wait creates none of them.
+    """
 
     def __init__(
         self,
         channel: AbstractChannel,
-        delay_exchange: AbstractExchange,
         tasks_exchange: AbstractExchange,
         topology: Topology,
         timeout: float,
     ) -> None:
         self.channel = channel  # strong reference: the exchanges' channel must outlive them
-        self._delay = delay_exchange
         self._tasks = tasks_exchange
+        self._delay: AbstractExchange | None = None
+        self._declaring = asyncio.Lock()
         self._topology = topology
         self._timeout = timeout
+
+    async def _delay_exchange(self) -> AbstractExchange:
+        if self._delay is None:
+            async with self._declaring:
+                if self._delay is None:
+                    try:
+                        self._delay = await self._topology.declare_delays(self.channel)
+                    except BROKER_ERRORS as e:
+                        raise BrokerUnavailable(f"cannot declare the delay queues: {e!r}") from None
+        return self._delay
 
     async def publish(self, delivered: DeliveredMessage, queue: str, out: Republish) -> None:
         """Publish the copy and wait for its confirm; a ``PublishError`` or ``BrokerUnavailable`` if not."""
@@ -115,5 +132,6 @@ class DelayPublisher:
         if out.tier_ms is None:
             exchange, key = self._tasks, queue
         else:
-            exchange, key = self._delay, self._topology.delay_routing_key(out.tier_ms, queue)
+            exchange = await self._delay_exchange()
+            key = self._topology.delay_routing_key(out.tier_ms, queue)
         await await_confirm(exchange.publish(message, routing_key=key), self._timeout, "the delayed copy")
