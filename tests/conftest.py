@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -108,7 +109,84 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+_PREFIXES: list[str] = []
+
+
 @pytest.fixture
-def unique() -> str:
-    """A short name unique to this test, for queue prefixes and Redis keys."""
-    return "t" + uuid.uuid4().hex[:10]
+def unique(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A short name unique to this test, for queue prefixes and Redis keys.
+
+    Everything a test declares under this prefix is deleted after it (each quorum queue is a Raft
+    group on the broker: hundreds of leftovers slow RabbitMQ down for every later test).
+    """
+    name = "t" + uuid.uuid4().hex[:10]
+    _PREFIXES.append(name)
+    yield name
+    if "amqp_url" in request.fixturenames:
+        _delete_prefixes(request.getfixturevalue("amqp_url"), [name], _known_names)
+
+
+def _known_names(prefix: str) -> tuple[list[str], list[str]]:
+    """(queues, exchanges) sluice declares under a prefix, without asking the broker."""
+    from sluice.topology import DELAY_TIERS_MS
+
+    queues = [f"{prefix}.dlq", f"{prefix}.q.default"] + [f"{prefix}.delay.{t}" for t in DELAY_TIERS_MS]
+    exchanges = [f"{prefix}.{x}" for x in ("tasks", "dead", "delay", "requeue", "metrics")]
+    return queues, exchanges
+
+
+def _listed_names(prefix: str) -> tuple[list[str], list[str]]:
+    """(queues, exchanges) the broker lists under a prefix (rabbitmqctl; empty lists without it)."""
+    found: dict[str, list[str]] = {"queues": [], "exchanges": []}
+    for kind in found:
+        try:
+            out = subprocess.run(
+                ["rabbitmqctl", "-q", f"list_{kind}", "name"], capture_output=True, text=True, timeout=60
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        found[kind] = [n for n in out.split() if n.startswith(prefix + ".")]
+    return found["queues"], found["exchanges"]
+
+
+def _delete_prefixes(
+    url: str, prefixes: list[str], names: Callable[[str], tuple[list[str], list[str]]]
+) -> None:
+    import pika
+
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+    except Exception:
+        return  # the broker is gone (a disruptive test failed): nothing to tidy
+    try:
+        for prefix in prefixes:
+            queues, exchanges = names(prefix)
+            for q in queues:
+                ch = conn.channel()
+                ch.queue_delete(q)  # deleting a queue that does not exist is fine
+                ch.close()
+            for ex in exchanges:
+                ch = conn.channel()
+                ch.exchange_delete(ex)
+                ch.close()
+    except Exception:
+        pass  # tidying must never fail a test
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tidy_broker_at_the_end(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Queues a test declared under its prefix with names we cannot guess (other queue names)."""
+    yield
+    if not _PREFIXES:
+        return
+    url = os.environ.get("SLUICE_TEST_AMQP_URL", LOCAL_AMQP)
+    queues, exchanges = _listed_names("t")
+    mine = set(_PREFIXES)
+    left = [n for n in queues + exchanges if n.split(".", 1)[0] in mine]
+    if left:
+        _delete_prefixes(
+            url, ["t"], lambda _p: ([n for n in left if n in queues], [n for n in left if n in exchanges])
+        )
