@@ -127,3 +127,28 @@ async def test_oversized_results_are_refused(redis: Redis, keys: KeySpace) -> No
     assert isinstance(claim, Claimed)
     with pytest.raises(ValueError, match="byte cap"):
         await store.complete("k", claim.token, b"x" * 9)
+
+
+async def test_coalesced_claims_stay_exact_and_share_pipelines(redis: Redis, keys: KeySpace) -> None:
+    """With batching on: 60 claimants of one key, one winner; claims of distinct keys share round trips."""
+    async with IdempotencyStore(redis, keys=keys, coalesce=True) as store:
+        coalescer = store._coalescer
+        assert coalescer is not None
+        results = await asyncio.gather(*(store.claim("payment-9") for _ in range(60)))
+        assert sum(isinstance(r, Claimed) for r in results) == 1
+        assert sum(isinstance(r, InProgress) for r in results) == 59
+        # the first claim went alone, the other 59 shared a few pipelines
+        assert (coalescer.sent_alone, coalescer.batched_calls) == (1, 59)
+        assert coalescer.batches <= 4
+        claims = await asyncio.gather(*(store.claim(f"order-{i}") for i in range(50)))
+        assert all(isinstance(c, Claimed) for c in claims)
+        assert coalescer.sent_alone + coalescer.batches < 60 + 50
+        tokens = [c.token for c in claims if isinstance(c, Claimed)]
+        await asyncio.gather(*(store.complete(f"order-{i}", t, b"r%d" % i) for i, t in enumerate(tokens)))
+        assert coalescer.sent_alone + coalescer.batches < 60 + 50 + 50
+        assert await store.claim("order-7") == Done(b"r7")
+        # a stale token is still refused in a batch
+        lost = await asyncio.gather(
+            store.complete("order-1", "stale"), store.release("order-2", "stale"), return_exceptions=True
+        )
+        assert all(isinstance(e, ClaimLost) for e in lost)

@@ -61,11 +61,17 @@ class Primitives:
         s = self.stores.get((lease, ttl))
         if s is None:
             s = self.stores[(lease, ttl)] = IdempotencyStore(
-                self.redis, lease=lease, result_ttl=ttl, keys=self.keys
+                self.redis,
+                lease=lease,
+                result_ttl=ttl,
+                keys=self.keys,
+                coalesce=True,  # concurrent claims (and completes) share one pipeline
             )
         return s
 
     async def aclose(self) -> None:
-        """Wait for the rate-limit decisions still on the wire (the Redis client is the caller's)."""
+        """Wait for the rate-limit decisions and claims still on the wire (the Redis client is the caller's)."""
         for lim in self.limiters.values():
             await lim.aclose()
+        for store in self.stores.values():
+            await store.aclose()

@@ -6,6 +6,10 @@
 ``release`` (on failure) lets the next claimant try. A claim whose holder died expires with its
 lease. Each step is one script, so two claimants can never both get :class:`Claimed`.
 
+With ``coalesce=True`` the steps issued while others are in flight share one pipeline (one round
+trip; see :mod:`._coalesce`): each is still its own script, run in order, so batching changes the
+cost of a claim, never its answer.
+
 Deduplication keys want ``maxmemory-policy noeviction``: under a volatile eviction policy Redis may
 evict them early (they all have a TTL) and a duplicate would go through.
 """
@@ -17,11 +21,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
 
 from redis.asyncio import Redis
 
 from . import _lua
-from ._scripts import Arg, ScriptRunner
+from ._coalesce import Coalescer
+from ._scripts import Arg, Call, ScriptRunner
 from .errors import BackendUnavailable, ClaimLost
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
@@ -64,7 +71,10 @@ def _bytes(value: bytes | str) -> bytes:
 
 
 class IdempotencyStore:
-    """Claims under ``<prefix>:idem:{<key>}``. Results are bytes, at most ``max_result_bytes``."""
+    """Claims under ``<prefix>:idem:{<key>}``. Results are bytes, at most ``max_result_bytes``.
+
+    ``coalesce``: batch the calls made while others are in flight into one pipeline (default off).
+    """
 
     kind = "idem"
 
@@ -81,6 +91,7 @@ class IdempotencyStore:
         clock: Callable[[], float] = time.monotonic,
         token_factory: Callable[[], str] = lambda: secrets.token_hex(16),
         logger: logging.Logger | None = None,
+        coalesce: bool = False,
     ) -> None:
         if lease <= 0 or result_ttl <= 0:
             raise ValueError("lease and result_ttl must be positive")
@@ -89,6 +100,7 @@ class IdempotencyStore:
         self.max_result_bytes = max_result_bytes
         self._keys = keys or KeySpace()
         self._runner = ScriptRunner(redis, timeout=timeout)
+        self._coalescer = Coalescer(self._runner) if coalesce else None
         self._clock = clock
         self._token = token_factory
         self._outage = OutageMonitor("IdempotencyStore", outage or FailClosed(), clock=clock, logger=logger)
@@ -102,12 +114,30 @@ class IdempotencyStore:
     def key(self, key: str) -> str:
         return self._keys.key(self.kind, key)
 
+    async def aclose(self) -> None:
+        """Wait for the batched calls still on the wire (the Redis client is the caller's)."""
+        if self._coalescer is not None:
+            await self._coalescer.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self, call: Call) -> Any:
+        if self._coalescer is not None:
+            return await self._coalescer.call(call)
+        return await self._runner.run(*call)
+
     async def claim(self, key: str) -> ClaimResult:
         if not self._outage.should_try():
             return self._local_claim(key)
         token = self._token()
         try:
-            reply = await self._runner.run(_lua.CLAIM, [self.key(key)], ["", token, _us(self.lease)])
+            reply = await self._run((_lua.CLAIM, [self.key(key)], ["", token, _us(self.lease)]))
         except BackendUnavailable as exc:
             self._outage.failed(exc)
             return self._local_claim(key)
@@ -132,7 +162,7 @@ class IdempotencyStore:
             0 if result is None else 1,
             b"" if result is None else result,
         ]
-        if await self._runner.run(_lua.CLAIM_COMPLETE, [self.key(key)], args) != 1:
+        if await self._run((_lua.CLAIM_COMPLETE, [self.key(key)], args)) != 1:
             raise ClaimLost(f"claim on {key!r} expired or was taken over before complete()")
 
     async def release(self, key: str, token: str) -> None:
@@ -140,14 +170,14 @@ class IdempotencyStore:
         if token.startswith(_LOCAL):
             self._local_finish(key, token, done=False, result=None)
             return
-        if await self._runner.run(_lua.CLAIM_RELEASE, [self.key(key)], ["", token]) != 1:
+        if await self._run((_lua.CLAIM_RELEASE, [self.key(key)], ["", token])) != 1:
             raise ClaimLost(f"claim on {key!r} expired or was taken over before release()")
 
     async def renew(self, key: str, token: str) -> None:
         """Extend the claim's lease by ``lease`` seconds from now (for long work)."""
         if token.startswith(_LOCAL):
             return
-        if await self._runner.run(_lua.CLAIM_RENEW, [self.key(key)], ["", token, _us(self.lease)]) != 1:
+        if await self._run((_lua.CLAIM_RENEW, [self.key(key)], ["", token, _us(self.lease)])) != 1:
             raise ClaimLost(f"claim on {key!r} expired or was taken over before renew()")
 
     def _local_claim(self, key: str) -> ClaimResult:
