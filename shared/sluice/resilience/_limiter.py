@@ -168,8 +168,10 @@ class RateLimiterBase(ABC):
         return Acquisition(lambda: self._wait(name, cost, max_wait))
 
     async def aclose(self) -> None:
+        """Wait for batches on the wire and hand kept connections back to the client's pool."""
         if self._coalescer is not None:
             await self._coalescer.aclose()
+        await self._runner.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -17,11 +17,10 @@ from typing import Any
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
+from ._wire import Arg, bulk, wire_for
 from .errors import BackendUnavailable
 
-__all__ = ["Script", "ScriptRunner"]
-
-Arg = str | int | float | bytes
+__all__ = ["Arg", "Call", "Script", "ScriptRunner"]
 
 #: Errors that mean "Redis is not there" (as opposed to a script bug, which must surface).
 _UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -68,12 +67,24 @@ class ScriptRunner:
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_loop: asyncio.AbstractEventLoop | None = None
+        self._wire = wire_for(redis)
+        self._heads: dict[tuple[str, int, int], bytes] = {}
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """One script call, one round trip (two after a NOSCRIPT). Kept flat: it is the hot path."""
         task, cancelling = self._arm()
-        execute = self.redis.execute_command
+        wire = self._wire
         try:
+            if wire is not None:
+                packed = self._pack(script, keys, args)
+                reply = (await wire.request(packed))[0]
+                if isinstance(reply, rexc.NoScriptError):
+                    await self.redis.script_load(script.source)
+                    reply = (await wire.request(packed))[0]
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
+            execute = self.redis.execute_command
             try:
                 return await execute("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
             except rexc.NoScriptError:
@@ -86,6 +97,20 @@ class ScriptRunner:
             raise mapped from exc
         finally:
             self._disarm(task)
+
+    def _pack(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
+        """``EVALSHA sha numkeys *keys *args`` in RESP; the constant head is packed once."""
+        shape = (script.sha, len(keys), len(args))
+        head = self._heads.get(shape)
+        if head is None:
+            count = b"*%d\r\n" % (3 + len(keys) + len(args))
+            head = self._heads[shape] = count + bulk("EVALSHA") + bulk(script.sha) + bulk(len(keys))
+        return head + b"".join(map(bulk, keys)) + b"".join(map(bulk, args))
+
+    async def aclose(self) -> None:
+        """Hand the connections this runner kept back to the client's pool."""
+        if self._wire is not None:
+            await self._wire.aclose()
 
     async def command(self, *args: Arg) -> Any:
         """A plain command (DEL, ZREM, ...) under the same deadline and error mapping."""
@@ -107,6 +132,9 @@ class ScriptRunner:
         return results
 
     async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        if self._wire is not None:
+            packed = b"".join([self._pack(script, keys, args) for script, keys, args in calls])
+            return await self._wire.request(packed, len(calls))
         pipe = self.redis.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)

@@ -115,9 +115,10 @@ class IdempotencyStore:
         return self._keys.key(self.kind, key)
 
     async def aclose(self) -> None:
-        """Wait for the batched calls still on the wire (the Redis client is the caller's)."""
+        """Wait for the batched calls still on the wire; hand kept connections back to the pool."""
         if self._coalescer is not None:
             await self._coalescer.aclose()
+        await self._runner.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -1,0 +1,164 @@
+"""The hot path's transport: pre-packed commands on connections kept out of the client's pool.
+
+redis-py's ``execute_command`` wraps every command in layers (pool checkout and check-in under a
+lock, a retry wrapper, observability hooks) that cost more client CPU than the round trip itself on
+a small machine. The primitives send few, known commands, so this module does the minimum:
+
+* commands are packed to RESP bytes here, with the constant head of each script call cached;
+* connections are checked out of the client's own pool once and kept in a free list shared by
+  every primitive on that pool, so they use the client's settings (host, auth, database, TLS,
+  protocol) and ``Redis.aclose()`` still closes them; at most 8 are kept idle;
+* a connection that failed is disconnected by redis-py and reconnects by itself on its next send;
+  a send that meets a dead pooled connection (Redis restarted) is retried once on a fresh socket,
+  as ``execute_command`` would;
+* error replies come back as redis-py's exceptions (``NoScriptError`` and the rest).
+
+Only a plain ``ConnectionPool`` on a plain ``Redis`` client takes this path (:func:`wire_for`):
+a ``BlockingConnectionPool`` must not have connections held out of it, and other clients (single
+connection, cluster) keep ``execute_command``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, cast
+
+from redis import exceptions as rexc
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+
+__all__ = ["Arg", "Wire", "bulk", "pack", "wire_for"]
+
+Arg = str | int | float | bytes
+
+
+def bulk(arg: Arg) -> bytes:
+    """One argument as a RESP bulk string (floats as ``repr``, like redis-py)."""
+    if isinstance(arg, str):
+        data = arg.encode()
+    elif isinstance(arg, bytes):
+        data = arg
+    elif isinstance(arg, float):
+        data = repr(arg).encode()
+    else:
+        data = str(arg).encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def pack(args: Sequence[Arg]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
+
+
+#: One free list per connection pool, shared by every primitive on that client (a cache that dies
+#: with the pool, not a global: the pool is the owner).
+_WIRES: weakref.WeakKeyDictionary[ConnectionPool, Wire] = weakref.WeakKeyDictionary()
+
+
+def wire_for(redis: Redis) -> Wire | None:
+    """The lean transport for ``redis``, or None where it must keep ``execute_command``."""
+    pool = getattr(redis, "connection_pool", None)
+    if (
+        not isinstance(redis, Redis)
+        or redis.single_connection_client
+        or not isinstance(pool, ConnectionPool)
+        or isinstance(pool, BlockingConnectionPool)
+    ):
+        return None
+    wire = _WIRES.get(pool)
+    if wire is None:
+        wire = _WIRES[pool] = Wire(pool)
+    return wire
+
+
+class Wire:
+    """Sends packed commands and reads their replies, one connection per request in flight.
+
+    Keeps at most 8 connections idle (a sixteenth of a small pool): a request checks its connection
+    back in and the next one takes it again at once, so a few are enough, and the client's other
+    users keep the rest of the pool;
+    when the pool is exhausted while some of its own requests are in flight, a request waits for
+    one of those connections instead of failing.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = weakref.ref(pool)
+        self._idle: list[AbstractConnection] = []
+        self._max_idle = min(8, max(1, pool.max_connections // 16))
+        self._busy = 0
+        self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
+
+    async def request(self, packed: bytes, replies: int = 1) -> list[Any]:
+        """Send ``packed`` (``replies`` commands) and return the replies; error replies as values."""
+        self._busy += 1
+        try:
+            conn = self._idle.pop() if self._idle else await self._checkout()
+        except BaseException:
+            self._busy -= 1
+            raise
+        try:
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                first = await self._read(conn)
+            except rexc.ConnectionError:
+                # a pooled socket the server closed (restart, idle timeout): once more, reconnected
+                await conn.send_packed_command(packed, check_health=False)
+                first = await self._read(conn)
+            out = [first]
+            for _ in range(replies - 1):
+                out.append(await self._read(conn))
+            return out
+        finally:
+            # on failure redis-py has disconnected it (a half-read reply is never reused); it
+            # reconnects on its next send, so it may stay ours
+            self._busy -= 1
+            await self._checkin(conn)
+
+    @staticmethod
+    async def _read(conn: AbstractConnection) -> Any:
+        try:
+            return await conn.read_response()
+        except rexc.ResponseError as exc:  # a whole error reply: the connection is still in step
+            return exc
+
+    async def _checkout(self) -> AbstractConnection:
+        pool = self._pool()
+        if pool is None:
+            raise rexc.ConnectionError("the client's connection pool is gone")
+        try:
+            return cast(AbstractConnection, await pool.get_connection())  # type: ignore[no-untyped-call]
+        except rexc.MaxConnectionsError:
+            if self._busy <= 1:  # none of ours to wait for: the pool is full of others' connections
+                raise
+        waiter: asyncio.Future[AbstractConnection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed one just as we were cancelled
+                await self._checkin(waiter.result())
+            raise
+
+    async def _checkin(self, conn: AbstractConnection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+            return
+        pool = self._pool()
+        if pool is not None:
+            await pool.release(conn)
+
+    async def aclose(self) -> None:
+        """Hand the idle connections back to the pool."""
+        idle, self._idle = self._idle, []
+        pool = self._pool()
+        if pool is not None:
+            for conn in idle:
+                await pool.release(conn)
