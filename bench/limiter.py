@@ -4,7 +4,9 @@
 
 Measures, on one Redis, for 1 and 64 concurrent asyncio tasks, on one hot key and on 10,000 keys:
 
-* the ceiling: the same redis-py client's PING, and EVALSHA of a trivial script;
+* the ceiling: the same redis-py client's PING, and EVALSHA of a trivial script; and PING sent on
+  the transport sluice's primitives use (``_wire``: the client's own pooled connections without
+  redis-py's per-command layers), the round trip sluice itself cannot beat;
 * sluice ``GCRALimiter.try_acquire``, one round trip per call, and with ``coalesce=True`` (batched);
 * ``limits`` (moving window and sliding-window counter, async redis-py storage), if installed
   (``pip install -r bench/requirements.txt``; a benchmark dependency only, never a runtime one).
@@ -32,11 +34,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sluice.resilience import GCRALimiter, KeySpace, Rate
+from sluice.resilience._wire import pack, wire_for
 
 TASKS = (1, 64)
 KEYSETS = (1, 10_000)
 LIMIT = 1_000  # per second, burst 1,000 for every limiter, so the workloads are the same
 TRIVIAL = "return 1"
+PING = pack(["PING"])
 
 
 @dataclass
@@ -80,9 +84,12 @@ async def bench(url: str, seconds: float, rounds: int) -> list[Row]:
 
     sha = await client.script_load(TRIVIAL)
     cases: list[Case] = []
+    wire = wire_for(client)
+    assert wire is not None
     for tasks in TASKS:
         cases.append(("redis-py PING (ceiling)", tasks, 0, lambda i: client.ping()))
         cases.append(("redis-py EVALSHA `return 1`", tasks, 0, lambda i: client.evalsha(sha, 0)))
+        cases.append(("PING on sluice's transport", tasks, 0, lambda i: wire.request(PING)))
 
     plain = GCRALimiter(client, Rate.per_second(LIMIT), keys=KeySpace(prefix))
     batched = GCRALimiter(client, Rate.per_second(LIMIT), keys=KeySpace(prefix + "b"), coalesce=True)
@@ -132,15 +139,16 @@ async def bench(url: str, seconds: float, rounds: int) -> list[Row]:
 def table(rows: list[Row]) -> str:
     ping = {r.tasks: r.rate for r in rows if r.what.startswith("redis-py PING")}
     evalsha = {r.tasks: r.rate for r in rows if r.what.startswith("redis-py EVALSHA")}
+    wire = {r.tasks: r.rate for r in rows if r.what.startswith("PING on sluice")}
     lines = [
-        "| what | tasks | keys | calls/s | x PING | x EVALSHA `return 1` |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| what | tasks | keys | calls/s | x redis-py PING | x EVALSHA `return 1` | x PING on sluice's transport |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         keys = "-" if r.keys == 0 else f"{r.keys:,}"
         lines.append(
             f"| {r.what} | {r.tasks} | {keys} | {r.rate:,.0f} | {r.rate / ping[r.tasks]:.2f} "
-            f"| {r.rate / evalsha[r.tasks]:.2f} |"
+            f"| {r.rate / evalsha[r.tasks]:.2f} | {r.rate / wire[r.tasks]:.2f} |"
         )
     return "\n".join(lines)
 
@@ -148,8 +156,8 @@ def table(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--seconds", type=float, default=1.0, help="per case and round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (interleaved); the best one counts")
+    parser.add_argument("--seconds", type=float, default=0.6, help="per case and round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds (interleaved); the best one counts")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     args = parser.parse_args()
     if args.uvloop:
