@@ -99,18 +99,14 @@ def test_a_real_prometheus_scrapes_and_answers(fed: Service, tmp_path: Path) -> 
         "global: {scrape_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: ['{target}']\n"
     )
-    log = (tmp_path / "prometheus.log").open("wb")
-    prom = subprocess.Popen(
-        [
-            binary("prometheus"),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
+    argv = [
+        binary("prometheus"),  # fails the test with how to install it, before any file is opened
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        prom = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     api = f"http://127.0.0.1:{port}/api/v1/query"
 
     def query(expr: str) -> list[dict[str, object]] | None:
