@@ -11,7 +11,9 @@ a small machine. The primitives send few, known commands, so this module does th
 * a connection that failed is disconnected by redis-py and reconnects by itself on its next send;
   a send that meets a dead pooled connection (Redis restarted) is retried once on a fresh socket,
   as ``execute_command`` would;
-* error replies come back as redis-py's exceptions (``NoScriptError`` and the rest).
+* error replies come back as redis-py's exceptions (``NoScriptError`` and the rest);
+* replies are read without the client's per-read socket timeout: the caller (``ScriptRunner``)
+  bounds every request with its own deadline, and the wire is not used without one.
 
 Only a plain ``ConnectionPool`` on a plain ``Redis`` client takes this path (:func:`wire_for`):
 a ``BlockingConnectionPool`` must not have connections held out of it, and other clients (single
@@ -21,6 +23,7 @@ connection, cluster) keep ``execute_command``.
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -120,7 +123,9 @@ class Wire:
     @staticmethod
     async def _read(conn: AbstractConnection) -> Any:
         try:
-            return await conn.read_response()
+            # no socket timeout per reply (an asyncio.timeout each, a tenth of a reply's cost): every
+            # request here runs under its ScriptRunner's deadline, which bounds the whole round trip
+            return await conn.read_response(timeout=math.inf)
         except rexc.ResponseError as exc:  # a whole error reply: the connection is still in step
             return exc
 
