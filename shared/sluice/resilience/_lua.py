@@ -61,7 +61,8 @@ def _script(name: str, body: str) -> Script:
 
 
 # The two rate-limit scripts are the hot path: their parameters come as one string and their reply is
-# one string of integers, which the Python client parses several times faster than an array reply.
+# one status reply of integers ('+1 0 99 ...'), which the client reads in one line, several times
+# faster than an array reply and without the second read a bulk string takes.
 
 # KEYS: tat. ARGV: now, "T tau cost peek" (T: emission interval in µs per unit, tau = burst*T, peek 0/1).
 # Reply: "allowed retry_after_µs(-1: never) remaining reset_after_µs now".
@@ -78,12 +79,12 @@ local diff = now - (new_tat - tau)
 if diff < 0 then
   local retry = -1
   if T * cost <= tau then retry = math.ceil(-diff) end
-  return string.format('0 %d %d %d %d', retry, math.floor((now - (tat - tau)) / T), math.ceil(tat - now), now)
+  return {ok = string.format('0 %d %d %d %d', retry, math.floor((now - (tat - tau)) / T), math.ceil(tat - now), now)}
 end
 if peek == '0' then
   redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 end
-return string.format('1 0 %d %d %d', math.floor(diff / T), math.ceil(new_tat - now), now)
+return {ok = string.format('1 0 %d %d %d', math.floor(diff / T), math.ceil(new_tat - now), now)}
 """,
 )
 
@@ -113,13 +114,13 @@ if est + cost > limit then
     end
     if retry < 1 then retry = 1 end
   end
-  return string.format('0 %d %d %d', retry, math.max(0, math.floor(limit - est)), now)
+  return {ok = string.format('0 %d %d %d', retry, math.max(0, math.floor(limit - est)), now)}
 end
 if peek == '0' then
   redis.call('HSET', KEYS[1], 'w', idx, 'c', c + cost, 'p', p)
   keep(KEYS[1], (idx + 2) * w - now)
 end
-return string.format('1 0 %d %d', math.floor(limit - est - cost), now)
+return {ok = string.format('1 0 %d %d', math.floor(limit - est - cost), now)}
 """,
 )
 
@@ -268,7 +269,7 @@ return {1, retries + 1, calls, now}
 )
 
 # KEYS: claim hash {state: p (in progress) or d (done), token, result}. ARGV: now, token, lease µs.
-# Reply: {1, token} claimed, {2, ms left} in progress, {3, has result, result} done.
+# Reply: 1 claimed (an integer: one line to read), {2, ms left} in progress, {3, has result, result} done.
 CLAIM = _script(
     "claim",
     """
@@ -276,7 +277,7 @@ local v = redis.call('HMGET', KEYS[1], 'state', 'result')
 if not v[1] then
   redis.call('HSET', KEYS[1], 'state', 'p', 'token', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) / 1000))
-  return {1, ARGV[2]}
+  return 1
 end
 if v[1] == 'p' then return {2, redis.call('PTTL', KEYS[1])} end
 if v[2] then return {3, 1, v[2]} end

@@ -16,6 +16,7 @@ evict them early (they all have a TTL) and a duplicate would go through.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -62,6 +63,13 @@ class Done:
 ClaimResult = Claimed | InProgress | Done
 
 
+def _tokens() -> Callable[[], str]:
+    """Claim tokens: a random prefix per store and a counter (unique without a syscall per claim)."""
+    prefix = secrets.token_hex(12)
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter):x}"
+
+
 def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
@@ -89,7 +97,7 @@ class IdempotencyStore:
         timeout: float = 0.5,
         outage: OutagePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        token_factory: Callable[[], str] = lambda: secrets.token_hex(16),
+        token_factory: Callable[[], str] | None = None,
         logger: logging.Logger | None = None,
         coalesce: bool = False,
     ) -> None:
@@ -102,7 +110,7 @@ class IdempotencyStore:
         self._runner = ScriptRunner(redis, timeout=timeout)
         self._coalescer = Coalescer(self._runner) if coalesce else None
         self._clock = clock
-        self._token = token_factory
+        self._token = token_factory or _tokens()
         self._outage = OutageMonitor("IdempotencyStore", outage or FailClosed(), clock=clock, logger=logger)
         # local claims while failing open: key -> (token or None when done, result, expiry)
         self._local: dict[str, tuple[str | None, bytes | None, float]] = {}
@@ -143,7 +151,7 @@ class IdempotencyStore:
             self._outage.failed(exc)
             return self._local_claim(key)
         self._outage.succeeded()
-        if reply[0] == 1:
+        if reply == 1:
             return Claimed(token)
         if reply[0] == 2:
             return InProgress(max(0, reply[1]) / 1000)
