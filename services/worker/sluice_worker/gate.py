@@ -48,6 +48,7 @@ from sluice.resilience import (
 from sluice.settings import Settings
 from sluice.tasks import Task
 from sluice_worker._primitives import Primitives
+from sluice_worker._units import Units
 from sluice_worker.delays import defer, due
 from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
 from sluice_worker.outcome import ACK, FailurePolicy, Outcome
@@ -113,7 +114,7 @@ class PolicyGate:
         self.primitives = Primitives(redis, self.keys)
         self._pollers: dict[str, asyncio.Lock] = {}
         self._slots: dict[str, float] = {}  # per limit: when this worker's last deferral comes back
-        self._units: dict[str, tuple[int, float]] = {}  # per limit: units taken ahead, usable until
+        self._units = Units(UNIT_HOLD)  # per limit: units taken ahead, usable for a few ms
 
     async def aclose(self) -> None:
         """Wait for the rate-limit decisions still on the wire (the Redis client is the caller's)."""
@@ -206,18 +207,11 @@ class PolicyGate:
     async def _take_rate(self, name: str, rate: RateLimit) -> float | None:
         """Take one unit of the limit ``name``; ``None`` when taken, else seconds to defer by."""
         limiter = self.primitives.limiter(rate)
-        now = time.monotonic()
-        deadline = now + self._in_place
-        held = self._units.get(name)
-        if held is not None and held[0] > 0 and now < held[1]:
-            self._units[name] = (held[0] - 1, held[1])  # a unit this worker took in the last few ms
-            return None
+        deadline = time.monotonic() + self._in_place
         batch = _batch(rate)
-        if batch > 1:  # a high rate: take a few milliseconds' worth of units in one decision
-            d = await limiter.try_acquire(name, batch)
-            if d.allowed:
-                self._units[name] = (batch - 1, time.monotonic() + UNIT_HOLD)
-                return None
+        # a high rate: a few milliseconds' worth of units per decision, shared by the tasks arriving
+        if batch > 1 and await self._units.take(name, batch, lambda n: limiter.try_acquire(name, n)):
+            return None
         d = await limiter.try_acquire(name)  # the common case: room, one (pipelined) round trip
         if d.allowed:
             return None
