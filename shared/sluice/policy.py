@@ -27,6 +27,7 @@ __all__ = [
     "Concurrency",
     "Idempotency",
     "RateLimit",
+    "RetryBudgetPolicy",
     "TaskPolicy",
     "parse_duration",
     "parse_rate",
@@ -190,6 +191,29 @@ class Breaker:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryBudgetPolicy:
+    """A fleet-wide retry budget (:class:`~sluice.resilience.RetryBudget`): the retries of the last
+    ``window`` seconds may be ``ratio`` of the first attempts in it plus ``min_per_second`` per second.
+
+    Every worker deposits the task's first attempts and asks the budget before each retry; a retry it
+    refuses goes to the DLQ (reason ``retry_budget_exhausted``, replayable after the outage) instead
+    of the delay tiers, so an outage of what the task calls does not become a retry storm. Tasks naming
+    the same ``name`` share one budget; without a name the task has its own.
+    """
+
+    name: str | None = None
+    ratio: float = 0.2
+    min_per_second: float = 1.0
+    window: int = 10
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not self.name or "{" in self.name or "}" in self.name):
+            raise ConfigError(f"bad retry budget name {self.name!r}")
+        if not self.ratio >= 0 or not self.min_per_second >= 0 or self.window < 1:
+            raise ConfigError("a retry budget needs ratio >= 0, min_per_second >= 0 and window >= 1 s")
+
+
+@dataclass(frozen=True, slots=True)
 class TaskPolicy:
     """Every policy of one task; ``None`` is "not declared"."""
 
@@ -199,6 +223,7 @@ class TaskPolicy:
     retry: RetryPolicy | None = None
     breaker: Breaker | None = None
     idempotency: Idempotency | None = None
+    retry_budget: RetryBudgetPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None and not self.timeout > 0:
@@ -214,6 +239,7 @@ class TaskPolicy:
         retry: RetryPolicy | None = None,
         breaker: str | Breaker | None = None,
         idempotency: bool | Idempotency | None = None,
+        retry_budget: bool | RetryBudgetPolicy | None = None,
     ) -> TaskPolicy:
         """From the decorator's convenient forms (strings, ints, ``True``)."""
         return cls(
@@ -223,6 +249,7 @@ class TaskPolicy:
             retry=retry,
             breaker=Breaker(breaker) if isinstance(breaker, str) else breaker,
             idempotency=Idempotency() if idempotency is True else (idempotency or None),
+            retry_budget=RetryBudgetPolicy() if retry_budget is True else (retry_budget or None),
         )
 
     @property

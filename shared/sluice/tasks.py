@@ -21,7 +21,7 @@ from typing import Any, get_type_hints
 from pydantic import BaseModel
 
 from sluice.errors import ConfigError, SluiceError, TaskDefinitionError, UnknownTask
-from sluice.policy import Breaker, Concurrency, Idempotency, RateLimit, TaskPolicy
+from sluice.policy import Breaker, Concurrency, Idempotency, RateLimit, RetryBudgetPolicy, TaskPolicy
 from sluice.protocol import TaskMessage
 from sluice.resilience import RetryPolicy
 from sluice.topology import check_queue_name
@@ -108,6 +108,7 @@ def task(
     retry: RetryPolicy | None = None,
     breaker: str | Breaker | None = None,
     idempotency: bool | Idempotency | None = None,
+    retry_budget: bool | RetryBudgetPolicy | None = None,
 ) -> Callable[[Callable[..., Any]], Task]:
     """Make a function a sluice task, with optional fleet-wide policies (docs/policies.md).
 
@@ -121,7 +122,9 @@ def task(
     ``concurrency``: runs at once fleet-wide; ``timeout``: seconds (or ``"30s"``) an ``async`` handler may
     run; ``retry``: a :class:`~sluice.resilience.RetryPolicy` (without one a failure is dead-lettered);
     ``breaker``: the name of a shared circuit breaker (or a :class:`~sluice.policy.Breaker`);
-    ``idempotency``: ``True`` (key from the message header) or an :class:`~sluice.policy.Idempotency`.
+    ``idempotency``: ``True`` (key from the message header) or an :class:`~sluice.policy.Idempotency`;
+    ``retry_budget``: ``True`` (a fleet budget named after the task) or a
+    :class:`~sluice.policy.RetryBudgetPolicy`: retries refused by it go to the DLQ.
     """
     check_queue_name(queue)
     try:
@@ -132,6 +135,7 @@ def task(
             retry=retry,
             breaker=breaker,
             idempotency=idempotency,
+            retry_budget=retry_budget,
         )
     except SluiceError as e:
         raise TaskDefinitionError(f"task {name!r}: {e}") from None

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from sluice import task
-from sluice.policy import Breaker, Idempotency, RateLimit
+from sluice.policy import Breaker, Idempotency, RateLimit, RetryBudgetPolicy
 from sluice.protocol import H_ATTEMPT, H_ETA, H_FIRST_FAILURE_AT, TaskMessage, now_ms
 from sluice.resilience import BreakerPolicy, BreakerState, Decision, FixedBackoff, RetryPolicy
 from sluice.tasks import Task
@@ -169,3 +169,44 @@ def test_batches_stay_small_and_slow_rates_take_one_unit() -> None:
     assert _batch(RateLimit(399, 1.0)) == 1
     assert _batch(RateLimit(2000, 1.0, burst=10)) == 5
     assert _batch(RateLimit(1_000_000, 1.0)) == 64
+
+
+async def test_the_fleet_retry_budget_sends_refused_retries_to_the_dlq(
+    gate: PolicyGate, redis_url: str
+) -> None:
+    """No first attempts yet, ratio 0 and 0.2/s over 10 s: two retries fleet-wide, then the DLQ."""
+    budget = RetryBudgetPolicy(ratio=0.0, min_per_second=0.2, window=10)
+
+    @task("g.budget", retry=RetryPolicy(max_attempts=5, backoff=FixedBackoff(1.0)), retry_budget=budget)
+    async def h(p: T) -> None: ...
+
+    other = PolicyGate(aioredis.Redis.from_url(redis_url), gate.keys.prefix)  # a second worker
+    try:
+        first = await _run(gate, h, TaskMessage("g.budget", {}), RuntimeError("upstream down"))
+        second = await _run(other, h, TaskMessage("g.budget", {}), RuntimeError("upstream down"))
+        assert isinstance(first, Republish) and first.why == "retry"
+        assert isinstance(second, Republish) and second.why == "retry"
+        for g in (gate, other):
+            out = await _run(g, h, TaskMessage("g.budget", {}), RuntimeError("upstream down"))
+            assert isinstance(out, DeadLetter) and out.reason == "retry_budget_exhausted"
+            assert "retry budget is spent" in out.detail
+            assert out.headers["x-sluice-error-type"] == "RuntimeError"
+        assert gate.stats.counts["dead:retry_budget"] == 1 == other.stats.counts["dead:retry_budget"]
+    finally:
+        await other.aclose()
+        await other.redis.aclose()
+
+
+async def test_first_attempts_fill_the_retry_budget(gate: PolicyGate) -> None:
+    """With ratio 0.5 and no floor, 40 successful first runs buy 20 retries (deposits are batched)."""
+    budget = RetryBudgetPolicy(ratio=0.5, min_per_second=0.0, window=10)
+
+    @task("g.budget2", retry=RetryPolicy(max_attempts=9, backoff=FixedBackoff(1.0)), retry_budget=budget)
+    async def h(p: T) -> None: ...
+
+    for _ in range(40):
+        assert await _run(gate, h, TaskMessage("g.budget2", {})) is ACK
+    outs = [
+        await _run(gate, h, TaskMessage("g.budget2", {}, attempt=2), RuntimeError("x")) for _ in range(25)
+    ]
+    assert [isinstance(o, Republish) for o in outs] == [True] * 20 + [False] * 5

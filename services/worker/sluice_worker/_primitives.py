@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from sluice.policy import Concurrency, RateLimit
+from sluice.policy import Concurrency, RateLimit, RetryBudgetPolicy
 from sluice.resilience import (
     BreakerPolicy,
     CircuitBreaker,
@@ -15,14 +15,17 @@ from sluice.resilience import (
     GCRALimiter,
     IdempotencyStore,
     KeySpace,
+    OutagePolicy,
     Rate,
+    RetryBudget,
 )
 
 __all__ = ["Primitives"]
 
 
 class Primitives:
-    """Rate limiters by (limit, period, burst), breakers by name, semaphores by task, dedup stores by (lease, ttl)."""
+    """Rate limiters by (limit, period, burst), breakers and retry budgets by name, semaphores by task, dedup
+    stores by (lease, ttl)."""
 
     def __init__(self, redis: Redis, keys: KeySpace) -> None:
         self.redis = redis
@@ -31,6 +34,7 @@ class Primitives:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.sems: dict[str, ConcurrencyLimiter] = {}
         self.stores: dict[tuple[float, float], IdempotencyStore] = {}
+        self.budgets: dict[str, RetryBudget] = {}
 
     def limiter(self, rate: RateLimit) -> GCRALimiter:
         shape = (rate.limit, rate.period, rate.effective_burst)
@@ -56,6 +60,20 @@ class Primitives:
         if sem is None:
             sem = self.sems[task] = ConcurrencyLimiter(self.redis, c.limit, lease=c.lease, keys=self.keys)
         return sem
+
+    def budget(self, name: str, p: RetryBudgetPolicy, outage: OutagePolicy) -> RetryBudget:
+        b = self.budgets.get(name)
+        if b is None:
+            b = self.budgets[name] = RetryBudget(
+                self.redis,
+                name,
+                ratio=p.ratio,
+                min_per_second=p.min_per_second,
+                window=p.window,
+                keys=self.keys,
+                outage=outage,
+            )
+        return b
 
     def store(self, lease: float, ttl: float) -> IdempotencyStore:
         s = self.stores.get((lease, ttl))

@@ -69,14 +69,23 @@ class RetryOrDeadLetter:
             )
             if delay is not None:
                 return retry(delay, {H_ATTEMPT: message.attempt + 1, H_FIRST_FAILURE_AT: first})
+        return self.give_up(task, message, error)
+
+    def give_up(
+        self, task: Task, message: TaskMessage, error: Exception, reason: str = HANDLER_ERROR, why: str = ""
+    ) -> DeadLetter:
+        """The DLQ copy of a failed delivery, with the details of ``error`` (``why``: an added note)."""
+        now = now_ms()
+        first = message.first_failure_ms if message.first_failure_ms is not None else now
+        policy = task.policy.retry
         kind = type(error).__qualname__
         text = str(error)
         tries = f"attempt {message.attempt}" + (
             f" of {policy.max_attempts}" if policy is not None and policy.max_attempts else ""
         )
         return DeadLetter(
-            HANDLER_ERROR,
-            f"{kind}: {text} ({tries})",
+            reason,
+            f"{kind}: {text} ({tries}{'; ' + why if why else ''})",
             headers={
                 H_ERROR_TYPE: kind,
                 H_ERROR_MESSAGE: truncate_detail(text),

@@ -14,7 +14,8 @@ Before the run, in this order (each step cheap when the task does not declare it
 
 Then the handler runs (an ``async`` one under ``asyncio.timeout``), and after it: the claim is completed
 (success) or released (failure), the breaker records the outcome, the lease is released, and a failure
-goes to the :class:`~sluice_worker.failures.RetryOrDeadLetter` policy.
+goes to the :class:`~sluice_worker.failures.RetryOrDeadLetter` policy; a retry it chooses must also be
+granted by the task's fleet retry budget, if it declares one (else: the DLQ, ``retry_budget_exhausted``).
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ from sluice.resilience import (
 )
 from sluice.settings import Settings
 from sluice.tasks import Task
+from sluice_worker._budgets import EXHAUSTED, Budgets
 from sluice_worker._primitives import Primitives
 from sluice_worker._units import Units
-from sluice_worker.delays import defer, due
+from sluice_worker.delays import Republish, defer, due
 from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
 from sluice_worker.outcome import ACK, FailurePolicy, Outcome
 
@@ -114,6 +116,7 @@ class PolicyGate:
         self.primitives = Primitives(redis, self.keys)
         self._pollers: dict[str, asyncio.Lock] = {}
         self._slots: dict[str, float] = {}  # per limit: when this worker's last deferral comes back
+        self._budgets = Budgets(self.primitives)
         self._units = Units(UNIT_HOLD)  # per limit: units taken ahead, usable for a few ms
 
     async def aclose(self) -> None:
@@ -123,7 +126,7 @@ class PolicyGate:
     async def applies(self, task: Task) -> bool:
         """Does ``task`` need the gate (declared policies, or a run-time limit)?"""
         p = task.policy
-        if p.rate_limit or p.concurrency or p.breaker or p.idempotency or p.timeout:
+        if p.rate_limit or p.concurrency or p.breaker or p.idempotency or p.timeout or p.retry_budget:
             return True
         return await self.limits.current(task.name) is not None
 
@@ -135,6 +138,8 @@ class PolicyGate:
             self._count("deferred:eta")
             return later
         p = task.policy
+        if p.retry_budget is not None and msg.attempt == 1:
+            await self._budgets.first_attempt(task, p.retry_budget)
         rate = effective_rate(p.rate_limit, await self.limits.current(task.name))
         if rate is not None:
             part = payload_field(msg.payload, rate.key) if rate.key else None
@@ -195,7 +200,15 @@ class PolicyGate:
             except Exception as e:
                 if breaker is not None and permit is not None:
                     await self._record(breaker, permit, not breaker.policy.counts_as_failure(e))
-                return failures.on_error(task, msg, e)
+                outcome = failures.on_error(task, msg, e)
+                if (
+                    p.retry_budget is not None
+                    and isinstance(outcome, Republish)
+                    and not await self._budgets.allow_retry(task, p.retry_budget)
+                ):
+                    self._count("dead:retry_budget")
+                    return self.failures.give_up(task, msg, e, EXHAUSTED, "the fleet's retry budget is spent")
+                return outcome
             if breaker is not None and permit is not None:
                 await self._record(breaker, permit, True)
             if claim is not None:
