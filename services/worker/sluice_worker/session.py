@@ -1,0 +1,323 @@
+"""One broker connection's consuming: a :class:`Session` (supervised by :class:`~sluice_worker.consumer.Consumer`).
+
+A session owns a plain (non-robust) connection with two channels: one consuming every queue (per-consumer
+QoS = ``prefetch``; quorum queues reject global QoS) and one in confirm mode for dead-letter copies. The
+broker's delivery tasks run the :class:`~sluice_worker.runner.Runner` under a semaphore of ``concurrency``
+slots; finished deliveries are acked in batches (``multiple=True`` over the contiguous finished prefix, see
+:mod:`sluice_worker._acks`) by one flusher task.
+
+When the connection or a channel closes, or the broker cancels a consumer, :meth:`Session.wait_lost`
+answers and the consumer drops the session whole (its unacked deliveries will be redelivered, its running
+handlers are cancelled with the channel) and opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from sluice.connection import BROKER_ERRORS
+from sluice.errors import SluiceError
+from sluice.settings import Settings
+from sluice.topology import Topology
+from sluice_worker._acks import AckTracker
+from sluice_worker.deadletter import DeadLetterPublisher, LogThrottle
+from sluice_worker.delays import DelayPublisher, Republish
+from sluice_worker.outcome import ACK, DeadLetter
+from sluice_worker.runner import Runner
+from sluice_worker.telemetry_hook import DeliveryRecorder
+
+__all__ = ["Session"]
+
+log = logging.getLogger("sluice.worker")
+
+_CANCEL_TIMEOUT = 5.0
+# batched acks: one ack frame once this many deliveries finished (a quarter of the prefetch window), or
+# this many seconds after the first one finished, whichever is sooner
+_ACK_INTERVAL = 0.005
+_CANCEL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
+
+
+class Session:
+    """Consuming over one connection. Not reusable: after a loss the :class:`Consumer` opens a new one."""
+
+    def __init__(
+        self,
+        connection: AbstractConnection,
+        settings: Settings,
+        runner: Runner,
+        slots: asyncio.Semaphore,
+        throttle: LogThrottle,
+        recorder: DeliveryRecorder | None = None,
+    ) -> None:
+        self.connection = connection
+        self._recorder = recorder or DeliveryRecorder.off()
+        self._settings = settings
+        self._topology = Topology.from_settings(settings)
+        self._runner = runner
+        self._slots = slots
+        self._throttle = throttle
+        self._acks = AckTracker()
+        self._wake = asyncio.Event()  # a delivery finished since the last ack
+        self._full = asyncio.Event()  # a batch of them did
+        self._unflushed = 0
+        self._batch = max(1, settings.prefetch // 4)
+        self._closing = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._consumer_tags: list[str] = []
+        self._cancelled: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._lost_acks_logged = False
+        # strong references to everything the broker objects hang on
+        self._channel: AbstractChannel | None = None
+        self._raw: RawChannel | None = None
+        self._dead: DeadLetterPublisher | None = None
+        self._later: DelayPublisher | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ---- opening
+    async def open(self, queues: Sequence[str]) -> None:
+        """Declare the topology, set QoS and start one consumer per queue."""
+        s, topo = self._settings, self._topology
+        channel = self._channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=s.prefetch)
+        await topo.declare_base(channel)
+        for q in queues:
+            await topo.declare_queue(channel, q)
+        dead_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        _, dead_exchange = await topo.declare_base(dead_channel)
+        self._dead = DeadLetterPublisher(dead_channel, dead_exchange, s.publish_timeout)
+        tasks_exchange = await dead_channel.get_exchange(topo.tasks_exchange, ensure=False)
+        self._later = DelayPublisher(dead_channel, tasks_exchange, topo, s.publish_timeout)
+        raw = self._raw = await channel.get_underlay_channel()
+        raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        self._flusher = asyncio.create_task(self._flush_loop(raw), name="sluice-acks")
+        for q in queues:
+            ok = await raw.basic_consume(topo.queue(q), self._consumer_for(q))
+            if ok.consumer_tag is not None:
+                self._consumer_tags.append(ok.consumer_tag)
+
+    def _on_broker_cancel(self, frame: Basic.Cancel) -> None:
+        if not self._cancelled.done():
+            self._cancelled.set_result(f"the broker cancelled consumer {frame.consumer_tag}")
+
+    # ---- the hot path
+    def _consumer_for(self, queue: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        acks, slots, inflight, run = self._acks, self._slots, self._inflight, self._runner.run
+        begin, end = self._recorder.begin, self._recorder.end
+
+        async def on_delivery(dm: DeliveredMessage) -> None:
+            tag = dm.delivery_tag
+            if tag is None:  # not a basic.deliver: cannot happen on a consumer
+                return
+            acks.received(tag)
+            if self._closing:
+                return  # draining: left unacked, the broker redelivers it
+            async with slots:
+                if self._closing:
+                    return
+                me = asyncio.current_task()
+                if me is not None:
+                    inflight.add(me)
+                started, outcome = begin(), None
+                try:
+                    p = dm.header.properties
+                    outcome = await run(dm.body, p.headers, p.message_id, bool(dm.redelivered))
+                    if outcome is ACK:
+                        acks.finish(tag)
+                        self._finished()
+                    elif isinstance(outcome, Republish):
+                        await self._republish(queue, dm, tag, outcome)
+                    elif isinstance(outcome, DeadLetter):
+                        await self._dead_letter(queue, dm, tag, outcome)
+                    else:  # an outcome this consumer cannot carry out: keep the message, in the DLQ
+                        await self._dead_letter(
+                            queue, dm, tag, DeadLetter("unsupported_outcome", repr(outcome))
+                        )
+                except Exception:  # a bug of ours: keep going, the broker redelivers the message
+                    log.exception("internal error on a delivery from %s; requeueing it", queue)
+                    await self._answer_alone(tag, requeue=True)
+                finally:
+                    end(queue, dm.header.properties.headers, outcome, started)  # telemetry
+                    if me is not None:
+                        inflight.discard(me)
+
+        return on_delivery
+
+    async def _dead_letter(self, queue: str, dm: DeliveredMessage, tag: int, dead: DeadLetter) -> None:
+        if self._throttle.allow():
+            log.warning(
+                "dead-lettered task %s from queue %s: %s: %.300s",
+                dm.header.properties.message_id,
+                queue,
+                dead.reason,
+                dead.detail,
+            )
+        assert self._dead is not None
+        try:
+            await self._dead.publish(dm, queue, dead)
+        except SluiceError as e:
+            log.error("dead-letter copy not confirmed (%s); rejecting the delivery so the broker moves it", e)
+            await self._answer_alone(tag, requeue=False)
+            return
+        self._acks.finish(tag)
+        self._finished()
+
+    def _finished(self) -> None:
+        n = self._unflushed = self._unflushed + 1
+        if n == 1:
+            self._wake.set()
+        elif n >= self._batch:
+            self._full.set()
+
+    async def _republish(self, queue: str, dm: DeliveredMessage, tag: int, out: Republish) -> None:
+        """Send the task back for later (confirmed), then ack it; unconfirmed: requeue the delivery."""
+        assert self._later is not None
+        try:
+            await self._later.publish(dm, queue, out)
+        except SluiceError as e:
+            log.error("delayed copy (%s) not confirmed (%s); requeueing the delivery", out.why, e)
+            await self._answer_alone(tag, requeue=True)
+            return
+        self._acks.finish(tag)
+        self._finished()
+
+    async def _answer_alone(self, tag: int, *, requeue: bool) -> None:
+        """``nack`` one delivery on its own frame and keep it out of the batched acks."""
+        assert self._raw is not None
+        try:
+            await self._raw.basic_nack(tag, multiple=False, requeue=requeue)
+        except BROKER_ERRORS as e:
+            self._log_lost_acks(e)
+            return
+        self._acks.settle(tag)
+        self._finished()
+
+    async def _flush_loop(self, raw: RawChannel) -> None:
+        acks, wake, full = self._acks, self._wake, self._full
+        while True:
+            await wake.wait()
+            if self._unflushed < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_ACK_INTERVAL):
+                        await full.wait()
+            wake.clear()
+            full.clear()
+            self._unflushed = 0
+            tag = acks.take()
+            if tag is not None:
+                try:
+                    await raw.basic_ack(tag, multiple=True, wait=False)
+                except BROKER_ERRORS as e:
+                    self._log_lost_acks(e)
+                    return
+
+    def _log_lost_acks(self, e: BaseException) -> None:
+        if not self._lost_acks_logged:
+            self._lost_acks_logged = True
+            log.warning(
+                "cannot ack on the lost channel (%s): its %d unacked deliveries will be redelivered",
+                type(e).__name__,
+                self._acks.outstanding,
+            )
+
+    # ---- watching, draining, dropping
+    async def wait_lost(self) -> str:
+        """Wait until this session cannot consume any more; says why."""
+        assert self._raw is not None and self._dead is not None
+        dead_raw = await self._dead.channel.get_underlay_channel()
+        watched: dict[asyncio.Future[Any], str] = {
+            self._raw.closing: "the consuming channel closed",
+            dead_raw.closing: "the dead-letter channel closed",
+            self._cancelled: "",
+        }
+        try:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in watched:
+                if f is not self._cancelled and not f.done():
+                    f.cancel()
+        f = done.pop()
+        if f is self._cancelled:
+            return f.result()  # type: ignore[no-any-return]
+        if f.cancelled():
+            return watched[f]
+        exc = f.exception()
+        return f"{watched[f]}: {exc!r}" if exc is not None else watched[f]
+
+    async def drain(self, grace: float, force: asyncio.Event) -> None:
+        """Stop consuming, give running tasks ``grace`` seconds (or until ``force``), ack them, close."""
+        self._closing = True
+        raw = self._raw
+        if raw is not None:
+            for ctag in self._consumer_tags:
+                try:
+                    async with asyncio.timeout(_CANCEL_TIMEOUT):
+                        await raw.basic_cancel(ctag)
+                except _CANCEL_ERRORS:
+                    break
+        running = set(self._inflight)
+        log.info(
+            "draining: %d tasks running (grace %gs), %d prefetched deliveries go back to the broker",
+            len(running),
+            grace,
+            self._acks.pending - len(running),
+        )
+        if running:
+            all_done = asyncio.ensure_future(asyncio.wait(running))
+            forced = asyncio.ensure_future(force.wait())
+            await asyncio.wait({all_done, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            for f in (all_done, forced):
+                f.cancel()
+            late = [t for t in running if not t.done()]
+            if late:
+                log.warning(
+                    "%d tasks still running after the grace period: cancelled, to be redelivered", len(late)
+                )
+                for t in late:
+                    t.cancel()
+                await asyncio.wait(late, timeout=_CANCEL_TIMEOUT)
+        await self._final_acks()
+        await self.close()
+
+    async def _final_acks(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        raw = self._raw
+        if raw is None:
+            return
+        try:
+            tag = self._acks.take()
+            if tag is not None:
+                await raw.basic_ack(tag, multiple=True)
+            for t in self._acks.finished_out_of_order():
+                await raw.basic_ack(t)
+        except BROKER_ERRORS as e:
+            self._log_lost_acks(e)
+
+    async def close(self) -> None:
+        """Close channels and connection; unacked deliveries go back to their queues."""
+        self._closing = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for ch in (self._channel, self._dead.channel if self._dead else None):
+            if ch is not None and not ch.is_closed:
+                with contextlib.suppress(*BROKER_ERRORS, TimeoutError):
+                    async with asyncio.timeout(_CANCEL_TIMEOUT):
+                        await ch.close()
+        with contextlib.suppress(*BROKER_ERRORS, TimeoutError):
+            async with asyncio.timeout(_CANCEL_TIMEOUT):
+                await self.connection.close()
