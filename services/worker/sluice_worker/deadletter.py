@@ -21,20 +21,14 @@ from sluice.protocol import H_DEAD_AT, H_DEAD_DETAIL, H_DEAD_QUEUE, H_DEAD_REASO
 from sluice.publisher import await_confirm
 from sluice_worker.outcome import DeadLetter
 
-__all__ = ["DeadLetterPublisher", "LogThrottle", "dead_copy"]
+__all__ = ["DeadLetterPublisher", "LogThrottle", "dead_copy", "persistent_copy"]
 
 log = logging.getLogger("sluice.worker")
 
 
-def dead_copy(delivered: DeliveredMessage, queue: str, dead: DeadLetter) -> aio_pika.Message:
-    """The message to publish to the dead-letter exchange for a delivery taken from sluice queue ``queue``."""
+def persistent_copy(delivered: DeliveredMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """``delivered`` as a new persistent message: same body, id and properties, these ``headers``."""
     p = delivered.header.properties
-    headers: dict[str, Any] = dict(p.headers or {})
-    headers.update(dead.headers)
-    headers[H_DEAD_REASON] = dead.reason
-    headers[H_DEAD_DETAIL] = dead.detail
-    headers[H_DEAD_AT] = now_ms()
-    headers[H_DEAD_QUEUE] = queue
     return aio_pika.Message(
         delivered.body,
         headers=headers,
@@ -49,6 +43,18 @@ def dead_copy(delivered: DeliveredMessage, queue: str, dead: DeadLetter) -> aio_
         type=p.message_type,
         app_id=p.app_id,
     )
+
+
+def dead_copy(delivered: DeliveredMessage, queue: str, dead: DeadLetter) -> aio_pika.Message:
+    """The message to publish to the dead-letter exchange for a delivery taken from sluice queue ``queue``."""
+    p = delivered.header.properties
+    headers: dict[str, Any] = dict(p.headers or {})
+    headers.update(dead.headers)
+    headers[H_DEAD_REASON] = dead.reason
+    headers[H_DEAD_DETAIL] = dead.detail
+    headers[H_DEAD_AT] = now_ms()
+    headers[H_DEAD_QUEUE] = queue
+    return persistent_copy(delivered, headers)
 
 
 class DeadLetterPublisher:

@@ -25,6 +25,7 @@ from sluice.errors import BrokerUnavailable
 from sluice.protocol import H_ETA, TaskMessage, now_ms
 from sluice.publisher import await_confirm
 from sluice.topology import DELAY_TIERS_MS, Topology, next_hop
+from sluice_worker.deadletter import persistent_copy
 
 __all__ = ["DelayPublisher", "Republish", "defer", "due", "retry"]
 
@@ -80,19 +81,7 @@ def copy_for(delivered: DeliveredMessage, updates: Mapping[str, Any]) -> aio_pik
     for k in ("x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count"):
         headers.pop(k, None)
     headers.update(updates)
-    return aio_pika.Message(
-        delivered.body,
-        headers=headers,
-        content_type=p.content_type,
-        content_encoding=p.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        message_id=p.message_id,
-        timestamp=p.timestamp,
-        type=p.message_type,
-        app_id=p.app_id,
-    )
+    return persistent_copy(delivered, headers)
 
 
 class DelayPublisher:
