@@ -79,6 +79,17 @@ async def test_claim_then_complete_then_done(redis: Redis, keys: KeySpace) -> No
     assert b"{order-1}" in store.key("order-1").encode()
 
 
+async def test_a_claim_sent_twice_with_its_token_is_still_the_senders(redis: Redis, keys: KeySpace) -> None:
+    """A resend after a lost reply (the script ran, the answer did not arrive) must not lock its sender out."""
+    tokens = iter(["tok-a", "tok-a", "tok-b", "tok-c"])
+    store = IdempotencyStore(redis, keys=keys, lease=10, token_factory=lambda: next(tokens))
+    assert await store.claim("order-2") == Claimed("tok-a")
+    assert await store.claim("order-2") == Claimed("tok-a")  # the same claim again
+    assert isinstance(await store.claim("order-2"), InProgress)  # anyone else still waits
+    await store.complete("order-2", "tok-a")
+    assert await store.claim("order-2") == Done(None)
+
+
 async def test_release_lets_the_next_claimant_in_and_stale_tokens_are_refused(
     redis: Redis, keys: KeySpace
 ) -> None:

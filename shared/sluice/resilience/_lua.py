@@ -273,12 +273,14 @@ return {1, retries + 1, calls, now}
 CLAIM = _script(
     "claim",
     """
-local v = redis.call('HMGET', KEYS[1], 'state', 'result')
+local v = redis.call('HMGET', KEYS[1], 'state', 'result', 'token')
 if not v[1] then
   redis.call('HSET', KEYS[1], 'state', 'p', 'token', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) / 1000))
   return 1
 end
+-- the same claim sent again (a resend after a lost connection) is still ours
+if v[1] == 'p' and v[3] == ARGV[2] then return 1 end
 if v[1] == 'p' then return {2, redis.call('PTTL', KEYS[1])} end
 if v[2] then return {3, 1, v[2]} end
 return {3, 0, ''}
