@@ -12,8 +12,10 @@ a small machine. The primitives send few, known commands, so this module does th
   a send that meets a dead pooled connection (Redis restarted) is retried once on a fresh socket,
   as ``execute_command`` would;
 * error replies come back as redis-py's exceptions (``NoScriptError`` and the rest);
-* replies are read without the client's per-read socket timeout: the caller (``ScriptRunner``)
-  bounds every request with its own deadline, and the wire is not used without one.
+* commands are sent and replies read without the client's socket timeout (while a connection is
+  held here its ``socket_timeout`` is off, and put back when it returns to the pool): redis-py
+  spends a task and a timer on every timed send, and the caller (``ScriptRunner``) bounds every
+  request with its own deadline; the wire is not used without one.
 
 Only a plain ``ConnectionPool`` on a plain ``Redis`` client takes this path (:func:`wire_for`):
 a ``BlockingConnectionPool`` must not have connections held out of it, and other clients (single
@@ -92,6 +94,7 @@ class Wire:
         self._idle: list[AbstractConnection] = []
         self._max_idle = min(8, max(1, pool.max_connections // 16))
         self._busy = 0
+        self._timeouts: dict[int, float | None] = {}  # id(conn) -> its socket_timeout, while held here
         self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
 
     async def request(self, packed: bytes, replies: int = 1) -> list[Any]:
@@ -134,10 +137,15 @@ class Wire:
         if pool is None:
             raise rexc.ConnectionError("the client's connection pool is gone")
         try:
-            return cast(AbstractConnection, await pool.get_connection())  # type: ignore[no-untyped-call]
+            conn = cast(AbstractConnection, await pool.get_connection())  # type: ignore[no-untyped-call]
         except rexc.MaxConnectionsError:
             if self._busy <= 1:  # none of ours to wait for: the pool is full of others' connections
                 raise
+        else:
+            self._timeouts[id(conn)] = conn.socket_timeout
+            # sends without a task and a timer each; the runner's deadline bounds them
+            conn.socket_timeout = None
+            return conn
         waiter: asyncio.Future[AbstractConnection] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -156,6 +164,11 @@ class Wire:
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
             return
+        await self._release(conn)
+
+    async def _release(self, conn: AbstractConnection) -> None:
+        """Back to the pool, with its socket timeout as the pool gave it."""
+        conn.socket_timeout = self._timeouts.pop(id(conn), conn.socket_timeout)
         pool = self._pool()
         if pool is not None:
             await pool.release(conn)
@@ -163,7 +176,5 @@ class Wire:
     async def aclose(self) -> None:
         """Hand the idle connections back to the pool."""
         idle, self._idle = self._idle, []
-        pool = self._pool()
-        if pool is not None:
-            for conn in idle:
-                await pool.release(conn)
+        for conn in idle:
+            await self._release(conn)
