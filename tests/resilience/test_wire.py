@@ -10,6 +10,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from sluice.resilience import FailClosed, GCRALimiter, IdempotencyStore, KeySpace, Rate
 from sluice.resilience._wire import pack, wire_for
 
+from .conftest import ThrowawayRedis
+
 # A script that keeps Redis busy for about 0.3 s (Redis runs one script at a time).
 _BUSY = """
 local t = redis.call('TIME')
@@ -123,4 +125,21 @@ async def test_a_reply_that_came_too_late_is_never_read_by_the_next_call(
         assert limiter.outage_stats.outages == 1
     finally:
         await blocker.aclose()
+        await client.aclose()
+
+
+async def test_a_flushed_script_is_loaded_again_while_every_pooled_connection_is_busy(
+    throwaway_redis: ThrowawayRedis,
+) -> None:
+    """NOSCRIPT with the whole pool held by the limiter's own calls: the script is loaded on the connection
+    that got the NOSCRIPT (the pool has none left to lend), and no decision is lost."""
+    client = Redis.from_url(throwaway_redis.url, max_connections=4)
+    try:
+        async with GCRALimiter(client, Rate.per_second(100_000), keys=KeySpace("flush")) as limiter:
+            assert (await limiter.try_acquire("k")).allowed
+            await client.script_flush()
+            got = await asyncio.gather(*(limiter.try_acquire("k") for _ in range(64)))
+            assert all(d.allowed and not d.degraded for d in got)
+            assert limiter.outage_stats.failed_calls == 0
+    finally:
         await client.aclose()

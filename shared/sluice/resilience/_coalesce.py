@@ -4,7 +4,8 @@ A call made when nothing is in flight goes out at once, alone (a single caller p
 batching). A call made while something is in flight is queued; the first queued call in a loop
 iteration schedules a flush for the end of that iteration, and everything queued until then shares
 one pipeline (one round trip). With ``max_inflight`` sends already on the wire the queue waits and
-grows, so under load the batch size grows by itself.
+grows, so under load the batch size grows by itself. With ``multi`` a batch is one call of that script
+where the server allows it (see :mod:`._multi`), else a pipeline.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ._multi import MultiScript
 from ._scripts import Call, ScriptRunner
 from .errors import BackendUnavailable
 
@@ -19,10 +21,18 @@ __all__ = ["Coalescer"]
 
 
 class Coalescer:
-    def __init__(self, runner: ScriptRunner, *, max_batch: int = 256, max_inflight: int = 2) -> None:
+    def __init__(
+        self,
+        runner: ScriptRunner,
+        *,
+        max_batch: int = 256,
+        max_inflight: int = 2,
+        multi: MultiScript | None = None,
+    ) -> None:
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be at least 1")
         self._runner = runner
+        self._multi = multi
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
@@ -70,7 +80,7 @@ class Coalescer:
 
     async def _send(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._runner.run_many([call for call, _ in batch])
+            results = await self._runner.run_many([call for call, _ in batch], self._multi)
         except asyncio.CancelledError:
             for _, fut in batch:
                 if not fut.done():

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol, Self, TypedDict, Unpack
 
 from redis.asyncio import Redis
 
+from . import _lua
 from ._coalesce import Coalescer
 from ._scripts import Call, Script, ScriptRunner
 from .errors import BackendUnavailable, RateLimited
@@ -110,7 +111,9 @@ class RateLimiterBase(ABC):
         clock = options.get("clock", time.monotonic)
         self._keys = keys
         self._runner = ScriptRunner(redis, timeout=options.get("timeout", 0.5))
-        self._coalescer = Coalescer(self._runner) if options.get("coalesce", False) else None
+        self._coalescer = (
+            Coalescer(self._runner, multi=_lua.MULTI) if options.get("coalesce", False) else None
+        )
         self._clock = clock
         self._sleep = options.get("sleep", asyncio.sleep)
         self._outage = OutageMonitor(

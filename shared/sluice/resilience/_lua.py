@@ -13,6 +13,7 @@ Conventions shared by every script:
 
 from __future__ import annotations
 
+from ._multi import MultiScript
 from ._scripts import Script
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "GCRA",
     "LEASE_ACQUIRE",
     "LEASE_RENEW",
+    "MULTI",
     "WINDOW",
 ]
 
@@ -321,3 +323,7 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) / 1000))
 return 1
 """,
 )
+
+#: Any sequence of the calls a batch carries (rate-limit decisions and claim steps), as one script
+#: call: see ``_multi.py``.
+MULTI = MultiScript("multi", [GCRA, WINDOW, CLAIM, CLAIM_COMPLETE, CLAIM_RELEASE, CLAIM_RENEW])

@@ -12,13 +12,16 @@ import asyncio
 import hashlib
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from ._wire import Arg, bulk, wire_for
+from ._wire import Arg, bulk, pack, wire_for
 from .errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from ._multi import MultiScript
 
 __all__ = ["Arg", "Call", "Script", "ScriptRunner"]
 
@@ -79,7 +82,7 @@ class ScriptRunner:
                 packed = self._pack(script, keys, args)
                 reply = (await wire.request(packed))[0]
                 if isinstance(reply, rexc.NoScriptError):
-                    await self.redis.script_load(script.source)
+                    await self._load(script)
                     reply = (await wire.request(packed))[0]
                 if isinstance(reply, Exception):
                     raise reply
@@ -107,6 +110,16 @@ class ScriptRunner:
             head = self._heads[shape] = count + bulk("EVALSHA") + bulk(script.sha) + bulk(len(keys))
         return head + b"".join(map(bulk, keys)) + b"".join(map(bulk, args))
 
+    async def _load(self, script: Script) -> None:
+        """``SCRIPT LOAD`` after a NOSCRIPT, on the transport the call went on: on the lean one it needs no
+        connection of the pool, which its own requests may hold every one of."""
+        if self._wire is None:
+            await self.redis.script_load(script.source)
+            return
+        (reply,) = await self._wire.request(pack(["SCRIPT", "LOAD", script.source]))
+        if isinstance(reply, Exception):
+            raise reply
+
     async def aclose(self) -> None:
         """Hand the connections this runner kept back to the client's pool."""
         if self._wire is not None:
@@ -116,16 +129,33 @@ class ScriptRunner:
         """A plain command (DEL, ZREM, ...) under the same deadline and error mapping."""
         return await self._bounded(str(args[0]), self.redis.execute_command(*args))  # type: ignore[no-untyped-call]
 
-    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
-        """Many script calls in one pipeline (one round trip). Per-call Redis errors come back as values."""
+    async def run_many(self, calls: Sequence[Call], multi: MultiScript | None = None) -> list[Any]:
+        """Many script calls in one round trip. Per-call Redis errors come back as values.
+
+        With ``multi`` (covering every call) and on the lean transport (a standalone server), the calls go
+        as one call of that script; otherwise as a pipeline.
+        """
+        if multi is not None and self._wire is not None and len(calls) > 1 and multi.covers(calls):
+            return await self._bounded(f"a batch of {len(calls)}", self._multi(multi, calls))  # type: ignore[no-any-return]
         return await self._bounded(f"a batch of {len(calls)}", self._batch(calls))  # type: ignore[no-any-return]
+
+    async def _multi(self, multi: MultiScript, calls: Sequence[Call]) -> list[Any]:
+        assert self._wire is not None
+        packed = multi.pack(calls)
+        reply = (await self._wire.request(packed))[0]
+        if isinstance(reply, rexc.NoScriptError):
+            await self._load(multi.script)
+            reply = (await self._wire.request(packed))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return list(reply)
 
     async def _batch(self, calls: Sequence[Call]) -> list[Any]:
         results = await self._pipeline(calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, rexc.NoScriptError)]
         if missing:
             for script in {calls[i][0] for i in missing}:
-                await self.redis.script_load(script.source)
+                await self._load(script)
             again = await self._pipeline([calls[i] for i in missing])
             for i, r in zip(missing, again, strict=True):
                 results[i] = r

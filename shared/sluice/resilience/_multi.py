@@ -1,0 +1,80 @@
+"""Many script calls as one script call: a batch is one ``EVALSHA`` instead of a pipeline of them.
+
+A pipeline of ``n`` script calls still costs Redis ``n`` command dispatches and the client ``n``
+replies to read. :class:`MultiScript` is generated from the single scripts themselves: each one's
+source becomes the body of a Lua function whose parameters are named ``KEYS`` and ``ARGV``, so the
+body reads its own keys and arguments exactly as it does when it runs alone (the helpers it uses
+are inside the function too). The dispatcher runs the calls in order and answers one array, one
+element per call; an error in one call (``redis.call`` failing, a bug) comes back as that call's
+error reply, and the calls after it still run, as in a pipeline.
+
+Argument layout: ``KEYS`` are every call's keys in order; ``ARGV`` is, for each call, its script's
+number, its key count, its argument count, then its arguments.
+
+The keys of one batch belong to different calls and so to different hash slots: a batch may only go
+to a standalone server. :class:`~._scripts.ScriptRunner` uses it only on the lean transport (a plain
+client, never a cluster client) and otherwise keeps the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._scripts import Call, Script
+from ._wire import bulk
+
+__all__ = ["MultiScript"]
+
+_DISPATCH = """
+local out, a, k, i, n = {}, 1, 0, 0, #ARGV
+while a <= n do
+  local op, nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local keys, args = {}, {}
+  for j = 1, nk do keys[j] = KEYS[k + j] end
+  for j = 1, na do args[j] = ARGV[a + 2 + j] end
+  k, a, i = k + nk, a + 3 + na, i + 1
+  local ok, r = pcall(ops[op], keys, args)
+  if not ok then
+    if type(r) == 'table' and r.err then r = {err = r.err} else r = {err = tostring(r)} end
+  elseif r == nil then
+    r = false
+  end
+  out[i] = r
+end
+return out
+"""
+
+
+class MultiScript:
+    """One script that runs any sequence of calls to ``scripts`` (see the module docstring)."""
+
+    def __init__(self, name: str, scripts: Sequence[Script]) -> None:
+        self._number = {s.sha: i + 1 for i, s in enumerate(scripts)}
+        if len(self._number) != len(scripts):
+            raise ValueError("a script is listed twice")
+        ops = "".join(f"-- {s.name}\nfunction(KEYS, ARGV)\n{s.source}\nend,\n" for s in scripts)
+        self.script = Script(name, f"local ops = {{\n{ops}}}\n{_DISPATCH}")
+        self._head = bulk("EVALSHA") + bulk(self.script.sha)
+        self._codes: dict[tuple[str, int, int], bytes] = {}
+
+    def covers(self, calls: Sequence[Call]) -> bool:
+        """Can every one of ``calls`` go in one batch?"""
+        number = self._number
+        return all(script.sha in number for script, _, _ in calls)
+
+    def pack(self, calls: Sequence[Call]) -> bytes:
+        """``EVALSHA`` of the batch in RESP (the caller checked :meth:`covers`)."""
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        count = 0
+        for script, ks, avs in calls:
+            shape = (script.sha, len(ks), len(avs))
+            code = self._codes.get(shape)
+            if code is None:
+                code = self._codes[shape] = bulk(self._number[script.sha]) + bulk(len(ks)) + bulk(len(avs))
+            keys.extend(map(bulk, ks))
+            args.append(code)
+            args.extend(map(bulk, avs))
+            count += 3 + len(avs)
+        head = b"*%d\r\n" % (3 + len(keys) + count) + self._head + bulk(len(keys))
+        return head + b"".join(keys) + b"".join(args)
