@@ -108,9 +108,13 @@ class IdempotencyStore:
         self.max_result_bytes = max_result_bytes
         self._keys = keys or KeySpace()
         self._runner = ScriptRunner(redis, timeout=timeout)
-        # one batch on the wire at a time: what arrives meanwhile goes in the next one (fewer, larger batches:
-        # less client CPU per claim, at most one round trip more of waiting)
-        self._coalescer = Coalescer(self._runner, multi=_lua.MULTI, max_inflight=1) if coalesce else None
+        # one batch on the wire at a time, and a small one lingers up to 2 ms for company: fewer, larger
+        # batches (less client CPU per claim) for a few milliseconds of latency under load
+        self._coalescer = (
+            Coalescer(self._runner, multi=_lua.MULTI, max_inflight=1, min_batch=32, linger=0.002)
+            if coalesce
+            else None
+        )
         self._clock = clock
         self._token = token_factory or _tokens()
         self._outage = OutageMonitor("IdempotencyStore", outage or FailClosed(), clock=clock, logger=logger)
