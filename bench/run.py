@@ -137,6 +137,28 @@ def metrics_cost_verdicts(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def forget_keys() -> None:
+    """Delete the Redis keys the sluice variants left (idempotency claims are kept 10 minutes: a run leaves
+    hundreds of thousands, which slow down anything that SCANs the server afterwards)."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    try:
+        for qt in ("classic", "quorum"):
+            batch = []
+            for key in client.scan_iter(match=f"bench_sluice_{qt}:*", count=1000):
+                batch.append(key)
+                if len(batch) == 1000:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                client.unlink(*batch)
+    except redis.RedisError as e:
+        print(f"could not delete the sluice variants' Redis keys: {e}", file=sys.stderr)
+    finally:
+        client.close()
+
+
 def main() -> None:
     add_sluice_variants()
     default = ["ceiling", "ceiling-quorum", "sluice-classic", "sluice-quorum"]
@@ -149,7 +171,10 @@ def main() -> None:
     results.mkdir(exist_ok=True)
     full = results / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     sys.argv = [sys.argv[0], str(full)]
-    harness.main()
+    try:
+        harness.main()
+    finally:
+        forget_keys()
     data = json.loads(full.read_text())
     lines = verdicts(data["summary"])
     policy_lines = policy_verdicts(data["summary"])

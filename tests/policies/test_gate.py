@@ -32,7 +32,7 @@ async def gate(redis_url: str, unique: str) -> AsyncIterator[PolicyGate]:
     g = PolicyGate(client, unique)
     yield g
     await g.aclose()
-    keys = [k async for k in client.scan_iter(f"{unique}*")]
+    keys = [k async for k in client.scan_iter(f"{unique}*", count=1000)]
     if keys:
         await client.delete(*keys)
     await client.aclose()

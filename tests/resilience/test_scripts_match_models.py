@@ -35,18 +35,19 @@ rates = st.builds(
 slow = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def on_redis(url: str, body: Callable[[Redis, KeySpace], Awaitable[None]]) -> None:
-    """Run ``body`` in a fresh loop with its own client and key prefix; delete its keys after."""
+def on_redis(url: str, body: Callable[[Redis, KeySpace], Awaitable[list[str]]]) -> None:
+    """Run ``body`` in a fresh loop with its own client and key prefix; delete the keys it names after
+    (by name: a SCAN per example would crawl through whatever else the shared server holds)."""
 
     async def main() -> None:
         client = Redis.from_url(url)
         space = KeySpace(f"sluicetest:{uuid.uuid4().hex[:12]}")
+        written: list[str] = []
         try:
-            await body(client, space)
+            written = await body(client, space)
         finally:
-            found = [k async for k in client.scan_iter(match=f"{space.prefix}:*")]
-            if found:
-                await client.delete(*found)
+            if written:
+                await client.delete(*written)
             await client.aclose()
 
     asyncio.run(main())
@@ -63,9 +64,10 @@ async def replay(limiter: RateLimiterBase, model: GCRAModel | SlidingWindowModel
 @slow
 @given(rate=rates, burst=st.integers(min_value=1, max_value=10), schedule=steps)
 def test_gcra_script_matches_model(redis_url: str, rate: Rate, burst: int, schedule: Schedule) -> None:
-    async def body(client: Redis, keys: KeySpace) -> None:
+    async def body(client: Redis, keys: KeySpace) -> list[str]:
         limiter = GCRALimiter(client, rate, burst=burst, keys=keys)
         await replay(limiter, GCRAModel(limiter._emission, limiter._tau), schedule)
+        return [limiter.key("k")]
 
     on_redis(redis_url, body)
 
@@ -73,9 +75,10 @@ def test_gcra_script_matches_model(redis_url: str, rate: Rate, burst: int, sched
 @slow
 @given(rate=rates, schedule=steps)
 def test_window_script_matches_model(redis_url: str, rate: Rate, schedule: Schedule) -> None:
-    async def body(client: Redis, keys: KeySpace) -> None:
+    async def body(client: Redis, keys: KeySpace) -> list[str]:
         limiter = SlidingWindowLimiter(client, rate, keys=keys)
         await replay(limiter, SlidingWindowModel(rate.period_us, rate.limit), schedule)
+        return [limiter.key("k")]
 
     on_redis(redis_url, body)
 
@@ -94,7 +97,7 @@ lease_ops = st.lists(
 @slow
 @given(limit=st.integers(min_value=1, max_value=4), ops=lease_ops)
 def test_lease_scripts_match_model(redis_url: str, limit: int, ops: list[tuple[int, str, int]]) -> None:
-    async def body(client: Redis, keys: KeySpace) -> None:
+    async def body(client: Redis, keys: KeySpace) -> list[str]:
         sem = ConcurrencyLimiter(client, limit, lease=1.0, keys=keys)
         model = LeaseModel(limit, 1_000_000)
         granted: list[int] = []
@@ -115,5 +118,6 @@ def test_lease_scripts_match_model(redis_url: str, limit: int, ops: list[tuple[i
                 else:
                     await client.zrem(leases_key, token)
                     model.release(token)
+        return list(sem.keys_of("k"))
 
     on_redis(redis_url, body)
