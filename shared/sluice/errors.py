@@ -13,6 +13,7 @@ The tree::
     │   └── TaskDefinitionError     a handler whose signature sluice cannot call
     ├── BrokerError                 RabbitMQ could not do what was asked
     │   ├── BrokerUnavailable       not reachable, or blocked by a resource alarm
+    │   ├── UnknownQueue            a queue that is neither configured nor on the broker
     │   └── PublishError            a publish was not confirmed
     │       ├── PublishNacked       the broker refused it (nack, or reject-publish overflow)
     │       ├── PublishReturned     unroutable: no queue is bound for its routing key
@@ -38,6 +39,7 @@ __all__ = [
     "SluiceError",
     "TaskDefinitionError",
     "TaskError",
+    "UnknownQueue",
     "UnknownTask",
 ]
 
@@ -89,6 +91,21 @@ class BrokerError(SluiceError):
 
 class BrokerUnavailable(BrokerError):
     """The broker is not reachable, or is blocking publishers (memory or disk alarm)."""
+
+
+class UnknownQueue(BrokerError):
+    """A queue this producer may not create: not in its configuration and not on the broker.
+
+    ``allowed`` names the queues it may create (a caller shows them to the user).
+    """
+
+    def __init__(self, queue: str, allowed: list[str]) -> None:
+        self.queue = queue
+        self.allowed = allowed
+        super().__init__(
+            f"unknown queue {queue!r}: it does not exist and this producer may only create "
+            f"{', '.join(repr(q) for q in allowed) or 'no queue'}"
+        )
 
 
 class PublishError(BrokerError):

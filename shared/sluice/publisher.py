@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, cast
@@ -26,12 +26,13 @@ from sluice.errors import (
     PublishReturned,
     PublishTimeout,
     SluiceError,
+    UnknownQueue,
 )
 from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body, now_ms
 from sluice.settings import Settings
 from sluice.topology import Topology, next_hop
 
-__all__ = ["PublishOutcome", "PublishReport", "Publisher", "await_confirm"]
+__all__ = ["PublishOutcome", "PublishReport", "Publisher", "await_confirm", "creatable_queues"]
 
 PERSISTENT = 2
 
@@ -55,8 +56,21 @@ class PublishReport:
         return self.confirmed + len(self.failed)
 
 
+def creatable_queues(settings: Settings, task_queues: Iterable[str] = ()) -> frozenset[str]:
+    """The queues a producer may create: the default queue, ``SLUICE_QUEUES`` and the queues of the
+    tasks it knows (``--tasks``)."""
+    return frozenset((settings.default_queue, *settings.queues, *task_queues))
+
+
 class Publisher:
-    """An async context manager owning one connection and one confirm-mode channel."""
+    """An async context manager owning one connection and one confirm-mode channel.
+
+    ``creatable``: the work queues this publisher may declare (create). ``None`` (the library's
+    default, for trusted code) declares any queue a task names. A producer that publishes on behalf
+    of others (the HTTP API, the CLI) passes :func:`creatable_queues`: a task for any other queue is
+    published only if that queue already exists on the broker, else :class:`UnknownQueue` is raised,
+    so no caller can make the broker create queues (each quorum queue is a Raft group).
+    """
 
     def __init__(
         self,
@@ -64,8 +78,10 @@ class Publisher:
         *,
         connection: AbstractRobustConnection | None = None,
         name: str = "sluice-publisher",
+        creatable: Collection[str] | None = None,
     ) -> None:
         self.settings = settings
+        self.creatable = None if creatable is None else frozenset(creatable)
         self.topology = Topology.from_settings(settings)
         self._name = name
         self._conn = connection
@@ -114,19 +130,38 @@ class Publisher:
         return self._conn is not None and not self._conn.is_closed and self._channel is not None
 
     async def ensure_queue(self, name: str) -> None:
-        """Declare the work queue ``name`` (once per publisher) so a task for it is routable."""
+        """Declare the work queue ``name`` (once per publisher) so a task for it is routable.
+
+        A queue outside ``creatable`` is not declared: it must exist already (:class:`UnknownQueue`).
+        """
         if name in self._queues:
             return
         async with self._declare_lock:
             if name in self._queues:
                 return
-            if self._channel is None:
+            if self._channel is None or self._conn is None:
                 raise BrokerUnavailable("publisher is not open")
             try:
-                await self.topology.declare_queue(self._channel, name)
+                if self.creatable is None or name in self.creatable:
+                    await self.topology.declare_queue(self._channel, name)
+                elif not await self._exists(self._conn, name):
+                    raise UnknownQueue(name, sorted(self.creatable))
             except BROKER_ERRORS as e:
                 raise BrokerUnavailable(f"cannot declare queue {name!r}: {e}") from None
             self._queues.add(name)
+
+    async def _exists(self, conn: AbstractRobustConnection, name: str) -> bool:
+        """Does the work queue ``name`` exist? A passive declare, on a channel of its own: a missing
+        queue closes the channel it was asked on (404), never the publishing one."""
+        channel = await conn.channel()
+        try:
+            await channel.declare_queue(self.topology.queue(name), passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await channel.close()
+        return True
 
     async def ensure_delays(self) -> None:
         """Declare the delay exchange and its tier queues (once per publisher)."""

@@ -6,11 +6,11 @@ and pass it down.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "mask_url"]
 
@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     default_queue: str = Field(
         "default", pattern=r"^[A-Za-z0-9_\-.]+$", description="queue for tasks that name none"
     )
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="work queues producers may create besides the default one and their tasks' queues "
+        "(comma-separated); any other queue must already exist",
+    )
     delivery_limit: int = Field(
         20, ge=1, description="quorum queues: deliveries before a message is dead-lettered as poison"
     )
@@ -74,6 +79,23 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [q.strip() for q in v.split(",") if q.strip()]
+        return v
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, v: list[str]) -> list[str]:
+        from sluice.topology import QUEUE_NAME
+
+        bad = [q for q in v if not QUEUE_NAME.match(q)]
+        if bad:
+            raise ValueError(f"bad queue name {bad[0]!r}: use 1-200 of A-Z a-z 0-9 _ - .")
+        return v
 
     @field_validator("amqp_url")
     @classmethod

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``sluice`` console script."""
     _register()
     try:
-        app(args=argv, standalone_mode=False, prog_name="sluice")
+        # standalone_mode=False: click *returns* the code of a typer.Exit instead of raising it, and
+        # returns None for a command that simply finished. Dropping it made every failure exit 0.
+        code = app(args=argv, standalone_mode=False, prog_name="sluice")
     except cx.NoArgsIsHelpError as e:
         # `sluice` alone: the help text is what the user asked for
         typer.echo(e.ctx.get_help() if e.ctx else str(e))
@@ -90,3 +92,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("sluice: interrupted\n")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
