@@ -322,8 +322,10 @@ async def await_confirm(pending: Awaitable[Any], within: float, what: str = "the
     except TimeoutError:
         raise PublishTimeout(f"no confirm within {within:g}s (broker down or blocked by an alarm?)") from None
     except aiormq.exceptions.PublishError as e:
-        raise PublishReturned(f"unroutable: {e.frame!r}") from None
-    except aiormq.exceptions.DeliveryError as e:
-        raise PublishNacked(f"the broker refused {what}: {e.frame!r}") from None
+        raise PublishReturned(f"unroutable: {getattr(e.frame, 'reply_text', None) or e.frame!r}") from None
+    except aiormq.exceptions.DeliveryError:
+        # a nack frame says nothing more: on a queue it is a full one (overflow reject-publish) or an
+        # internal error of the broker
+        raise PublishNacked(f"the broker refused {what} (nack: queue full, or a broker error)") from None
     except BROKER_ERRORS as e:
         raise BrokerUnavailable(f"lost the broker before the confirm: {e!r}") from None

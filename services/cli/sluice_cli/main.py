@@ -5,18 +5,21 @@ everything heavy inside the command, so ``sluice worker`` never loads the HTTP s
 ``sluice --help`` stays fast.
 
 Errors: a bad argument or a failure sluice expected prints one line, ``sluice: error: ...``, on
-stderr and exits non-zero (2 for usage, 1 otherwise); never a traceback.
+stderr and exits non-zero (2 for usage, 1 otherwise); never a traceback. Each command's exit statuses
+are in :mod:`sluice_cli.exits` (shown by its ``--help``, listed in docs/cli.md).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import typer
 from pydantic import ValidationError
 
 from sluice.errors import SluiceError
-from sluice_cli import config_cmd, dlq_cmd, limits_cmd, status_cmd
+from sluice_cli import config_cmd, dlq_cmd, exits, limits_cmd, status_cmd
 
 try:  # typer >= 0.23 vendors click; older releases use the click package
     from typer._click import exceptions as cx
@@ -26,6 +29,8 @@ except ImportError:  # pragma: no cover
 app = typer.Typer(
     name="sluice",
     help="sluice: async tasks on RabbitMQ with global rate limits, retries, breakers and dedup on Redis.",
+    epilog="Exit status: 0 success; 1 a failure sluice expected, said in one line (see each command's "
+    "--help); 2 usage error; 130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -50,6 +55,22 @@ def _register() -> None:
     producer_cli.register(app)
     worker_cli.register(app)
     metrics_cli.register(app)
+    exits.apply_epilogs(app)
+
+
+SERVICES = frozenset({"worker", "producer", "metrics"})  # long-running: they set up their own logging
+
+
+def _quiet_libraries(argv: list[str]) -> None:
+    """A short command says what went wrong in one line of its own; the AMQP libraries would print a
+    second one ("error when creating transport") through logging's last-resort handler. Services keep
+    their logs, and so does SLUICE_LOG_LEVEL=DEBUG."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in SERVICES or os.environ.get("SLUICE_LOG_LEVEL", "").upper() == "DEBUG":
+        return
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+        logging.getLogger(name).propagate = False
 
 
 def _one_line(e: BaseException) -> str:
@@ -67,6 +88,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``sluice`` console script."""
     _register()
+    _quiet_libraries(sys.argv[1:] if argv is None else argv)
     try:
         # standalone_mode=False: click *returns* the code of a typer.Exit instead of raising it, and
         # returns None for a command that simply finished. Dropping it made every failure exit 0.
