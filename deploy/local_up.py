@@ -8,7 +8,10 @@ there or a service stops by itself.
 
 Where the ``prometheus`` binary is installed it runs too, with ``deploy/prometheus/prometheus.yml``
 pointed at the local metrics port, on 127.0.0.1:``PROMETHEUS_PORT`` (9090), its data in a temporary
-directory. It is optional: if it stops by itself the services go on.
+directory. Its own log does not reach the terminal: it goes to ``PROMETHEUS_LOG``
+(``$TMPDIR/sluice-up-prometheus.log`` by default), a file truncated at each start and kept after the
+stop, whose path is printed once at start. It is optional: if it stops by itself the services go on
+(the line that says so quotes the last line of its log).
 """
 
 from __future__ import annotations
@@ -103,6 +106,23 @@ def prometheus_command(workdir: Path, metrics_target: str, port: str) -> list[st
     ]
 
 
+def prometheus_log_path() -> Path:
+    """Where Prometheus' own log goes: ``PROMETHEUS_LOG``, or a file in the temporary directory."""
+    chosen = os.environ.get("PROMETHEUS_LOG")
+    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "sluice-up-prometheus.log"
+
+
+def last_line(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log file (at most ``limit`` characters), or ""."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""
+
+
 def pump(name: str, stream: IO[str], lock: threading.Lock) -> None:
     """Copy a child's output to ours, each line prefixed with the service name."""
     for line in stream:
@@ -145,26 +165,41 @@ def main() -> int:
     metrics_host = local_url(settings["metrics_host"], settings["metrics_port"]).removeprefix("http://")
     prom_port = os.environ.get("PROMETHEUS_PORT", "9090")
     prom = prometheus_command(workdir, metrics_host, prom_port)
+    prom_log = prometheus_log_path()
+    prom_out: IO[str] | None = None
     if prom is None:
         say("prometheus is not installed: running without it")
     else:
-        commands["prometheus"] = prom
+        try:
+            prom_log.parent.mkdir(parents=True, exist_ok=True)
+            prom_out = prom_log.open("w")
+        except OSError as e:
+            say(f"cannot write prometheus' log to {prom_log} ({e.strerror or e}): running without it")
+            prom = None
+        else:
+            commands["prometheus"] = prom
+            say(f"prometheus logs to {prom_log}")
     for name, command in commands.items():
+        to_file = name == "prometheus"  # its startup log would bury the services' lines
         proc = subprocess.Popen(
             command,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=prom_out if to_file else subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
             start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
         )
         children[name] = proc
+        if to_file:
+            continue
         assert proc.stdout is not None
         t = threading.Thread(target=pump, args=(name, proc.stdout, lock), daemon=True)
         t.start()
         pumps.append(t)
+    if prom_out is not None:
+        prom_out.close()  # the child holds its own descriptor
 
     producer = local_url(settings["producer_host"], settings["producer_port"])
     metrics = local_url(settings["metrics_host"], settings["metrics_port"], "/metrics")
@@ -181,7 +216,9 @@ def main() -> int:
             if proc.poll() is not None and name not in optional_gone:
                 if name == "prometheus":  # optional: say so, keep the services running
                     optional_gone.add(name)
-                    say(f"prometheus exited with {proc.returncode}; the services go on")
+                    last = last_line(prom_log)
+                    said = f" (last line of {prom_log}: {last})" if last else f" (its log: {prom_log})"
+                    say(f"prometheus exited with {proc.returncode}{said}; the services go on")
                     continue
                 failed.append(f"{name} exited with {proc.returncode}")
                 stop.set()

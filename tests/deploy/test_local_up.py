@@ -74,10 +74,21 @@ def test_bad_setting_is_one_line() -> None:
 
 
 @pytest.fixture
+def prometheus_log(tmp_path: Path) -> Path:
+    """Where the stack's Prometheus writes its log (``PROMETHEUS_LOG``; the test's own file)."""
+    return tmp_path / "prometheus.log"
+
+
+@pytest.fixture
+def prometheus_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
 def stack(
-    amqp_url: str, redis_url: str, unique: str
+    amqp_url: str, redis_url: str, unique: str, prometheus_log: Path, prometheus_port: int
 ) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
-    producer_port, metrics_port, prometheus_port = free_port(), free_port(), free_port()
+    producer_port, metrics_port = free_port(), free_port()
     env = base_env(
         amqp_url=amqp_url,
         redis_url=redis_url,
@@ -87,6 +98,7 @@ def stack(
         grace_period="5",
     )
     env["PROMETHEUS_PORT"] = str(prometheus_port)
+    env["PROMETHEUS_LOG"] = str(prometheus_log)
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -159,7 +171,7 @@ def get_ok(url: str, seconds: float) -> httpx.Response:
 
 @pytest.mark.slow
 def test_starts_the_services_and_prometheus_and_stops_them_on_sigterm(
-    stack: tuple[subprocess.Popen[str], int, int, int], unique: str
+    stack: tuple[subprocess.Popen[str], int, int, int], unique: str, prometheus_log: Path
 ) -> None:
     proc, producer_port, metrics_port, prometheus_port = stack
     seen: list[str] = []
@@ -193,7 +205,47 @@ def test_starts_the_services_and_prometheus_and_stops_them_on_sigterm(
     assert read_until(proc, r"sluice up: stopped$", 30, seen), "".join(seen)
     assert proc.wait(10) == 0, "".join(seen)
     out = "".join(seen)
-    for name in ("producer", "worker", "metrics", "prometheus"):
+    for name in ("producer", "worker", "metrics"):
         assert re.search(rf"^{name}\s* \| ", out, re.M), f"no prefixed output from {name}"
+    # Prometheus' own log goes to a file, named once at start; none of its lines reach the terminal
+    told = re.findall(r"^sluice up: prometheus logs to (\S+)$", out, re.M)
+    assert told == [str(prometheus_log)], out
+    assert not re.search(r"^prometheus\s* \| ", out, re.M), out
+    assert not re.search(r"\bts=\S+ caller=\S+ level=", out), out
+    logged = prometheus_log.read_text()
+    assert re.search(r"^ts=\S+ caller=\S+ level=info .*Server is ready to receive web requests", logged, re.M)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=2)
+
+
+@pytest.fixture
+def held_port(prometheus_port: int) -> Iterator[int]:
+    """Prometheus' port, already bound and listening before the stack starts."""
+    with closing(socket.socket()) as holder:
+        holder.bind(("127.0.0.1", prometheus_port))
+        holder.listen()
+        yield prometheus_port
+
+
+@pytest.mark.slow
+def test_prometheus_that_cannot_start_is_one_line_quoting_its_log(
+    held_port: int, stack: tuple[subprocess.Popen[str], int, int, int], prometheus_log: Path
+) -> None:
+    proc, producer_port, _, prometheus_port = stack
+    assert prometheus_port == held_port
+    seen: list[str] = []
+    gone = read_until(
+        proc,
+        r"^sluice up: prometheus exited with (\d+) \(last line of (\S+): (.*)\); the services go on$",
+        30,
+        seen,
+    )
+    assert gone, "".join(seen)
+    assert gone.group(1) != "0" and gone.group(2) == str(prometheus_log)
+    assert "address already in use" in gone.group(3), gone.group(0)
+    assert get_ok(f"http://127.0.0.1:{producer_port}/healthz", 30).status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    assert read_until(proc, r"sluice up: stopped$", 30, seen), "".join(seen)
+    assert proc.wait(10) == 0, "".join(seen)
+    others = [line for line in seen if not line.startswith("sluice up: prometheus exited")]
+    assert not re.search(r"\bts=\S+ caller=\S+ level=", "".join(others)), "".join(seen)
