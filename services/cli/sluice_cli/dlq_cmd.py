@@ -1,11 +1,18 @@
-"""``sluice dlq``: list, show, replay and purge the dead-letter queue."""
+"""``sluice dlq``: list, show, replay and purge the dead-letter queue.
+
+``sluice dlq ls`` prints one line per dead letter that fits the terminal (id whole, task and reason cut
+with an ellipsis when they must be, age, attempts); ``--wide`` the full table (queue, detail, time),
+``--json`` one JSON object a line.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +24,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Inspect, replay and purge the dead-letter queue.", no_args_is_help=True)
 
 T = TypeVar("T")
+_GAP = "  "  # between the columns of the compact listing
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -50,6 +58,87 @@ def _selector(
     return select
 
 
+def _dead_at_ms(d: DeadLetter) -> int | None:
+    """When it was dead-lettered: the worker's header, else the broker's ``x-death`` time."""
+    if d.dead_at_ms is not None:
+        return d.dead_at_ms
+    deaths = d.headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
+        at = deaths[0].get("time")
+        if isinstance(at, datetime):
+            return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
+    return None
+
+
+def _age(ms: int | None, now_ms: int) -> str:
+    """``45s``, ``12m``, ``3h``, ``2d``; ``-`` when unknown."""
+    if ms is None:
+        return "-"
+    seconds = max(0, (now_ms - ms) // 1000)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _printable(text: str) -> str:
+    """One line whatever the headers held: control characters become ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _ellipsis() -> str:
+    try:
+        "\u2026".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "~"
+    return "\u2026"
+
+
+def _fit(text: str, width: int, mark: str) -> str:
+    """``text`` cut to ``width`` characters, the cut marked."""
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + mark if width > 0 else ""
+
+
+def _compact(rows: list[DeadLetter], total: int, width: int) -> list[str]:
+    """The default listing: a header, one line per dead letter, a footer; no line wider than ``width``."""
+    if not rows:
+        return ["no dead letters" if total == 0 else f"no dead letters match ({total} in the DLQ)"]
+    now, mark = int(time.time() * 1000), _ellipsis()
+    cells = [
+        (
+            _printable(d.id),
+            _printable(d.task or "-"),
+            _printable(d.reason),
+            _age(_dead_at_ms(d), now),
+            "-" if d.attempt is None else str(d.attempt),
+        )
+        for d in rows
+    ]
+    head = ("ID", "TASK", "REASON", "AGE", "ATTEMPTS")
+    wi, wt, wr, wa, wn = (max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head))
+    room = width - wa - wn - 3 * len(_GAP) - 1  # for id, task and reason
+    if wi + wt + wr > room:  # the id stays whole while the terminal leaves 12 columns beside it
+        wi = min(wi, max(8, room - 12))
+        rest = max(0, room - wi)
+        # reasons are a short vocabulary: 15 columns show all but retry_budget_exhausted whole
+        reason = min(wr, max(rest - wt, min(15, rest - 8)))
+        wt = min(wt, rest - reason)
+        wr = min(wr, rest - wt)
+    lines = []
+    for c in (head, *cells):
+        fields = (
+            _fit(c[0], wi, mark).ljust(wi),
+            _fit(c[1], wt, mark).ljust(wt),
+            _fit(c[2], wr, mark).ljust(wr),
+        )
+        line = _GAP.join((*fields, c[3].rjust(wa))) + " " + c[4].rjust(wn)
+        lines.append(_fit(line, width, mark))
+    lines.append(_fit(f"{len(rows)} of {total} dead letters; --wide or --json for more", width, mark))
+    return lines
+
+
 def _table(rows: list[DeadLetter], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -70,10 +159,22 @@ def ls(
         None, "--reason", help="only this reason (not_json, handler_error, ...)"
     ),
     limit: int = typer.Option(50, "--limit", min=1, help="show at most this many"),
-    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
+    wide: bool = typer.Option(
+        False, "--wide", help="the full table: queue, detail and time too (wants a wide terminal)"
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="one JSON object a line (every field but headers, body and traceback)"
+    ),
 ) -> None:
-    """List dead letters, oldest first (nothing is removed)."""
+    """List dead letters, oldest first (nothing is removed).
+
+    One line each by default, fitted to the terminal: id, task, reason, age (since it was
+    dead-lettered) and attempts. `sluice dlq show ID` prints one whole.
+    """
     from sluice.deadletters import DeadLetterQueue
+
+    if wide and as_json:
+        raise typer.BadParameter("--wide and --json cannot be used together")
 
     async def go() -> tuple[list[DeadLetter], int]:
         async with DeadLetterQueue(_settings()) as dlq:
@@ -85,7 +186,11 @@ def ls(
             skip = ("headers", "body", "traceback")
             typer.echo(json.dumps({k: v for k, v in d.as_dict().items() if k not in skip}))
         return
-    _table(rows, f"dead letters: showing {len(rows)} of {total}")
+    if wide:
+        _table(rows, f"dead letters: showing {len(rows)} of {total}")
+        return
+    for line in _compact(rows, total, shutil.get_terminal_size((80, 24)).columns):
+        typer.echo(line)
 
 
 @app.command("show")
