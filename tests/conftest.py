@@ -1,11 +1,13 @@
 """Shared fixtures: real brokers, unique names.
 
-Broker URLs are found in this order, for RabbitMQ and Redis alike:
-
-1. the environment: ``SLUICE_TEST_AMQP_URL`` / ``SLUICE_TEST_REDIS_URL``;
-2. a testcontainers container, when a Docker engine answers;
-3. the local default ports (127.0.0.1:5672 guest/guest, 127.0.0.1:6379);
-4. otherwise the session fails with a message that says how to start one. Never a silent skip.
+Which brokers the tests use is chosen deliberately, never by what happens to answer:
+``SLUICE_TEST_BROKERS`` is ``local`` (the machine's RabbitMQ and Redis, 127.0.0.1:5672 and :6379),
+``containers`` (RabbitMQ and Redis started with testcontainers from ``SLUICE_RABBITMQ_IMAGE`` and
+``SLUICE_REDIS_IMAGE``; the session fails if the engine or an image is missing) or ``auto`` (the
+default: containers when a Docker engine answers *and* both images are already on it, else local).
+``SLUICE_TEST_AMQP_URL`` / ``SLUICE_TEST_REDIS_URL`` name a broker outright and win over all three.
+A broker that does not answer fails the session with a message that says how to start one. Never a
+silent skip.
 """
 
 from __future__ import annotations
@@ -64,18 +66,60 @@ def _docker_answers() -> bool:
         return False
 
 
+#: the official images by default, as in docker-compose.yml; `make images` writes local stand-ins' names
+IMAGES = {
+    "amqp": ("SLUICE_RABBITMQ_IMAGE", "rabbitmq:3.13-management"),
+    "redis": ("SLUICE_REDIS_IMAGE", "redis:7"),
+}
+
+
+def _image(kind: str) -> str:
+    var, default = IMAGES[kind]
+    return os.environ.get(var) or default
+
+
+def _image_present(image: str) -> bool:
+    try:
+        r = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def broker_mode() -> str:
+    """``local`` or ``containers``, from ``SLUICE_TEST_BROKERS`` (see the module doc)."""
+    mode = os.environ.get("SLUICE_TEST_BROKERS", "auto")
+    if mode not in ("auto", "local", "containers"):
+        pytest.fail(f"SLUICE_TEST_BROKERS={mode!r}: use local, containers or auto", pytrace=False)
+    if mode == "auto":
+        present = _docker_answers() and all(_image_present(_image(k)) for k in IMAGES)
+        return "containers" if present else "local"
+    return mode
+
+
 @contextlib.contextmanager
 def _container(kind: str) -> Iterator[str]:
+    if not _docker_answers():
+        pytest.fail(
+            "SLUICE_TEST_BROKERS=containers but no Docker engine answers: start dockerd", pytrace=False
+        )
+    image = _image(kind)
+    if not _image_present(image):
+        pytest.fail(
+            f"SLUICE_TEST_BROKERS=containers but image {image} is not on the engine: run `make images` "
+            f"and pass deploy/images/local.env's variables, or pull it",
+            pytrace=False,
+        )
     if kind == "amqp":
         from testcontainers.rabbitmq import RabbitMqContainer
 
-        with RabbitMqContainer("rabbitmq:3.13-management") as rmq:
+        with RabbitMqContainer(image) as rmq:
             host, port = rmq.get_container_host_ip(), rmq.get_exposed_port(5672)
             yield f"amqp://guest:guest@{host}:{port}/"
     else:
         from testcontainers.redis import RedisContainer
 
-        with RedisContainer("redis:7") as red:
+        with RedisContainer(image) as red:
             host, port = red.get_container_host_ip(), red.get_exposed_port(6379)
             yield f"redis://{host}:{port}/0"
 
@@ -86,7 +130,7 @@ def _broker_url(kind: str) -> Iterator[str]:
     local, port = (LOCAL_AMQP, 5672) if kind == "amqp" else (LOCAL_REDIS, 6379)
     if env:
         yield env
-    elif _docker_answers():
+    elif broker_mode() == "containers":
         with _container(kind) as url:
             yield url
     elif _answers(local, port):
