@@ -92,6 +92,7 @@ class Fleet:
         self.collector = collector
         self.redis_source = redis_source
         self.clock = clock
+        self.started = time.time()  # wall time: the totals cover what processes seen since then did
         self.queues: QueueSnapshot | None = None
         self.redis: RedisSnapshot | None = None
         self.history: deque[Point] = deque(maxlen=HISTORY)
@@ -183,6 +184,7 @@ class Fleet:
         limits = _limit_rows(totals, redis)
         return {
             "at": time.time(),
+            "started": self.started,
             "prefix": self.settings.prefix,
             "broker_up": None if snap is None else snap.broker_up,
             "redis_up": None if redis is None else redis.redis_up,
