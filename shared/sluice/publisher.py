@@ -10,50 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, cast
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from aiormq import spec
 
+from sluice._publish_window import GaveUp, PublishOutcome, PublishReport, PublishWindow
 from sluice.connection import BROKER_ERRORS, connect
 from sluice.errors import (
     BrokerUnavailable,
     PublishNacked,
     PublishReturned,
     PublishTimeout,
-    SluiceError,
     UnknownQueue,
 )
 from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body, now_ms
 from sluice.settings import Settings
 from sluice.topology import Topology, next_hop
 
-__all__ = ["PublishOutcome", "PublishReport", "Publisher", "await_confirm", "creatable_queues"]
+__all__ = ["GaveUp", "PublishOutcome", "PublishReport", "Publisher", "await_confirm", "creatable_queues"]
 
 PERSISTENT = 2
-
-
-@dataclass(slots=True)
-class PublishOutcome:
-    """One task of a bulk publish: its id, and the error if it was not confirmed."""
-
-    index: int
-    task_id: str
-    error: SluiceError | None = None
-
-
-@dataclass(slots=True)
-class PublishReport:
-    confirmed: int = 0
-    failed: list[PublishOutcome] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return self.confirmed + len(self.failed)
 
 
 def creatable_queues(settings: Settings, task_queues: Iterable[str] = ()) -> frozenset[str]:
@@ -231,8 +211,14 @@ class Publisher:
         if self._channel is None:
             raise BrokerUnavailable("publisher is not open")
         try:
-            # the concrete aiormq channel: its basic_publish takes wait=False, the abstract one does not say so
-            channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+            # a robust channel waits here while it reconnects: within the publish deadline
+            async with asyncio.timeout(self.settings.publish_timeout):
+                # the concrete aiormq channel: its basic_publish takes wait=False, the abstract one does not say so
+                channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"not connected to the broker within {self.settings.publish_timeout:g}s"
+            ) from None
         except BROKER_ERRORS as e:
             raise BrokerUnavailable(f"no channel to the broker: {e}") from None
         await self._confirmed(
@@ -271,43 +257,45 @@ class Publisher:
         self,
         messages: Iterable[TaskMessage] | AsyncIterable[TaskMessage],
         on_done: Callable[[PublishOutcome], None] | None = None,
+        *,
+        ordered: bool = False,
+        give_up_after: float | None = None,
+        keep_failed: int | None = None,
+        on_outage: Callable[[BaseException | None], None] | None = None,
     ) -> PublishReport:
         """Publish every task with up to ``publish_window`` confirms outstanding; never raises per task.
 
-        Each outcome (confirmed or not) is passed to ``on_done`` as it completes.
+        Each outcome (confirmed or not) is passed to ``on_done``: as it completes, or with ``ordered``
+        in input order. ``give_up_after`` (seconds) rides through a broker outage: the feed pauses, the
+        tasks not confirmed are published again once the connection is back, and only an outage longer
+        than that fails them (:class:`GaveUp`) and stops taking tasks (``report.gave_up``: the rest of
+        ``messages`` is left untaken). ``None``: no pause, no re-publish. ``keep_failed`` bounds
+        ``report.failed`` (``report.failures`` counts them all). ``on_outage(error)`` is called when an
+        outage begins, ``on_outage(None)`` when a publish is confirmed again. See
+        :mod:`sluice._publish_window`.
         """
-        report = PublishReport()
-        window = asyncio.Semaphore(self.settings.publish_window)
+        window = PublishWindow(
+            self,
+            on_done,
+            ordered=ordered,
+            give_up_after=give_up_after,
+            keep_failed=keep_failed,
+            on_outage=on_outage,
+        )
+        return await window.run(messages)
 
-        async def one(i: int, msg: TaskMessage) -> None:
-            out = PublishOutcome(i, msg.id)
-            try:
-                await self.publish(msg)
-                report.confirmed += 1
-            except SluiceError as e:
-                out.error = e
-                report.failed.append(out)
-            finally:
-                window.release()
-            if on_done is not None:
-                on_done(out)
+    def knows_queue(self, name: str) -> bool:
+        """Has the work queue ``name`` been declared (or found) by this publisher already?"""
+        return name in self._queues
 
-        async with asyncio.TaskGroup() as tg:
-            i = 0
-            async for msg in _aiter(messages):
-                await window.acquire()
-                tg.create_task(one(i, msg))
-                i += 1
-        return report
-
-
-async def _aiter(items: Iterable[TaskMessage] | AsyncIterable[TaskMessage]) -> AsyncIterable[TaskMessage]:
-    if isinstance(items, AsyncIterable):
-        async for m in items:
-            yield m
-    else:
-        for m in items:
-            yield m
+    async def wait_ready(self) -> None:
+        """Until the channel is open again (a robust connection reconnects by itself)."""
+        if self._channel is None:
+            raise BrokerUnavailable("publisher is not open")
+        if isinstance(self._channel, AbstractRobustChannel):
+            await self._channel.ready()  # connected, and this channel reopened
+        else:
+            await self.connection.ready()
 
 
 async def await_confirm(pending: Awaitable[Any], within: float, what: str = "the task") -> None:

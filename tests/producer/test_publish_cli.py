@@ -105,7 +105,10 @@ async def test_envelopes_choose_task_and_queue(broker: Broker) -> None:
         + json.dumps({"payload": {"k": 2}})
         + "\n"
     )
-    r = await run_cli("publish", "a.fallback", "-", "--envelopes", env=env(broker), stdin=lines)
+    # "alt" is a queue the producer may create because SLUICE_QUEUES names it
+    r = await run_cli(
+        "publish", "a.fallback", "-", "--envelopes", env=env(broker, SLUICE_QUEUES="alt"), stdin=lines
+    )
     assert r.code == 0, r.err
     first, second = ids_of(r.out)
     (alt,) = await broker.take(1, queue="alt")
@@ -145,13 +148,6 @@ OVERSIZED = json.dumps({"blob": "x" * 3000})
     [
         ("bad json", ["--payload", '{"a": '], None, {}, "--payload: not valid JSON"),
         ("not an object", ["--payload", "[1, 2]"], None, {}, "expected a JSON object, got an array"),
-        (
-            "bad ndjson line",
-            ["-"],
-            '{"ok": 1}\n{"ok": 2}\n{"broken": \n{"ok": 4}\n',
-            {},
-            "stdin line 3: not valid JSON",
-        ),
         ("unknown option", ["--frobnicate"], None, {}, "No such option: --frobnicate"),
         ("two sources", ["--payload", "{}", "-"], "{}\n", {}, "cannot be used together"),
         (
@@ -161,16 +157,11 @@ OVERSIZED = json.dumps({"blob": "x" * 3000})
             {"SLUICE_MAX_MESSAGE_BYTES": "2048"},
             "over the cap of 2048",
         ),
-        (
-            "oversized ndjson line",
-            ["-"],
-            '{"ok": 1}\n' + OVERSIZED + "\n",
-            {"SLUICE_MAX_MESSAGE_BYTES": "2048"},
-            "stdin line 2: body is",
-        ),
         ("bad queue", ["--queue", "no/slash"], None, {}, "bad queue name"),
         ("zero count", ["--count", "0"], None, {}, "--count 0: must be at least 1"),
         ("bad setting", [], None, {"SLUICE_PUBLISH_WINDOW": "0"}, "invalid setting publish_window"),
+        ("negative give-up", ["--give-up-after", "-1"], None, {}, "--give-up-after -1.0: must be 0 or more"),
+        ("bad option value", ["--idempotency-key", ""], None, {}, "bad option value: idempotency_key"),
     ],
 )
 async def test_bad_input_is_one_line_and_publishes_nothing(
@@ -204,9 +195,97 @@ async def test_unreachable_broker_fails_fast(broker: Broker) -> None:
     assert elapsed < 3 + 5  # the connect timeout, plus interpreter start-up on a busy machine
 
 
-async def test_unknown_queue_is_declared_not_lost(broker: Broker) -> None:
-    """A fresh queue name is declared before publishing, so `mandatory` never returns the task."""
+async def test_bad_ndjson_lines_are_named_and_the_rest_published(broker: Broker) -> None:
+    """A stream cannot be checked before it is published: a bad line is named and skipped, the good
+    lines are published (ids in input order), exit 1, the summary counts the bad ones."""
+    lines = '{"ok": 1}\n{"ok": 2}\n{"broken": \n{"ok": 4}\n' + OVERSIZED + "\n[5]\n"
+    r = await run_cli(
+        "publish", "demo.echo", "-", env=env(broker, SLUICE_MAX_MESSAGE_BYTES="2048"), stdin=lines
+    )
+    assert r.code == 1, r.err
+    errors = [line for line in r.err.splitlines() if line.startswith("sluice: error: ")]
+    assert [e.split(": ")[2] for e in errors] == ["stdin line 3", "stdin line 5", "stdin line 6"]
+    assert "stdin line 3: not valid JSON" in errors[0]
+    assert "stdin line 5: body is" in errors[1] and "over the cap of 2048" in errors[1]
+    assert "stdin line 6: expected a JSON object, got an array" in errors[2]
+    assert "published 3, failed 3, republished 0" in r.err
+    assert "Traceback" not in r.err
+    ids = ids_of(r.out)
+    msgs = {m.message_id: json.loads(m.body) for m in await broker.take(3)}
+    assert [msgs[i] for i in ids] == [{"ok": 1}, {"ok": 2}, {"ok": 4}]
+
+
+async def test_check_validates_every_line_and_publishes_nothing(broker: Broker) -> None:
+    """--check: the all-or-nothing way for a stream: every line checked, nothing published."""
+    await broker.declare("default")
+    lines = '{"ok": 1}\n{"broken": \n{"ok": 3}\n'
+    r = await run_cli("publish", "demo.echo", "-", "--check", env=env(broker), stdin=lines)
+    assert r.code == 1
+    assert r.out == ""
+    assert r.err.splitlines() == [
+        "sluice: error: stdin line 2: not valid JSON (Expecting value at column 12)",
+        "checked 3 tasks: 1 invalid; nothing published (--check)",
+    ]
+    good = await run_cli("publish", "demo.echo", "-", "--check", "--json", env=env(broker), stdin="{}\n{}\n")
+    assert good.code == 0, good.err
+    assert json.loads(good.out) == {"checked": 2, "valid": 2, "invalid": 0, "failures": []}
+    assert await broker.count("default") == 0
+
+
+async def test_unknown_queue_is_refused_and_not_created(broker: Broker) -> None:
+    """A queue that is neither creatable (default queue, SLUICE_QUEUES, --tasks queues) nor on the
+    broker: one line naming the allowed queues, exit 1, nothing published, no queue created."""
     r = await run_cli("publish", "demo.echo", "--queue", "alt", "-n", "3", env=env(broker))
+    assert r.code == 1
+    assert r.out == ""
+    assert r.err.splitlines() == [
+        "sluice: error: unknown queue 'alt': it does not exist and this producer may only create 'default'"
+    ]
+    assert await broker.count("alt") is None
+    # with --tasks, the tasks' queues are creatable too, and named
+    r = await run_cli(
+        "publish", "demo.echo", "--queue", "alt", "--tasks", "producer_taskdefs", env=env(broker)
+    )
+    assert r.code == 1
+    assert "may only create 'default', 'mail'" in r.err
+    assert await broker.count("alt") is None
+
+
+async def test_unknown_queue_in_envelopes_fails_that_line_only(broker: Broker) -> None:
+    lines = "".join(
+        json.dumps({"payload": {"n": n}, **({"queue": "alt"} if n % 2 else {})}) + "\n" for n in range(6)
+    )
+    r = await run_cli("publish", "demo.echo", "-", "--envelopes", env=env(broker), stdin=lines)
+    assert r.code == 1
+    errors = [line for line in r.err.splitlines() if line.startswith("sluice: error: ")]
+    assert errors == [
+        f"sluice: error: stdin line {n}: unknown queue 'alt': it does not exist and this producer may "
+        "only create 'default'"
+        for n in (2, 4, 6)
+    ]
+    assert "published 3, failed 3" in r.err
+    msgs = await broker.take(3)
+    assert sorted(json.loads(m.body)["n"] for m in msgs) == [0, 2, 4]
+    assert await broker.count("alt") is None
+
+
+async def test_create_queue_declares_it_and_loses_nothing(broker: Broker) -> None:
+    """--create-queue: a fresh queue name is declared before publishing, so `mandatory` never returns
+    the task."""
+    r = await run_cli("publish", "demo.echo", "--queue", "alt", "-n", "3", "--create-queue", env=env(broker))
     assert r.code == 0, r.err
     msgs = await broker.take(3, queue="alt")
     assert {m.message_id for m in msgs} == set(ids_of(r.out))
+
+
+async def test_existing_and_configured_queues_are_allowed(broker: Broker) -> None:
+    await broker.declare("mail")  # exists on the broker: published to, though not creatable
+    r = await run_cli("publish", "demo.echo", "--queue", "mail", env=env(broker))
+    assert r.code == 0, r.err
+    (msg,) = await broker.take(1, queue="mail")
+    assert msg.message_id == ids_of(r.out)[0]
+    # SLUICE_QUEUES=alt,other: alt may be created
+    r = await run_cli("publish", "demo.echo", "--queue", "alt", env=env(broker, SLUICE_QUEUES="alt,other"))
+    assert r.code == 0, r.err
+    (msg,) = await broker.take(1, queue="alt")
+    assert msg.message_id == ids_of(r.out)[0]

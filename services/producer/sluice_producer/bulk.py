@@ -1,25 +1,41 @@
-"""Publishing many tasks, confirms in flight, stopping early when the broker itself fails.
+"""Publishing many tasks: a list for the HTTP batch endpoint, a stream for ``sluice publish``.
 
-:meth:`sluice.publisher.Publisher.publish_many` keeps ``publish_window`` publishes awaiting confirms.
-When the broker is lost or blocked every one of them would wait ``publish_timeout``, window after
-window; :func:`publish_all` stops feeding new tasks after the first broker-level failure and marks
-the rest as not attempted, so a dead broker costs one timeout, not one per window.
+Both go through :meth:`sluice.publisher.Publisher.publish_many` (a window of confirms in flight).
+
+* :func:`publish_all` (a list, the HTTP API): stops feeding after the first broker-level failure and
+  marks the rest as not attempted, so a dead broker costs one timeout, not one per window; a request
+  never waits for a broker to come back.
+* :func:`publish_stream` (``sluice publish``): items are taken from the input as the window frees,
+  outcomes are reported in input order as they are confirmed, and only what is in flight (and a bounded
+  list of failures) is kept, whatever the input's length. A broker outage pauses it: the unconfirmed
+  tasks are published again once the connection is back, unless the outage lasts ``give_up_after``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from sluice.errors import BrokerUnavailable, PublishTimeout, SluiceError
+from sluice.errors import BrokerUnavailable, PublishTimeout, SluiceError, UnknownQueue
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher, PublishOutcome
 from sluice.telemetry import NullTelemetry, Telemetry
+from sluice_producer.inputs import Bad, Item
 
-__all__ = ["NotAttempted", "count_published", "publish_all"]
+__all__ = [
+    "Failure",
+    "NotAttempted",
+    "Sink",
+    "StreamReport",
+    "count_published",
+    "publish_all",
+    "publish_stream",
+]
 
-# failures that say the broker, not this one task, is the problem
-BROKER_LEVEL: tuple[type[SluiceError], ...] = (BrokerUnavailable, PublishTimeout)
+KEEP_FAILURES = 1000  # failures kept (for --json) by publish_stream; the rest are counted
+_KEEP_REFUSED = 1000  # unknown queues remembered, so their later lines are refused without a broker call
 
 
 class NotAttempted(BrokerUnavailable):
@@ -33,23 +49,11 @@ async def publish_all(
 ) -> list[PublishOutcome]:
     """Publish ``messages`` in order; one outcome per message, by index. Never raises per task."""
     outcomes: list[PublishOutcome | None] = [None] * len(messages)
-    failed = asyncio.Event()
-    fed = 0
 
     def done(out: PublishOutcome) -> None:
         outcomes[out.index] = out
-        if isinstance(out.error, BROKER_LEVEL):
-            failed.set()
         if on_done is not None:
             on_done(out)
-
-    async def feed() -> AsyncIterator[TaskMessage]:
-        nonlocal fed
-        for msg in messages:
-            if failed.is_set():
-                return
-            fed += 1
-            yield msg
 
     # declare every queue first, under the publish deadline: a blocked broker must not hang here
     for queue in dict.fromkeys(m.queue for m in messages):
@@ -57,25 +61,23 @@ async def publish_all(
             async with asyncio.timeout(publisher.settings.publish_timeout):
                 await publisher.ensure_queue(queue)
         except (TimeoutError, SluiceError) as e:
-            err: SluiceError = (
-                e
-                if isinstance(e, SluiceError)
-                else PublishTimeout(
-                    f"declaring queue {queue!r} took over {publisher.settings.publish_timeout:g}s"
-                )
-            )
-            return _all_failed(messages, err, on_done)
+            return _all_failed(messages, _declare_error(publisher, queue, e), on_done)
 
-    await publisher.publish_many(feed(), done)
+    report = await publisher.publish_many(messages, done, give_up_after=0)
     first = next((o.error for o in outcomes if o is not None and o.error is not None), None)
-    for i in range(fed, len(messages)):
-        out = PublishOutcome(
-            i, messages[i].id, NotAttempted(f"not attempted after an earlier failure: {first}")
+    for i in range(report.total, len(messages)):
+        done(
+            PublishOutcome(
+                i, messages[i].id, NotAttempted(f"not attempted after an earlier failure: {first}")
+            )
         )
-        outcomes[i] = out
-        if on_done is not None:
-            on_done(out)
     return [o for o in outcomes if o is not None]
+
+
+def _declare_error(publisher: Publisher, queue: str, e: BaseException) -> SluiceError:
+    if isinstance(e, SluiceError):
+        return e
+    return PublishTimeout(f"declaring queue {queue!r} took over {publisher.settings.publish_timeout:g}s")
 
 
 def _all_failed(
@@ -99,3 +101,131 @@ def count_published(
             per_queue[queue] = per_queue.get(queue, 0) + 1
     for queue, n in per_queue.items():
         telemetry.published(queue, n)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A task of a stream that was not published (``task_id`` None) or not confirmed."""
+
+    index: int  # 0-based position among the input's tasks (a bad line counts as one)
+    where: str
+    task_id: str | None
+    error: SluiceError
+
+    @property
+    def message(self) -> str:
+        """The error on one line, naming where the task came from."""
+        text = " ".join(str(self.error).split()) or type(self.error).__name__
+        return text if text.startswith(self.where) else f"{self.where}: {text}"
+
+
+class Sink(Protocol):
+    """Where :func:`publish_stream` reports, as it goes."""
+
+    def confirmed(self, task_id: str) -> None: ...
+    def failed(self, failure: Failure) -> None: ...
+    def outage(self, error: BaseException | None) -> None: ...
+
+
+@dataclass(slots=True)
+class StreamReport:
+    published: int = 0
+    invalid: int = 0  # inputs refused by a check (not published)
+    not_confirmed: int = 0  # published but not confirmed, or not attempted after giving up
+    republished: int = 0
+    gave_up: bool = False
+    failures: list[Failure] = field(default_factory=list)  # the first KEEP_FAILURES
+    per_queue: dict[str, int] = field(default_factory=dict)  # confirmed tasks per queue
+
+    @property
+    def failed(self) -> int:
+        return self.invalid + self.not_confirmed
+
+
+async def publish_stream(
+    publisher: Publisher,
+    entries: AsyncIterable[Item | Bad],
+    sink: Sink,
+    *,
+    give_up_after: float,
+) -> StreamReport:
+    """Publish every :class:`Item` of ``entries``; report each outcome to ``sink`` in input order.
+
+    Bad entries and tasks for a queue that is neither creatable nor on the broker are reported as
+    failures and not published. State: the tasks in flight (``publish_window``) and the first
+    :data:`KEEP_FAILURES` failures.
+    """
+    report = StreamReport()
+    source = aiter(entries)
+    flying: dict[int, tuple[int, str, str]] = {}  # publish index -> (position, where, queue)
+    refused: dict[str, UnknownQueue] = {}
+    position = 0
+
+    def fail(where: str, task_id: str | None, error: SluiceError, at: int) -> None:
+        failure = Failure(at, where, task_id, error)
+        if len(report.failures) < KEEP_FAILURES:
+            report.failures.append(failure)
+        sink.failed(failure)
+
+    async def queue_refused(queue: str) -> UnknownQueue | None:
+        if queue in refused:
+            return refused[queue]
+        try:
+            async with asyncio.timeout(publisher.settings.publish_timeout):
+                await publisher.ensure_queue(queue)
+        except UnknownQueue as e:
+            if len(refused) < _KEEP_REFUSED:
+                refused[queue] = e
+            return e
+        except (TimeoutError, BrokerUnavailable):
+            pass  # the broker is away: publish() declares it, riding through the outage
+        return None
+
+    async def feed() -> AsyncGenerator[TaskMessage, None]:
+        nonlocal position
+        i = 0
+        async for entry in source:
+            at, position = position, position + 1
+            if isinstance(entry, Bad):
+                report.invalid += 1
+                fail(entry.where, None, entry.error, at)
+                continue
+            msg = entry.msg
+            if not publisher.knows_queue(msg.queue) and (e := await queue_refused(msg.queue)) is not None:
+                report.invalid += 1
+                fail(entry.where, None, e, at)
+                continue
+            flying[i] = (at, entry.where, msg.queue)
+            i += 1
+            yield msg
+
+    def done(out: PublishOutcome) -> None:
+        at, where, queue = flying.pop(out.index)
+        if out.error is None:
+            report.published += 1
+            report.per_queue[queue] = report.per_queue.get(queue, 0) + 1
+            sink.confirmed(out.task_id)
+        else:
+            report.not_confirmed += 1
+            fail(where, out.task_id, out.error, at)
+
+    fed = feed()
+    try:
+        result = await publisher.publish_many(
+            fed, done, ordered=True, give_up_after=give_up_after, keep_failed=0, on_outage=sink.outage
+        )
+    finally:
+        await fed.aclose()
+    report.republished = result.republished
+    report.gave_up = result.gave_up
+    if result.gave_up:  # the rest of the input is read, counted and reported, never sent
+        why = NotAttempted(f"not attempted: gave up after the broker was unavailable for {give_up_after:g}s")
+        async for entry in source:
+            at, position = position, position + 1
+            if isinstance(entry, Bad):
+                report.invalid += 1
+                fail(entry.where, None, entry.error, at)
+            else:
+                report.not_confirmed += 1
+                fail(entry.where, entry.msg.id, why, at)
+    return report

@@ -60,7 +60,11 @@ def publish(
         help="run no sooner than D from now: 30s, 5m, 1500ms, 2h (delay tiers, +-0.5 s)",
         show_default=False,
     ),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON summary with the ids instead of ids"),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="print one JSON document (ids written as confirmed, then the counts) instead of ids",
+    ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="progress bar on stderr (default: when stderr is a terminal)"
     ),
@@ -71,10 +75,28 @@ def publish(
         help="module of task definitions: validate payloads, route to the task's queue",
     ),
     strict: bool = typer.Option(False, "--strict", help="with --tasks: refuse task names not defined there"),
+    give_up_after: float = typer.Option(
+        60.0,
+        "--give-up-after",
+        metavar="SECONDS",
+        help="ride through a broker outage this long (re-publishing what was not confirmed); 0: stop at "
+        "the first broker failure",
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="only check the input (every line), publish nothing; exit 1 if any is bad"
+    ),
+    create_queue: bool = typer.Option(
+        False,
+        "--create-queue",
+        help="may create a queue that does not exist (default: only the default queue, SLUICE_QUEUES and "
+        "the --tasks queues)",
+    ),
 ) -> None:
     """Publish tasks to RabbitMQ, each confirmed by the broker; print their ids on stdout."""
     if count < 1:
         raise typer.BadParameter(f"--count {count}: must be at least 1")
+    if not give_up_after >= 0:  # also refuses nan
+        raise typer.BadParameter(f"--give-up-after {give_up_after}: must be 0 or more seconds")
     if task == "-" and source is None:
         task, source = None, "-"
     if source is not None and source != "-":
@@ -122,6 +144,9 @@ def publish(
         progress=progress,
         tasks=tasks or [],
         strict=strict,
+        give_up_after=give_up_after,
+        check=check,
+        create_queue=create_queue,
     )
     code = _publish_cmd.main(args, Settings())
     if code:

@@ -1,37 +1,49 @@
-"""Turning what ``sluice publish`` is given into checked :class:`~sluice.protocol.TaskMessage` objects.
+"""Turning what ``sluice publish`` (and the HTTP API) is given into checked
+:class:`~sluice.protocol.TaskMessage` objects.
 
-Everything is checked before anything is published: JSON syntax (with the line number of NDJSON),
-the object shape, the size cap, and with a task registry the payload against the task's model. One
-bad input refuses the whole run, so nothing is half-published.
+Each input is checked: JSON syntax (with the line number of NDJSON), the object shape, the size cap,
+and with a task registry the payload against the task's model. A single payload (``--payload``,
+``--payload-file``) that fails refuses the run before anything is published. NDJSON on stdin is a
+stream: :func:`stdin_entries` reads it in chunks (in a thread: the event loop never waits on stdin)
+and yields each line as an :class:`Item` or, when it fails a check, a :class:`Bad` naming its line, so
+the caller publishes the good lines and reports the bad ones without holding the input in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 
-from sluice.errors import ConfigError, NotJSON, ProtocolError, UnknownTask
+from sluice.errors import ConfigError, NotJSON, ProtocolError, SluiceError, UnknownTask
 from sluice.protocol import TaskMessage, encode_body, new_task_id, now_ms
 from sluice.tasks import Registry
 from sluice_producer.models import TaskIn
 
 __all__ = [
+    "Bad",
     "Item",
     "PayloadInvalid",
     "Rules",
+    "Template",
     "build_message",
     "envelope",
     "expand",
     "parse_object",
     "read_file",
+    "read_lines",
     "read_ndjson",
+    "stdin_entries",
+    "validation_summary",
 ]
+
+CHUNK = 1 << 16  # bytes read from stdin at a time
 
 
 class PayloadInvalid(ConfigError):
@@ -48,6 +60,14 @@ class Item:
 
     msg: TaskMessage
     where: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bad:
+    """An input that failed its check: not published; ``error`` names ``where``."""
+
+    where: str
+    error: SluiceError
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,3 +169,90 @@ def expand(items: Iterable[Item], count: int) -> Iterator[Item]:
         yield item
         for _ in range(count - 1):
             yield Item(dataclasses.replace(item.msg, id=new_task_id()), item.where)
+
+
+class Template:
+    """The command-line values every input of one run shares, checked once.
+
+    ``spec(obj, where)`` is the :class:`TaskIn` of one input object: with ``envelopes`` the object is
+    an envelope (validated, command-line values filling what it leaves out); otherwise it is the
+    payload, and the rest (checked once here) is the same for every line.
+    """
+
+    def __init__(self, defaults: dict[str, Any], envelopes: bool) -> None:
+        self._defaults = defaults
+        self._envelopes = envelopes
+        self._base: TaskIn | None = None
+        if not envelopes:
+            try:
+                self._base = TaskIn.model_validate({k: v for k, v in defaults.items() if v is not None})
+            except ValidationError as e:
+                raise ConfigError(f"bad option value: {validation_summary(e)}") from None
+
+    def spec(self, obj: dict[str, Any], where: str) -> TaskIn:
+        if self._base is None:
+            return envelope(obj, self._defaults, where)
+        return self._base.model_copy(update={"payload": obj})
+
+
+async def read_lines(stream: BinaryIO, max_line: int) -> AsyncIterator[tuple[int, bytes | None]]:
+    """(line number, line without its newline) for every line of ``stream``; ``None`` for a line
+    longer than ``max_line`` bytes (not kept: memory stays bounded whatever the input).
+
+    Each chunk is read in a thread with ``read1`` (what is there, up to :data:`CHUNK` bytes), so a
+    slow writer delays only its own lines and never blocks the event loop.
+    """
+    read = getattr(stream, "read1", stream.read)
+    n = 0
+    tail = bytearray()
+    too_long = False
+    while chunk := await asyncio.to_thread(read, CHUNK):
+        start = 0
+        while (nl := chunk.find(b"\n", start)) >= 0:
+            n += 1
+            if too_long:
+                too_long = False
+                yield n, None
+            elif tail:
+                tail += chunk[start:nl]
+                yield n, (bytes(tail) if len(tail) <= max_line else None)
+                tail.clear()
+            else:
+                yield n, (chunk[start:nl] if nl - start <= max_line else None)
+            start = nl + 1
+        if not too_long:
+            tail += chunk[start:]
+            if len(tail) > max_line:
+                too_long = True
+                tail.clear()
+    if too_long or tail:
+        yield n + 1, None if too_long else bytes(tail)
+
+
+async def stdin_entries(
+    stream: BinaryIO, template: Template, rules: Rules, count: int
+) -> AsyncIterator[Item | Bad]:
+    """Every NDJSON line of ``stream`` as checked items (``count`` copies each), or :class:`Bad`.
+
+    Blank lines are skipped. A line is at most four times the size cap (JSON escapes can make a payload's
+    text longer than its encoded body); a longer one is :class:`Bad` without being held in memory.
+    """
+    max_line = 4 * rules.max_bytes + 4096
+    async for n, raw in read_lines(stream, max_line):
+        where = f"stdin line {n}"
+        if raw is None:
+            yield Bad(where, NotJSON(f"{where}: longer than {max_line} bytes"))
+            continue
+        try:
+            text = raw.decode("utf-8")
+            if not text.strip():
+                continue
+            item = Item(build_message(template.spec(parse_object(text, where), where), rules, where), where)
+        except UnicodeDecodeError:
+            yield Bad(where, NotJSON(f"{where}: not UTF-8 text"))
+            continue
+        except SluiceError as e:
+            yield Bad(where, e)
+            continue
+        for copy in expand((item,), count):
+            yield copy
