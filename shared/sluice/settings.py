@@ -6,15 +6,20 @@ and pass it down.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "mask_url"]
 
 MiB = 1024 * 1024
+
+# what a bearer token may contain (RFC 6750 b64token): anything else could not be sent in the header
+TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 
 
 def mask_url(url: str) -> str:
@@ -73,6 +78,19 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="metrics HTTP bind address")
     metrics_port: int = Field(9108, ge=1, le=65535, description="metrics HTTP port")
 
+    # producer HTTP API authentication (docs/producer.md, "Authentication")
+    api_auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="bearer-token auth of the producer API: on, off, or auto (on when tokens are "
+        "configured or the bind address is not loopback)",
+    )
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="bearer tokens the producer API accepts (comma-separated)"
+    )
+    api_token_file: Path | None = Field(
+        None, description="a file of bearer tokens, one a line (for secrets mounts); adds to api_tokens"
+    )
+
     metrics_enabled: bool = Field(
         True,
         description="workers and producers send a telemetry snapshot to the metrics exchange every second",
@@ -80,9 +98,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
-    @field_validator("queues", mode="before")
+    @field_validator("queues", "api_tokens", mode="before")
     @classmethod
-    def _queue_list(cls, v: Any) -> Any:
+    def _comma_list(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [q.strip() for q in v.split(",") if q.strip()]
         return v
@@ -96,6 +114,22 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"bad queue name {bad[0]!r}: use 1-200 of A-Z a-z 0-9 _ - .")
         return v
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_chars(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for i, token in enumerate(v, start=1):
+            if not TOKEN_CHARS.fullmatch(token.get_secret_value()):
+                # never echo the token itself: say which one
+                raise ValueError(
+                    f"token #{i} has characters a bearer token cannot carry (use A-Z a-z 0-9 -._~+/)"
+                )
+        return v
+
+    @field_validator("api_token_file", mode="before")
+    @classmethod
+    def _no_empty_path(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("amqp_url")
     @classmethod
@@ -116,4 +150,6 @@ class Settings(BaseSettings):
         out = self.model_dump()
         out["amqp_url"] = mask_url(self.amqp_url)
         out["redis_url"] = mask_url(self.redis_url)
+        out["api_tokens"] = ["***"] * len(self.api_tokens)
+        out["api_token_file"] = None if self.api_token_file is None else str(self.api_token_file)
         return out

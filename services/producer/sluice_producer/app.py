@@ -1,8 +1,10 @@
 """The producer HTTP API: a FastAPI app built by :func:`create_app` (no app object exists at import).
 
 Status codes: 202 confirmed by the broker; 400 malformed JSON; 413 body or payload over the cap;
-422 invalid request or payload; 503 with ``Retry-After`` when the broker is down, blocked by an alarm,
-or did not confirm within ``publish_timeout``. docs/producer.md is the reference.
+401 without a configured bearer token (when auth is on); 422 invalid request or payload, or a queue
+this producer may not create and that does not exist; 503 with ``Retry-After`` when the broker is
+down, blocked by an alarm, or did not confirm within ``publish_timeout``. docs/producer.md is the
+reference.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from sluice.errors import BrokerError, MessageTooLarge, PublishTimeout, SluiceError
+from sluice.errors import BrokerError, MessageTooLarge, PublishTimeout, SluiceError, UnknownQueue
 from sluice.protocol import TaskMessage
-from sluice.publisher import Publisher
+from sluice.publisher import Publisher, creatable_queues
 from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice.telemetry import SnapshotPublisher, telemetry_for
+from sluice_producer import _openapi
+from sluice_producer._auth import BearerAuth, Tokens
 from sluice_producer._limits import BodyLimit
 from sluice_producer.bulk import count_published, publish_all
 from sluice_producer.inputs import PayloadInvalid, Rules, build_message
+from sluice_producer.known import check_payload, known_registry
 from sluice_producer.link import BrokerLink, PublisherFactory
 from sluice_producer.models import (
     BatchAccepted,
@@ -69,6 +74,16 @@ def _errors_of(e: SluiceError, loc: list[str | int]) -> list[dict[str, Any]]:
     return [{"loc": loc, "msg": str(e), "type": kind}]
 
 
+def _unknown_queue(e: UnknownQueue, loc: list[str | int]) -> dict[str, Any]:
+    return {
+        "loc": [*loc, "queue"],
+        "msg": str(e),
+        "type": "unknown_queue",
+        "input": e.queue,
+        "ctx": {"allowed": e.allowed},
+    }
+
+
 def create_app(
     settings: Settings,
     registry: Registry | None = None,
@@ -77,9 +92,18 @@ def create_app(
     strict: bool = False,
     max_batch: int = 10_000,
     max_batch_bytes: int = 64 * 1024 * 1024,
+    auth: Tokens | None = None,
 ) -> FastAPI:
-    """The producer app. Its lifespan connects to RabbitMQ in the background (``app.state.link``)."""
-    link = BrokerLink(settings, publisher_factory)
+    """The producer app. Its lifespan connects to RabbitMQ in the background (``app.state.link``).
+
+    ``registry``: the tasks it knows (default: the built-in demo tasks, see :mod:`.known`); their
+    payloads are validated and their queues may be created, with the default queue and
+    ``SLUICE_QUEUES``. ``auth``: the bearer tokens to require (see :func:`._auth.resolve`), or None.
+    """
+    if registry is None:
+        registry = known_registry()
+    creatable = creatable_queues(settings, registry.queues())
+    link = BrokerLink(settings, creatable, publisher_factory)
     rules = Rules(settings.max_message_bytes, settings.default_queue, registry, strict)
     telemetry = telemetry_for(settings, "producer")  # published counts, one snapshot a second
 
@@ -107,6 +131,22 @@ def create_app(
         },
         default=_ENVELOPE_SLACK,
     )
+    if auth is not None:  # added last, so it runs first: no body is read for a caller without a token
+        app.add_middleware(BearerAuth, tokens=auth)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _openapi.refine(
+                FastAPI.openapi(app),
+                queues=creatable,
+                registry=registry,
+                strict=strict,
+                max_batch=max_batch,
+                auth=auth is not None,
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -140,6 +180,7 @@ def create_app(
             where = f"tasks[{i}]" if len(loc) > 1 else "task"
             item_loc: list[str | int] = [*loc, i] if len(loc) > 1 else loc
             try:
+                check_payload(registry, spec.task, spec.payload, where)
                 messages.append(build_message(spec, rules, where))
             except SluiceError as e:
                 too_large = too_large and isinstance(e, MessageTooLarge)
@@ -154,10 +195,37 @@ def create_app(
             raise _Unavailable(state.detail, state.retry_after)
         return link.publisher()
 
+    async def known_queues(
+        publisher: Publisher, messages: Sequence[TaskMessage], loc: list[str | int]
+    ) -> None:
+        """Every message's queue may be created or exists already; else 422 naming each such task
+        (nothing is published, and no queue is created)."""
+        errors: list[dict[str, Any]] = []
+        refused: dict[str, UnknownQueue] = {}
+        for i, msg in enumerate(messages):
+            if msg.queue not in refused:
+                try:
+                    async with asyncio.timeout(settings.publish_timeout):
+                        await publisher.ensure_queue(msg.queue)  # at once once declared or found
+                except UnknownQueue as e:
+                    refused[msg.queue] = e
+                except TimeoutError:
+                    raise _Unavailable(f"cannot declare queue {msg.queue!r}: no answer in time", 5) from None
+                except BrokerError as e:
+                    raise _Unavailable(str(e), 5) from None
+            if msg.queue in refused:
+                errors.append(_unknown_queue(refused[msg.queue], [*loc, i] if len(loc) > 1 else loc))
+        if errors:
+            raise _Invalid(422, errors)
+
     error_responses: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorOut, "description": "malformed JSON"},
         413: {"model": ErrorOut, "description": "request body or a payload over the size cap"},
-        422: {"model": ErrorOut, "description": "invalid request, or payload not fitting the task's model"},
+        422: {
+            "model": ErrorOut,
+            "description": "invalid request, payload not fitting the task's model, or a queue this "
+            "producer may not create that does not exist (type unknown_queue, ctx.allowed)",
+        },
         503: {
             "model": ErrorOut,
             "description": "broker down, blocked by an alarm, or no confirm in time; see Retry-After",
@@ -169,6 +237,7 @@ def create_app(
         """Publish one task; answers once RabbitMQ confirmed it (persistent, in its queue)."""
         (msg,) = check([body], ["body"])
         publisher = await ready_publisher()
+        await known_queues(publisher, [msg], ["body"])
         try:
             async with asyncio.timeout(settings.publish_timeout):
                 await publisher.publish(msg)
@@ -209,6 +278,7 @@ def create_app(
             )
         messages = check(body.tasks, ["body", "tasks"])
         publisher = await ready_publisher()
+        await known_queues(publisher, messages, ["body", "tasks"])
         outcomes = await publish_all(publisher, messages)
         count_published(telemetry, messages, outcomes)
         failed = [o for o in outcomes if o.error is not None]

@@ -169,7 +169,11 @@ def producer(
     ),
     max_batch: int = typer.Option(10_000, "--max-batch", help="most tasks in one batch request"),
 ) -> None:
-    """Run the producer HTTP service (POST /v1/tasks, /v1/tasks/batch; GET /healthz, /readyz)."""
+    """Run the producer HTTP service (POST /v1/tasks, /v1/tasks/batch; GET /healthz, /readyz).
+
+    Bearer-token auth (SLUICE_API_TOKENS, SLUICE_API_TOKEN_FILE) is on when tokens are configured or
+    the bind address is not loopback; without a token it then refuses to start (exit 1).
+    """
     if strict and not tasks:
         raise typer.BadParameter("--strict needs --tasks")
     if port is not None and not 1 <= port <= 65535:
@@ -177,18 +181,22 @@ def producer(
     if max_batch < 1:
         raise typer.BadParameter(f"--max-batch {max_batch}: must be at least 1")
     from sluice.settings import Settings
-    from sluice.tasks import Registry
+    from sluice_producer import _auth
+    from sluice_producer.known import known_registry
     from sluice_producer.server import serve
 
     settings = Settings()
-    registry = Registry.from_modules(tasks) if tasks else None
+    bind = host or settings.producer_host
+    auth = _auth.resolve(settings, bind)  # refuses a non-loopback address without a token (exit 1)
+    registry = known_registry(tasks or [])  # the demo tasks, and those of --tasks
     serve(
         settings,
         registry,
-        host=host or settings.producer_host,
+        host=bind,
         port=port or settings.producer_port,
         strict=strict,
         max_batch=max_batch,
+        auth=auth,
     )
 
 

@@ -5,13 +5,17 @@ open the publisher (a robust connection, which then reconnects by itself after a
 :meth:`BrokerLink.state` tells the request handlers, without waiting, whether a publish can work:
 connected, and not blocked by a memory or disk alarm (RabbitMQ's ``connection.blocked`` frame, which
 aiormq tracks behind ``Connection.ready()``).
+
+The publisher may create only the queues of ``creatable`` (the configuration: the default queue,
+``SLUICE_QUEUES``, the known tasks' queues); a task for any other queue is published only if that
+queue already exists, else :class:`~sluice.errors.UnknownQueue`. A request never creates a queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -23,7 +27,8 @@ __all__ = ["BrokerLink", "BrokerState", "PublisherFactory"]
 
 log = logging.getLogger("sluice.producer")
 
-PublisherFactory = Callable[[Settings], AbstractAsyncContextManager[Publisher]]
+# (settings, the queues it may create) -> an unopened publisher
+PublisherFactory = Callable[[Settings, Collection[str]], AbstractAsyncContextManager[Publisher]]
 
 # how long a ready() probe may take before the connection counts as blocked
 _BLOCK_PROBE_S = 0.05
@@ -37,15 +42,18 @@ class BrokerState:
     retry_after: int  # seconds a client should wait before retrying when not ready
 
 
-def default_factory(settings: Settings) -> AbstractAsyncContextManager[Publisher]:
-    return Publisher(settings, name="sluice-producer")
+def default_factory(settings: Settings, creatable: Collection[str]) -> AbstractAsyncContextManager[Publisher]:
+    return Publisher(settings, name="sluice-producer", creatable=creatable)
 
 
 class BrokerLink:
     """Owns the publisher of the HTTP service; run :meth:`run` as a task for the service's lifetime."""
 
-    def __init__(self, settings: Settings, factory: PublisherFactory | None = None) -> None:
+    def __init__(
+        self, settings: Settings, creatable: Collection[str], factory: PublisherFactory | None = None
+    ) -> None:
         self.settings = settings
+        self.creatable = frozenset(creatable)
         self._factory = factory or default_factory
         self._publisher: Publisher | None = None
         self._last_error = "not connected yet"
@@ -56,7 +64,7 @@ class BrokerLink:
         delay = 0.5
         while True:
             try:
-                async with self._factory(self.settings) as publisher:
+                async with self._factory(self.settings, self.creatable) as publisher:
                     self._publisher = publisher
                     self.opened.set()
                     log.info("producer connected to %s", mask_url(self.settings.amqp_url))

@@ -5,14 +5,18 @@ Pure pydantic (no FastAPI import), so the CLI can validate envelopes with the sa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema, field_validator
 
-from sluice.errors import ConfigError
-from sluice.policy import parse_duration
+from sluice_producer._durations import DURATION_PATTERN, delay_seconds
 
 MAX_DELAY_S = 30 * 86400.0
+
+# a delay in seconds: a JSON number (strict: true/false are not numbers), 0 to 30 days
+DelaySeconds = Annotated[float, Strict(), Field(ge=0, le=MAX_DELAY_S)]
+# a delay as text: the server checks exactly the pattern the schema publishes (delay_seconds)
+DelayText = Annotated[str, WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN})]
 
 __all__ = [
     "BatchAccepted",
@@ -62,24 +66,19 @@ class TaskIn(BaseModel):
     trace_id: str | None = Field(
         None, min_length=1, max_length=200, description="propagated as header x-sluice-trace-id"
     )
-    delay: float | str | None = Field(
+    delay: DelaySeconds | DelayText | None = Field(
         None,
-        description="run no sooner than this from now: seconds, or a duration such as 30s, 5m, 1500ms "
-        "(at most 30 days; kept to about +-0.5 s by the delay tiers)",
+        description="run no sooner than this from now: seconds (a number, 0 to 2592000), or a duration "
+        "string: a number with ms, s, m, h or d such as 30s, 5m, 1500ms (at most 30 days); kept to "
+        "about +-0.5 s by the delay tiers",
     )
 
     @field_validator("delay")
     @classmethod
     def _delay(cls, v: float | str | None) -> float | None:
-        if v is None:
-            return None
-        try:
-            seconds = parse_duration(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-        if seconds > MAX_DELAY_S:
-            raise ValueError(f"delay {v!r} is over the maximum of 30 days")
-        return seconds
+        if isinstance(v, str):
+            return delay_seconds(v)
+        return v
 
 
 class BatchIn(BaseModel):

@@ -13,6 +13,7 @@ import uvicorn
 from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice_producer import _loop
+from sluice_producer._auth import Tokens
 from sluice_producer.app import create_app
 
 __all__ = ["serve", "serve_async"]
@@ -53,8 +54,15 @@ async def serve_async(
     port: int,
     strict: bool = False,
     max_batch: int = 10_000,
+    auth: Tokens | None = None,
 ) -> None:
-    app = create_app(settings, registry, strict=strict, max_batch=max_batch)
+    """Serve until SIGTERM or SIGINT. ``auth``: from :func:`sluice_producer._auth.resolve` (which
+    refuses a non-loopback bind address without tokens), or None for no authentication."""
+    app = create_app(settings, registry, strict=strict, max_batch=max_batch, auth=auth)
+    if auth is None:
+        log.info("producer API on %s:%d without authentication", host, port)
+    else:
+        log.info("producer API on %s:%d: bearer-token auth on (%d tokens)", host, port, len(auth.values))
     config = uvicorn.Config(
         app,
         host=host,
@@ -76,7 +84,10 @@ def serve(
     port: int,
     strict: bool = False,
     max_batch: int = 10_000,
+    auth: Tokens | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (uvloop when available)."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _loop.run(serve_async(settings, registry, host=host, port=port, strict=strict, max_batch=max_batch))
+    _loop.run(
+        serve_async(settings, registry, host=host, port=port, strict=strict, max_batch=max_batch, auth=auth)
+    )
