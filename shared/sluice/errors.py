@@ -3,7 +3,7 @@
 The tree::
 
     SluiceError
-    ├── ConfigError                 settings or arguments that cannot work
+    ├── ConfigError                 settings or arguments that cannot work (also a ValueError)
     ├── ProtocolError               a message that breaks the contract (docs/protocol.md)
     │   ├── MessageTooLarge         body over the size cap
     │   ├── NotJSON                 body is not a JSON object
@@ -19,6 +19,14 @@ The tree::
     │       ├── PublishReturned     unroutable: no queue is bound for its routing key
     │       └── PublishTimeout      no confirm within the publish timeout
     └── ResilienceError             see sluice.resilience.errors for its subtree
+
+:class:`ConfigError` also derives from the built-in ``ValueError``: the resilience primitives and their
+policies (``Rate``, ``GCRALimiter``, ``BreakerPolicy``, ``RetryPolicy``, the backoffs, ``KeySpace``, ...)
+raised a bare ``ValueError`` for bad arguments before they raised ``ConfigError``, so a caller that
+catches ``ValueError`` still catches them. ``except SluiceError`` catches every one of them too.
+
+``tests/core/test_error_tree.py`` walks every ``raise`` in ``shared/`` and ``services/`` and calls the
+public constructors with bad arguments to keep it so.
 """
 
 from __future__ import annotations
@@ -48,8 +56,8 @@ class SluiceError(Exception):
     """Root of every error sluice raises on purpose."""
 
 
-class ConfigError(SluiceError):
-    """Settings or arguments that cannot work."""
+class ConfigError(SluiceError, ValueError):
+    """Settings or arguments that cannot work (a ``ValueError`` too: see the module docstring)."""
 
 
 class ProtocolError(SluiceError):

@@ -15,7 +15,19 @@ def test_all_names_exist_and_are_unique() -> None:
     missing = [name for name in resilience.__all__ if not hasattr(resilience, name)]
     assert missing == []
     public = {name for name in vars(resilience) if not name.startswith("_")}
-    modules = {"breaker", "budget", "concurrency", "errors", "gcra", "idempotency", "keys", "outage", "retry"}
+    modules = {
+        "breaker",
+        "budget",
+        "clock",
+        "concurrency",
+        "errors",
+        "gcra",
+        "idempotency",
+        "keys",
+        "memory",
+        "outage",
+        "retry",
+    }
     assert public - set(resilience.__all__) - modules - {"window", "annotations"} == set()
 
 

@@ -1,4 +1,7 @@
-"""The shared circuit breaker: its script on a given clock, the public API, and several processes."""
+"""The shared circuit breaker: its script on a given clock, the public API, and several processes.
+
+The core cases run on the real Redis and on the in-memory backend (on a FakeClock: no real-time wait).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from sluice.resilience import (
     Permit,
 )
 
-from .conftest import ThrowawayRedis
+from .conftest import Store, ThrowawayRedis
 
 HAMMER = Path(__file__).with_name("hammer.py")
 T0 = 1_700_000_000_000_000
@@ -31,16 +34,16 @@ POLICY = BreakerPolicy(
 )
 
 
-async def opened_at_t0(redis: Redis, keys: KeySpace) -> CircuitBreaker:
+async def opened_at_t0(store: Store) -> CircuitBreaker:
     """A breaker opened at T0 by four failures (open for 30 s)."""
-    breaker = CircuitBreaker(redis, "svc", POLICY, keys=keys)
+    breaker = CircuitBreaker(store.client, "svc", POLICY, keys=store.keys)
     for _ in range(4):
         await breaker._call_record(False, False, now_us=T0)
     return breaker
 
 
-async def test_opens_on_the_failure_rate_once_enough_calls_were_made(redis: Redis, keys: KeySpace) -> None:
-    breaker = CircuitBreaker(redis, "svc", POLICY, keys=keys)
+async def test_opens_on_the_failure_rate_once_enough_calls_were_made(store: Store) -> None:
+    breaker = CircuitBreaker(store.client, "svc", POLICY, keys=store.keys)
     # 3 failures: rate 100 % but under the minimum of 4 calls
     for _ in range(3):
         assert (await breaker._call_record(False, False, now_us=T0))[0] == BreakerState.CLOSED
@@ -51,8 +54,8 @@ async def test_opens_on_the_failure_rate_once_enough_calls_were_made(redis: Redi
     assert retry_us == 20 * S + 1
 
 
-async def test_failures_leave_the_window(redis: Redis, keys: KeySpace) -> None:
-    breaker = CircuitBreaker(redis, "svc", POLICY, keys=keys)
+async def test_failures_leave_the_window(store: Store) -> None:
+    breaker = CircuitBreaker(store.client, "svc", POLICY, keys=store.keys)
     for _ in range(3):
         await breaker._call_record(False, False, now_us=T0)
     # 11 s later those three failures are out of the 10 s window: 1 failure of 1 call, under the minimum
@@ -62,10 +65,8 @@ async def test_failures_leave_the_window(redis: Redis, keys: KeySpace) -> None:
     assert state == BreakerState.CLOSED  # 1 of 4 failed: 25 %
 
 
-async def test_half_open_grants_only_the_permits_and_closes_on_their_success(
-    redis: Redis, keys: KeySpace
-) -> None:
-    breaker = await opened_at_t0(redis, keys)
+async def test_half_open_grants_only_the_permits_and_closes_on_their_success(store: Store) -> None:
+    breaker = await opened_at_t0(store)
     after = T0 + 31 * S
     grants = [await breaker._call_allow(now_us=after + i) for i in range(5)]
     assert [(g[0], g[1], g[3]) for g in grants] == [(1, 1, 2)] * 2 + [(0, 0, 2)] * 3
@@ -74,10 +75,8 @@ async def test_half_open_grants_only_the_permits_and_closes_on_their_success(
     assert (await breaker._call_allow(now_us=after + 12))[:2] == [1, 0]
 
 
-async def test_a_failed_trial_opens_again_and_stalled_trials_start_a_new_round(
-    redis: Redis, keys: KeySpace
-) -> None:
-    breaker = await opened_at_t0(redis, keys)
+async def test_a_failed_trial_opens_again_and_stalled_trials_start_a_new_round(store: Store) -> None:
+    breaker = await opened_at_t0(store)
     after = T0 + 31 * S
     await breaker._call_allow(now_us=after)
     assert (await breaker._call_record(False, True, now_us=after + 1))[0] == BreakerState.OPEN
@@ -89,11 +88,11 @@ async def test_a_failed_trial_opens_again_and_stalled_trials_start_a_new_round(
     assert (await breaker._call_allow(now_us=again + 2))[0] == 0
     # after the trial timeout (open_for by default) the permits are handed out afresh
     assert (await breaker._call_allow(now_us=again + 30 * S))[:2] == [1, 1]
-    assert 0 < await redis.pttl(breaker.key) <= 62_000
+    assert 0 < await store.pttl(breaker.key) <= 62_000
 
 
-async def test_guard_records_outcomes_and_refuses_when_open(redis: Redis, keys: KeySpace) -> None:
-    breaker = CircuitBreaker(redis, "svc", POLICY, keys=keys)
+async def test_guard_records_outcomes_and_refuses_when_open(store: Store) -> None:
+    breaker = CircuitBreaker(store.client, "svc", POLICY, keys=store.keys)
 
     class Boom(Exception):
         pass
@@ -111,12 +110,12 @@ async def test_guard_records_outcomes_and_refuses_when_open(redis: Redis, keys: 
     assert await breaker.call(asyncio.sleep, 0, "fine") == "fine"
 
 
-async def test_ignored_errors_count_as_success(redis: Redis, keys: KeySpace) -> None:
+async def test_ignored_errors_count_as_success(store: Store) -> None:
     class NotFound(Exception):
         pass
 
     policy = BreakerPolicy(minimum_calls=2, ignore=(NotFound,))
-    breaker = CircuitBreaker(redis, "svc", policy, keys=keys)
+    breaker = CircuitBreaker(store.client, "svc", policy, keys=store.keys)
     for _ in range(5):
         with pytest.raises(NotFound):
             async with breaker.guard():

@@ -1,4 +1,7 @@
-"""The distributed semaphore: limits, fencing tokens, heartbeats, and a holder killed with -9."""
+"""The distributed semaphore: limits, fencing tokens, heartbeats, and a holder killed with -9.
+
+The core cases run on the real Redis and on the in-memory backend (on a FakeClock: no real-time wait).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from redis.asyncio import Redis
 
 from sluice.resilience import ConcurrencyLimited, ConcurrencyLimiter, KeySpace, LeaseLost
 
+from .conftest import Store
+
 HAMMER = Path(__file__).with_name("hammer.py")
 
 
-async def test_many_tasks_never_exceed_the_limit(redis: Redis, keys: KeySpace) -> None:
-    sem = ConcurrencyLimiter(redis, 3, lease=5.0, poll=0.002, keys=keys)
+async def test_many_tasks_never_exceed_the_limit(store: Store) -> None:
+    sem = ConcurrencyLimiter(store.client, 3, lease=5.0, poll=0.002, keys=store.keys)
     inside, most, done = 0, 0, 0
 
     async def worker() -> None:
@@ -26,18 +31,18 @@ async def test_many_tasks_never_exceed_the_limit(redis: Redis, keys: KeySpace) -
         async with sem.acquire("db"):
             inside += 1
             most = max(most, inside)
-            await asyncio.sleep(0.005)
+            await store.sleep(0.005)
             inside -= 1
         done += 1
 
-    await asyncio.gather(*(worker() for _ in range(30)))
+    await store.drive(asyncio.gather(*(worker() for _ in range(30))))
     assert done == 30
     assert most == 3
-    assert await redis.zcard(sem.keys_of("db")[0]) == 0  # all released
+    assert await store.zcard(sem.keys_of("db")[0]) == 0  # all released
 
 
-async def test_fencing_tokens_grow_and_keys_expire(redis: Redis, keys: KeySpace) -> None:
-    sem = ConcurrencyLimiter(redis, 2, lease=2.0, keys=keys)
+async def test_fencing_tokens_grow_and_keys_expire(store: Store) -> None:
+    sem = ConcurrencyLimiter(store.client, 2, lease=2.0, keys=store.keys)
     tokens = []
     for _ in range(5):
         lease, _ = await sem.try_acquire("db")
@@ -48,44 +53,52 @@ async def test_fencing_tokens_grow_and_keys_expire(redis: Redis, keys: KeySpace)
     assert len(set(tokens)) == 5
     leases, fence = sem.keys_of("db")
     assert b"{db}" in leases.encode()
-    assert 0 < await redis.pttl(fence) <= 3_000
-    await redis.delete(leases, fence)  # even with every key gone, the next token is larger
+    assert 0 < await store.pttl(fence) <= 3_000
+    await store.delete(leases, fence)  # even with every key gone, the next token is larger
+    await store.elapse(0.001)  # (tokens are never below the server clock in µs, and it moved on)
     lease, _ = await sem.try_acquire("db")
     assert lease is not None
     assert lease.token > tokens[-1]
-    assert 0 < await redis.pttl(leases) <= 3_000
+    assert 0 < await store.pttl(leases) <= 3_000
 
 
-async def test_full_semaphore_answers_when_the_oldest_lease_ends(redis: Redis, keys: KeySpace) -> None:
-    sem = ConcurrencyLimiter(redis, 1, lease=10.0, keys=keys)
+async def test_full_semaphore_answers_when_the_oldest_lease_ends(store: Store) -> None:
+    sem = ConcurrencyLimiter(store.client, 1, lease=10.0, keys=store.keys)
     first, _ = await sem.try_acquire("db")
     assert first is not None
     second, retry = await sem.try_acquire("db")
     assert second is None
     assert 9.0 < retry <= 10.0
-    with pytest.raises(ConcurrencyLimited):
+
+    async def hold() -> None:
         async with sem.acquire("db", max_wait=0.05):
             pass
 
+    with pytest.raises(ConcurrencyLimited):
+        await store.drive(hold())
 
-async def test_heartbeat_keeps_a_lease_past_its_lease_time(redis: Redis, keys: KeySpace) -> None:
-    sem = ConcurrencyLimiter(redis, 1, lease=0.3, heartbeat=0.05, keys=keys)
-    other = ConcurrencyLimiter(redis, 1, lease=0.3, keys=keys)
+
+async def test_heartbeat_keeps_a_lease_past_its_lease_time(store: Store) -> None:
+    sem = ConcurrencyLimiter(store.client, 1, lease=0.3, heartbeat=0.05, keys=store.keys)
+    other = ConcurrencyLimiter(store.client, 1, lease=0.3, keys=store.keys)
     async with sem.acquire("db") as lease:
         renewed = 0
         while renewed < 12:  # 12 heartbeats: twice the lease time
-            await asyncio.sleep(0.05)
+            await store.elapse(0.05)
+            if store.clock is not None:  # let the woken heartbeat's renewal run first
+                await store.clock.until_sleeping()
             renewed += 1
             assert (await other.try_acquire("db"))[0] is None
         assert not lease.lost.is_set()
     assert (await other.try_acquire("db"))[0] is not None
 
 
-async def test_renewing_an_expired_lease_reports_it_lost(redis: Redis, keys: KeySpace) -> None:
-    sem = ConcurrencyLimiter(redis, 1, lease=1.0, keys=keys)
+async def test_renewing_an_expired_lease_reports_it_lost(store: Store) -> None:
+    sem = ConcurrencyLimiter(store.client, 1, lease=1.0, keys=store.keys)
     lease, _ = await sem.try_acquire("db")
     assert lease is not None
-    await redis.zrem(sem.keys_of("db")[0], lease.token)  # as if it had expired and been reclaimed
+    # as if it had expired and been reclaimed
+    await sem._runner.command("ZREM", sem.keys_of("db")[0], lease.token)
     lease.check()  # still believed held
     assert not await sem.renew(lease)
     assert lease.lost.is_set()

@@ -1,4 +1,7 @@
-"""GCRA and sliding-window limiters on the real Redis: the public API, TTLs, key layout, batching."""
+"""GCRA and sliding-window limiters: the public API, TTLs, key layout, batching.
+
+Each test runs on the real Redis and on the in-memory backend (on a FakeClock: no real-time wait).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import asyncio
 import math
 
 import pytest
-from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from sluice.resilience import (
@@ -18,12 +20,15 @@ from sluice.resilience import (
     SlidingWindowLimiter,
 )
 
+from .conftest import Store
 
-async def test_try_acquire_admits_the_burst_then_refuses_with_retry_after(
-    redis: Redis, keys: KeySpace
-) -> None:
-    limiter = GCRALimiter(redis, Rate.per_second(10), burst=3, keys=keys)
-    decisions = [await limiter.try_acquire("stripe") for _ in range(4)]
+
+async def test_try_acquire_admits_the_burst_then_refuses_with_retry_after(store: Store) -> None:
+    limiter = GCRALimiter(store.client, Rate.per_second(10), burst=3, keys=store.keys)
+    decisions = []
+    for _ in range(4):
+        decisions.append(await limiter.try_acquire("stripe"))
+        await store.elapse(0.000_01)
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
     refused = decisions[3]
@@ -32,8 +37,8 @@ async def test_try_acquire_admits_the_burst_then_refuses_with_retry_after(
     assert refused.server_time_us > decisions[0].server_time_us
 
 
-async def test_cost_counts_units_and_over_burst_never_fits(redis: Redis, keys: KeySpace) -> None:
-    limiter = GCRALimiter(redis, Rate.per_second(10), burst=5, keys=keys)
+async def test_cost_counts_units_and_over_burst_never_fits(store: Store) -> None:
+    limiter = GCRALimiter(store.client, Rate.per_second(10), burst=5, keys=store.keys)
     assert (await limiter.try_acquire("k", cost=4)).remaining == 1
     assert not (await limiter.try_acquire("k", cost=2)).allowed
     never = await limiter.try_acquire("k", cost=6)
@@ -44,8 +49,8 @@ async def test_cost_counts_units_and_over_burst_never_fits(redis: Redis, keys: K
     assert math.isinf(info.value.retry_after)
 
 
-async def test_peek_takes_nothing_and_reset_refills(redis: Redis, keys: KeySpace) -> None:
-    limiter = GCRALimiter(redis, Rate.per_minute(2), burst=2, keys=keys)
+async def test_peek_takes_nothing_and_reset_refills(store: Store) -> None:
+    limiter = GCRALimiter(store.client, Rate.per_minute(2), burst=2, keys=store.keys)
     assert (await limiter.peek("k")).remaining == 1
     assert (await limiter.peek("k")).remaining == 1
     await limiter.try_acquire("k")
@@ -55,40 +60,44 @@ async def test_peek_takes_nothing_and_reset_refills(redis: Redis, keys: KeySpace
     assert (await limiter.try_acquire("k")).allowed
 
 
-async def test_acquire_waits_for_a_token(redis: Redis, keys: KeySpace) -> None:
-    limiter = GCRALimiter(redis, Rate.per_second(50), burst=1, keys=keys)
+async def test_acquire_waits_for_a_token(store: Store) -> None:
+    limiter = GCRALimiter(store.client, Rate.per_second(50), burst=1, keys=store.keys)
     first = await limiter.acquire("k")
-    async with limiter.acquire("k", max_wait=2.0) as second:
-        assert second.allowed
+
+    async def inside() -> Decision:
+        async with limiter.acquire("k", max_wait=2.0) as decision:
+            return decision
+
+    second = await store.drive(inside())
+    assert second.allowed
     # the second admission came one emission interval (20 ms) or more after the first, by Redis' clock
     assert second.server_time_us - first.server_time_us >= 20_000
 
 
-async def test_acquire_gives_up_after_max_wait(redis: Redis, keys: KeySpace) -> None:
-    limiter = GCRALimiter(redis, Rate.per_minute(1), burst=1, keys=keys)
+async def test_acquire_gives_up_after_max_wait(store: Store) -> None:
+    limiter = GCRALimiter(store.client, Rate.per_minute(1), burst=1, keys=store.keys)
     await limiter.acquire("k")
     with pytest.raises(RateLimited) as info:
-        await limiter.acquire("k", max_wait=0.05)
+        await store.drive(limiter.acquire("k", max_wait=0.05))
     assert 50 < info.value.retry_after <= 60
 
 
-async def test_every_key_has_a_ttl_and_a_hash_tag(redis: Redis, keys: KeySpace) -> None:
-    gcra = GCRALimiter(redis, Rate.per_second(5), keys=keys)
-    window = SlidingWindowLimiter(redis, Rate.per_second(5), keys=keys)
+async def test_every_key_has_a_ttl_and_a_hash_tag(store: Store) -> None:
+    gcra = GCRALimiter(store.client, Rate.per_second(5), keys=store.keys)
+    window = SlidingWindowLimiter(store.client, Rate.per_second(5), keys=store.keys)
     await gcra.try_acquire("tenant-a")
     await window.try_acquire("tenant-a")
-    expected = [gcra.key("tenant-a").encode(), window.key("tenant-a").encode()]
+    expected = [gcra.key("tenant-a"), window.key("tenant-a")]
     for key in expected:  # read the TTLs at once: a 5/s key lives well under a second
-        assert 0 < await redis.pttl(key) <= 3_000
-        assert b"{tenant-a}" in key
+        assert 0 < await store.pttl(key) <= 3_000
+        assert "{tenant-a}" in key
     # nothing else was written under the prefix (a SCAN over a busy Redis may outlast the keys)
-    written = [k async for k in redis.scan_iter(match=f"{keys.prefix}:*", count=1000)]
-    assert set(written) <= set(expected)
+    assert await store.written() <= set(expected)
     assert key_slot(gcra.key("tenant-a").encode()) == key_slot(b"{tenant-a}")
 
 
-async def test_sliding_window_admits_the_quota_per_window(redis: Redis, keys: KeySpace) -> None:
-    limiter = SlidingWindowLimiter(redis, Rate(5, 60.0), keys=keys)
+async def test_sliding_window_admits_the_quota_per_window(store: Store) -> None:
+    limiter = SlidingWindowLimiter(store.client, Rate(5, 60.0), keys=store.keys)
     decisions = [await limiter.try_acquire("k") for _ in range(6)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False]
     assert decisions[-1].retry_after > 0
@@ -97,11 +106,11 @@ async def test_sliding_window_admits_the_quota_per_window(redis: Redis, keys: Ke
 
 @pytest.mark.parametrize("kind", [GCRALimiter, SlidingWindowLimiter])
 async def test_coalesced_calls_share_pipelines_and_stay_exact(
-    redis: Redis, keys: KeySpace, kind: type[GCRALimiter] | type[SlidingWindowLimiter]
+    store: Store, kind: type[GCRALimiter] | type[SlidingWindowLimiter]
 ) -> None:
     """300 concurrent calls against a quota of 100: exactly 100 admitted, whether batched or not."""
-    async with kind(redis, Rate.per_minute(100), keys=keys, coalesce=True) as batched:
-        plain = kind(redis, Rate.per_minute(100), keys=keys)
+    async with kind(store.client, Rate.per_minute(100), keys=store.keys, coalesce=True) as batched:
+        plain = kind(store.client, Rate.per_minute(100), keys=store.keys)
         got: list[Decision] = await asyncio.gather(*(batched.try_acquire("b") for _ in range(300)))
         assert sum(d.allowed for d in got) == 100
         coalescer = batched._coalescer
@@ -114,16 +123,16 @@ async def test_coalesced_calls_share_pipelines_and_stay_exact(
         assert sum(d.allowed for d in got) == 100
 
 
-async def test_a_lone_caller_does_not_wait_for_a_batch(redis: Redis, keys: KeySpace) -> None:
-    async with GCRALimiter(redis, Rate.per_minute(100), keys=keys, coalesce=True) as batched:
+async def test_a_lone_caller_does_not_wait_for_a_batch(store: Store) -> None:
+    async with GCRALimiter(store.client, Rate.per_minute(100), keys=store.keys, coalesce=True) as batched:
         for _ in range(5):
             assert (await batched.try_acquire("solo")).allowed
         assert batched._coalescer is not None
         assert (batched._coalescer.sent_alone, batched._coalescer.batches) == (5, 0)
 
 
-async def test_names_are_independent(redis: Redis, keys: KeySpace) -> None:
-    limiter = GCRALimiter(redis, Rate.per_minute(1), burst=1, keys=keys)
+async def test_names_are_independent(store: Store) -> None:
+    limiter = GCRALimiter(store.client, Rate.per_minute(1), burst=1, keys=store.keys)
     assert (await limiter.try_acquire("a")).allowed
     assert not (await limiter.try_acquire("a")).allowed
     assert (await limiter.try_acquire("b")).allowed

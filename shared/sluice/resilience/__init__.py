@@ -8,13 +8,20 @@ decides in one Lua script (one round trip) on Redis' clock, and follows an expli
     limiter = GCRALimiter(redis, Rate.per_second(100), burst=20)
     async with limiter.acquire("stripe"):
         ...
+
+Every primitive also runs without Redis, on the in-memory backend and a clock a test moves by hand
+(:class:`MemoryBackend`, :class:`FakeClock`; modules ``sluice.resilience.memory`` and ``.clock``):
+
+    limiter = GCRALimiter(MemoryBackend(clock=FakeClock()), Rate.per_second(100), burst=20)
 """
 
 from __future__ import annotations
 
+from ._backend import Backend
 from ._limiter import Acquisition, Decision, Rate
-from .breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit
+from .breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit, breaker_states
 from .budget import RetryBudget
+from .clock import Clock, FakeClock, SystemClock
 from .concurrency import ConcurrencyLimiter, Lease
 from .errors import (
     BackendUnavailable,
@@ -30,6 +37,7 @@ from .errors import (
 from .gcra import GCRALimiter
 from .idempotency import Claimed, ClaimResult, Done, IdempotencyStore, InProgress
 from .keys import KeySpace
+from .memory import MemoryBackend
 from .outage import FailClosed, FailOpen, OutagePolicy, OutageStats
 from .retry import (
     Backoff,
@@ -44,6 +52,7 @@ from .window import SlidingWindowLimiter
 
 __all__ = [
     "Acquisition",
+    "Backend",
     "BackendUnavailable",
     "Backoff",
     "BreakerPolicy",
@@ -53,6 +62,7 @@ __all__ = [
     "ClaimLost",
     "ClaimResult",
     "Claimed",
+    "Clock",
     "ConcurrencyLimited",
     "ConcurrencyLimiter",
     "Decision",
@@ -61,6 +71,7 @@ __all__ = [
     "ExponentialBackoff",
     "FailClosed",
     "FailOpen",
+    "FakeClock",
     "FixedBackoff",
     "GCRALimiter",
     "IdempotencyStore",
@@ -68,6 +79,7 @@ __all__ = [
     "KeySpace",
     "Lease",
     "LeaseLost",
+    "MemoryBackend",
     "OutagePolicy",
     "OutageStats",
     "Permit",
@@ -80,5 +92,7 @@ __all__ = [
     "RetryBudgetExhausted",
     "RetryPolicy",
     "SlidingWindowLimiter",
+    "SystemClock",
+    "breaker_states",
     "next_delay",
 ]

@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sluice.errors import ConfigError
+
 from ._multi import MultiScript
-from ._scripts import Call, ScriptRunner
+from ._scripts import Call, Runner
 from .errors import BackendUnavailable
 
 __all__ = ["Coalescer"]
@@ -29,7 +31,7 @@ __all__ = ["Coalescer"]
 class Coalescer:
     def __init__(
         self,
-        runner: ScriptRunner,
+        runner: Runner,
         *,
         max_batch: int = 256,
         max_inflight: int = 2,
@@ -38,9 +40,11 @@ class Coalescer:
         linger: float = 0.0,
     ) -> None:
         if max_batch < 1 or max_inflight < 1 or not 1 <= min_batch <= max_batch:
-            raise ValueError("max_batch and max_inflight must be at least 1, min_batch within [1, max_batch]")
+            raise ConfigError(
+                "max_batch and max_inflight must be at least 1, min_batch within [1, max_batch]"
+            )
         if linger < 0:
-            raise ValueError("linger must not be negative")
+            raise ConfigError("linger must not be negative")
         self._runner = runner
         self._multi = multi
         self._max_batch = max_batch

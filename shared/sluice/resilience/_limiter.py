@@ -7,21 +7,20 @@ failing open; everything else (one round trip per decision, or one pipeline per 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, TypedDict, Unpack
 
-from redis.asyncio import Redis
+from sluice.errors import ConfigError
 
 from . import _lua
+from ._backend import Backend, clock_of, runner_for
 from ._coalesce import Coalescer
-from ._scripts import Call, Script, ScriptRunner
+from ._scripts import Call, Script
 from .errors import BackendUnavailable, RateLimited
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
@@ -39,8 +38,9 @@ class LimiterOptions(TypedDict, total=False):
 
     ``keys``: the key prefix (default ``KeySpace()``); ``timeout``: seconds any Redis call may take
     (default 0.5); ``outage``: the outage policy (default ``FailClosed()``); ``coalesce``: batch
-    concurrent decisions into one pipeline (default off); ``clock`` and ``sleep``: injected for tests
-    (local time only: decisions use Redis' clock); ``logger``.
+    concurrent decisions into one pipeline (default off); ``clock`` (monotonic seconds) and ``sleep``:
+    local time only, decisions use the backend's clock (default: the in-memory backend's clock, else
+    the real one); ``logger``.
     """
 
     keys: KeySpace | None
@@ -61,7 +61,7 @@ class Rate:
 
     def __post_init__(self) -> None:
         if self.limit < 1 or self.period <= 0:
-            raise ValueError(f"a rate needs limit >= 1 and period > 0, not {self.limit}/{self.period}")
+            raise ConfigError(f"a rate needs limit >= 1 and period > 0, not {self.limit}/{self.period}")
 
     @classmethod
     def per_second(cls, limit: int) -> Rate:
@@ -106,16 +106,16 @@ class RateLimiterBase(ABC):
 
     kind = "limit"
 
-    def __init__(self, redis: Redis, **options: Unpack[LimiterOptions]) -> None:
+    def __init__(self, redis: Backend, **options: Unpack[LimiterOptions]) -> None:
         keys = options.get("keys") or KeySpace()
-        clock = options.get("clock", time.monotonic)
+        clock = options.get("clock") or clock_of(redis).monotonic
         self._keys = keys
-        self._runner = ScriptRunner(redis, timeout=options.get("timeout", 0.5))
+        self._runner = runner_for(redis, timeout=options.get("timeout", 0.5))
         self._coalescer = (
             Coalescer(self._runner, multi=_lua.MULTI) if options.get("coalesce", False) else None
         )
         self._clock = clock
-        self._sleep = options.get("sleep", asyncio.sleep)
+        self._sleep = options.get("sleep") or clock_of(redis).sleep
         self._outage = OutageMonitor(
             f"{type(self).__name__}({keys.prefix})",
             options.get("outage") or FailClosed(),
@@ -186,26 +186,28 @@ class RateLimiterBase(ABC):
 
     # -- machinery
     async def _wait(self, name: str, cost: int, max_wait: float | None) -> Decision:
-        decision: Decision | None = None
-        try:
-            async with asyncio.timeout(max_wait):
-                while True:
-                    decision = await self._decide(name, cost, peek=False)
-                    if decision.allowed:
-                        return decision
-                    if decision.degraded and not self._outage.fail_open:
-                        raise BackendUnavailable(f"{self.key(name)}: redis unreachable, failing closed")
-                    if math.isinf(decision.retry_after):
-                        raise RateLimited(f"{self.key(name)}: cost {cost} can never fit", math.inf)
-                    await self._sleep(decision.retry_after)
-        except TimeoutError:
-            retry = decision.retry_after if decision is not None else math.inf
-            raise RateLimited(f"{self.key(name)}: no room within {max_wait} s", retry) from None
+        # max_wait runs on the primitive's clock (a FakeClock in tests), like the sleeps between tries
+        deadline = None if max_wait is None else self._clock() + max_wait
+        while True:
+            decision = await self._decide(name, cost, peek=False)
+            if decision.allowed:
+                return decision
+            if decision.degraded and not self._outage.fail_open:
+                raise BackendUnavailable(f"{self.key(name)}: redis unreachable, failing closed")
+            if math.isinf(decision.retry_after):
+                raise RateLimited(f"{self.key(name)}: cost {cost} can never fit", math.inf)
+            wait = decision.retry_after
+            if deadline is not None:
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise RateLimited(f"{self.key(name)}: no room within {max_wait} s", decision.retry_after)
+                wait = min(wait, left)
+            await self._sleep(wait)
 
     async def _decide(self, name: str, cost: int, peek: bool) -> Decision:
         # the hot path: kept flat on purpose (each extra coroutine layer costs about 1 % of a decision)
         if cost < 0 or not name:
-            raise ValueError("cost must not be negative and the name must not be empty")
+            raise ConfigError("cost must not be negative and the name must not be empty")
         outage = self._outage
         if outage.stats.in_outage and not outage.should_try():
             return self._fallback(name, cost, peek)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sluice.errors import ConfigError
+
 from ._scripts import Call, Script
 from ._wire import bulk
 
@@ -51,7 +53,7 @@ class MultiScript:
     def __init__(self, name: str, scripts: Sequence[Script]) -> None:
         self._number = {s.sha: i + 1 for i, s in enumerate(scripts)}
         if len(self._number) != len(scripts):
-            raise ValueError("a script is listed twice")
+            raise ConfigError("a script is listed twice")
         ops = "".join(f"-- {s.name}\nfunction(KEYS, ARGV)\n{s.source}\nend,\n" for s in scripts)
         self.script = Script(name, f"local ops = {{\n{ops}}}\n{_DISPATCH}")
         self._head = bulk("EVALSHA") + bulk(self.script.sha)

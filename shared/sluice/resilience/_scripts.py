@@ -12,10 +12,12 @@ import asyncio
 import hashlib
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+
+from sluice.errors import ConfigError
 
 from ._wire import Arg, bulk, pack, wire_for
 from .errors import BackendUnavailable
@@ -23,7 +25,7 @@ from .errors import BackendUnavailable
 if TYPE_CHECKING:
     from ._multi import MultiScript
 
-__all__ = ["Arg", "Call", "Script", "ScriptRunner"]
+__all__ = ["Arg", "Call", "Runner", "Script", "ScriptRunner"]
 
 #: Errors that mean "Redis is not there" (as opposed to a script bug, which must surface).
 _UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -51,6 +53,21 @@ class Script:
 Call = tuple[Script, Sequence[str], Sequence[Arg]]
 
 
+class Runner(Protocol):
+    """What a primitive sends its script calls to: :class:`ScriptRunner` (Redis) or the in-memory
+    backend's runner (``sluice.resilience._memory``). Chosen once, when the primitive is built."""
+
+    timeout: float
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any: ...
+
+    async def run_many(self, calls: Sequence[Call], multi: MultiScript | None = None) -> list[Any]: ...
+
+    async def command(self, *args: Arg) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
 class ScriptRunner:
     """Runs scripts on one client; every call is bounded by ``timeout`` (at most 1.25 x, see below).
 
@@ -63,7 +80,7 @@ class ScriptRunner:
 
     def __init__(self, redis: Redis, *, timeout: float = 0.5) -> None:
         if timeout <= 0:
-            raise ValueError("timeout must be positive")
+            raise ConfigError("timeout must be positive")
         self.redis = redis
         self.timeout = timeout
         self._deadlines: dict[asyncio.Task[Any], float] = {}

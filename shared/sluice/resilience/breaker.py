@@ -21,20 +21,22 @@ import contextlib
 import enum
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from redis.asyncio import Redis
+from sluice.errors import ConfigError
 
 from . import _lua
-from ._scripts import Arg, ScriptRunner
+from ._backend import Backend, clock_of, runner_for
+from ._reference import BreakerModel
+from ._scripts import Arg
 from .errors import BackendUnavailable, CircuitOpen
 from .keys import KeySpace
+from .memory import MemoryBackend
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
 
-__all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker", "Permit"]
+__all__ = ["BreakerPolicy", "BreakerState", "CircuitBreaker", "Permit", "breaker_states"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -44,6 +46,15 @@ class BreakerState(enum.IntEnum):
     CLOSED = 0
     OPEN = 1
     HALF_OPEN = 2
+
+
+#: The ``state`` field of a breaker's hash, as the scripts write it; absent means closed.
+_CODES = {"o": BreakerState.OPEN, "h": BreakerState.HALF_OPEN}
+
+
+def _decode(raw: object) -> BreakerState:
+    code = raw.decode() if isinstance(raw, bytes) else raw
+    return _CODES.get(code, BreakerState.CLOSED) if isinstance(code, str) else BreakerState.CLOSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +73,9 @@ class BreakerPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.failure_rate <= 1 or self.minimum_calls < 1 or self.buckets < 1:
-            raise ValueError("failure_rate in (0, 1], minimum_calls >= 1 and buckets >= 1 are required")
+            raise ConfigError("failure_rate in (0, 1], minimum_calls >= 1 and buckets >= 1 are required")
         if self.window <= 0 or self.open_for <= 0 or self.half_open_permits < 1:
-            raise ValueError("window > 0, open_for > 0 and half_open_permits >= 1 are required")
+            raise ConfigError("window > 0, open_for > 0 and half_open_permits >= 1 are required")
 
     def counts_as_failure(self, error: BaseException) -> bool:
         return isinstance(error, self.failure_on) and not isinstance(error, self.ignore)
@@ -89,7 +100,7 @@ class CircuitBreaker:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Backend,
         name: str,
         policy: BreakerPolicy | None = None,
         *,
@@ -98,13 +109,14 @@ class CircuitBreaker:
         outage: OutagePolicy | None = None,
         open_cache: float = 1.0,
         closed_cache: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.name = name
         self.policy = policy or BreakerPolicy()
         self.key = (keys or KeySpace()).key(self.kind, name)
-        self._runner = ScriptRunner(redis, timeout=timeout)
+        self._runner = runner_for(redis, timeout=timeout)
+        clock = clock or clock_of(redis).monotonic
         self._clock = clock
         self._open_cache = open_cache
         self._closed_cache = closed_cache
@@ -190,9 +202,7 @@ class CircuitBreaker:
 
     async def state(self) -> BreakerState:
         """The state stored in Redis now (one round trip; for dashboards and tests)."""
-        raw = await self._runner.command("HGET", self.key, "state")
-        code = raw.decode() if isinstance(raw, bytes) else raw
-        return {"o": BreakerState.OPEN, "h": BreakerState.HALF_OPEN}.get(code, BreakerState.CLOSED)
+        return _decode(await self._runner.command("HGET", self.key, "state"))
 
     async def reset(self) -> None:
         """Close the breaker and forget its counts."""
@@ -228,3 +238,33 @@ class CircuitBreaker:
         if isinstance(self._outage.policy, FailClosed):
             raise BackendUnavailable(f"breaker {self.name}: redis unreachable, failing closed")
         return Permit(local=True)
+
+
+async def breaker_states(
+    backend: Backend, keys: KeySpace | None = None, *, max_keys: int = 200
+) -> dict[str, BreakerState]:
+    """The stored state of the breakers under ``keys``, by name (sorted; at most ``max_keys`` of them).
+
+    For dashboards (``sluice metrics``): on Redis one ``SCAN`` and one pipeline of ``HGET``; the caller
+    bounds the time it may take. A breaker unused for longer than its TTL has no key and is not listed
+    (it is closed). Errors of the client (``RedisError``, ``OSError``) are the caller's to handle.
+    """
+    head = (keys or KeySpace()).key(CircuitBreaker.kind, "-")[:-3]  # "<prefix>:breaker:"
+    if isinstance(backend, MemoryBackend):
+        models = {k[len(head) + 1 : -1]: backend.model(k) for k in backend.keys(head)}
+        found = {n: m.state for n, m in models.items() if isinstance(m, BreakerModel)}
+        return {n: _decode(found[n]) for n in sorted(found)[:max_keys]}
+    names: list[str] = []
+    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "{*}"
+    async for raw in backend.scan_iter(match=pattern, count=200):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        names.append(key[len(head) + 1 : -1])
+        if len(names) >= max_keys:
+            break
+    if not names:
+        return {}
+    pipe = backend.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(head + "{" + name + "}", "state")
+    codes = await pipe.execute()
+    return {n: _decode(c) for n, c in sorted(zip(names, codes, strict=True))}

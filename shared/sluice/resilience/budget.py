@@ -9,14 +9,13 @@ fleet sends at most ``ratio`` more load, not ``max_attempts`` times the load (a 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
+from sluice.errors import ConfigError
 
 from . import _lua
+from ._backend import Backend, clock_of, runner_for
 from ._reference import GCRAModel
-from ._scripts import ScriptRunner
 from .errors import BackendUnavailable, RetryBudgetExhausted
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
@@ -31,7 +30,7 @@ class RetryBudget:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Backend,
         name: str,
         *,
         ratio: float = 0.2,
@@ -40,17 +39,18 @@ class RetryBudget:
         keys: KeySpace | None = None,
         timeout: float = 0.5,
         outage: OutagePolicy | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if ratio < 0 or min_per_second < 0 or window < 1:
-            raise ValueError("ratio >= 0, min_per_second >= 0 and window >= 1 s are required")
+            raise ConfigError("ratio >= 0, min_per_second >= 0 and window >= 1 s are required")
         self.name = name
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.window = window
         self.key = (keys or KeySpace()).key(self.kind, name)
-        self._runner = ScriptRunner(redis, timeout=timeout)
+        self._runner = runner_for(redis, timeout=timeout)
+        clock = clock or clock_of(redis).monotonic
         self._clock = clock
         self._outage = OutageMonitor(
             f"RetryBudget({name})", outage or FailClosed(), clock=clock, logger=logger

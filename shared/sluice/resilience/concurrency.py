@@ -13,14 +13,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from sluice.errors import ConfigError
 
 from . import _lua
-from ._scripts import ScriptRunner
+from ._backend import Backend, clock_of, runner_for
 from .errors import BackendUnavailable, ConcurrencyLimited, LeaseLost
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
@@ -54,7 +53,7 @@ class ConcurrencyLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Backend,
         limit: int,
         *,
         lease: float = 30.0,
@@ -63,21 +62,23 @@ class ConcurrencyLimiter:
         keys: KeySpace | None = None,
         timeout: float = 0.5,
         outage: OutagePolicy | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if limit < 1 or lease <= 0 or poll <= 0:
-            raise ValueError("limit >= 1, lease > 0 and poll > 0 are required")
+            raise ConfigError("limit >= 1, lease > 0 and poll > 0 are required")
         self.limit = limit
         self.lease = lease
         self.heartbeat = lease / 3 if heartbeat is None else heartbeat
         if not 0 < self.heartbeat < lease:
-            raise ValueError("heartbeat must be shorter than the lease")
+            raise ConfigError("heartbeat must be shorter than the lease")
         self._poll = poll
         self._keys = keys or KeySpace()
-        self._runner = ScriptRunner(redis, timeout=timeout)
-        self._sleep = sleep
+        self._runner = runner_for(redis, timeout=timeout)
+        local = clock_of(redis)
+        clock = self._clock = clock or local.monotonic
+        self._sleep = sleep or local.sleep
         self._log = logger or _log
         self._outage = OutageMonitor(
             f"ConcurrencyLimiter({self._keys.prefix})", outage or FailClosed(), clock=clock, logger=logger
@@ -159,16 +160,19 @@ class ConcurrencyLimiter:
         return reply
 
     async def _wait(self, name: str, max_wait: float | None) -> Lease:
-        retry = math.inf
-        try:
-            async with asyncio.timeout(max_wait):
-                while True:
-                    lease, retry = await self.try_acquire(name)
-                    if lease is not None:
-                        return lease
-                    await self._sleep(min(retry, self._poll))
-        except TimeoutError:
-            raise ConcurrencyLimited(f"{name}: no slot within {max_wait} s", retry) from None
+        # max_wait runs on the primitive's clock (a FakeClock in tests), like the sleeps between tries
+        deadline = None if max_wait is None else self._clock() + max_wait
+        while True:
+            lease, retry = await self.try_acquire(name)
+            if lease is not None:
+                return lease
+            wait = min(retry, self._poll)
+            if deadline is not None:
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise ConcurrencyLimited(f"{name}: no slot within {max_wait} s", retry)
+                wait = min(wait, left)
+            await self._sleep(wait)
 
     async def _heartbeat(self, lease: Lease, stop: asyncio.Event) -> None:
         while True:

@@ -6,9 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Unpack
 
-from redis.asyncio import Redis
+from sluice.errors import ConfigError
 
 from . import _lua
+from ._backend import Backend
 from ._limiter import Decision, LimiterOptions, Rate, RateLimiterBase, _seconds
 from ._reference import GCRAModel
 from ._scripts import Script
@@ -29,12 +30,12 @@ class GCRALimiter(RateLimiterBase):
     kind = "gcra"
 
     def __init__(
-        self, redis: Redis, rate: Rate, *, burst: int | None = None, **options: Unpack[LimiterOptions]
+        self, redis: Backend, rate: Rate, *, burst: int | None = None, **options: Unpack[LimiterOptions]
     ) -> None:
         self.rate = rate
         self.burst = rate.limit if burst is None else burst
         if self.burst < 1:
-            raise ValueError("burst must be at least 1")
+            raise ConfigError("burst must be at least 1")
         self._emission = rate.period_us / rate.limit
         self._tau = self._emission * self.burst
         super().__init__(redis, **options)

@@ -19,17 +19,17 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from redis.asyncio import Redis
+from sluice.errors import ConfigError
 
 from . import _lua
+from ._backend import Backend, clock_of, runner_for
 from ._coalesce import Coalescer
-from ._scripts import Arg, Call, ScriptRunner
+from ._scripts import Arg, Call
 from .errors import BackendUnavailable, ClaimLost
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
@@ -88,7 +88,7 @@ class IdempotencyStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Backend,
         *,
         lease: float = 30.0,
         result_ttl: float = 24 * 3600.0,
@@ -96,18 +96,18 @@ class IdempotencyStore:
         keys: KeySpace | None = None,
         timeout: float = 0.5,
         outage: OutagePolicy | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         token_factory: Callable[[], str] | None = None,
         logger: logging.Logger | None = None,
         coalesce: bool = False,
     ) -> None:
         if lease <= 0 or result_ttl <= 0:
-            raise ValueError("lease and result_ttl must be positive")
+            raise ConfigError("lease and result_ttl must be positive")
         self.lease = lease
         self.result_ttl = result_ttl
         self.max_result_bytes = max_result_bytes
         self._keys = keys or KeySpace()
-        self._runner = ScriptRunner(redis, timeout=timeout)
+        self._runner = runner_for(redis, timeout=timeout)
         # one batch on the wire at a time, and a small one lingers up to 2 ms for company: fewer, larger
         # batches (less client CPU per claim) for a few milliseconds of latency under load
         self._coalescer = (
@@ -115,6 +115,7 @@ class IdempotencyStore:
             if coalesce
             else None
         )
+        clock = clock or clock_of(redis).monotonic
         self._clock = clock
         self._token = token_factory or _tokens()
         self._outage = OutageMonitor("IdempotencyStore", outage or FailClosed(), clock=clock, logger=logger)
@@ -166,7 +167,7 @@ class IdempotencyStore:
     async def complete(self, key: str, token: str, result: bytes | None = None) -> None:
         """Mark ``key`` done (keeping ``result``); :class:`ClaimLost` if the claim is no longer yours."""
         if result is not None and len(result) > self.max_result_bytes:
-            raise ValueError(f"result of {len(result)} bytes is over the {self.max_result_bytes} byte cap")
+            raise ConfigError(f"result of {len(result)} bytes is over the {self.max_result_bytes} byte cap")
         if token.startswith(_LOCAL):
             self._local_finish(key, token, done=True, result=result)
             return

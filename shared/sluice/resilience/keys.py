@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sluice.errors import ConfigError
+
 __all__ = ["KeySpace"]
 
 
@@ -20,10 +22,10 @@ class KeySpace:
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
-            raise ValueError(f"key prefix must be non-empty and free of braces: {self.prefix!r}")
+            raise ConfigError(f"key prefix must be non-empty and free of braces: {self.prefix!r}")
 
     def key(self, kind: str, name: str, *parts: str) -> str:
         """The key for ``name`` of a primitive ``kind``; ``parts`` tell its several keys apart."""
         if not name:
-            raise ValueError("a limit name must not be empty")
+            raise ConfigError("a limit name must not be empty")
         return ":".join((self.prefix, kind, "{" + name + "}", *parts))

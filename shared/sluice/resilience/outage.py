@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sluice.errors import ConfigError
+
 __all__ = ["FailClosed", "FailOpen", "OutageMonitor", "OutagePolicy", "OutageStats"]
 
 _log = logging.getLogger("sluice.resilience")
@@ -32,7 +34,7 @@ class FailClosed:
 
     def __post_init__(self) -> None:
         if self.probe_interval <= 0:
-            raise ValueError("probe_interval must be positive")
+            raise ConfigError("probe_interval must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +46,9 @@ class FailOpen:
 
     def __post_init__(self) -> None:
         if not 0 < self.local_share <= 1:
-            raise ValueError("local_share must be in (0, 1]")
+            raise ConfigError("local_share must be in (0, 1]")
         if self.probe_interval <= 0:
-            raise ValueError("probe_interval must be positive")
+            raise ConfigError("probe_interval must be positive")
 
 
 OutagePolicy = FailClosed | FailOpen

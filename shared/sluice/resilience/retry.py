@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar
 
 import tenacity
 
+from sluice.errors import ConfigError
+
 if TYPE_CHECKING:
     from .budget import RetryBudget
 
@@ -109,9 +111,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+            raise ConfigError("max_attempts must be at least 1")
         if self.max_attempts is None and self.deadline is None:
-            raise ValueError("a retry policy needs max_attempts or a deadline")
+            raise ConfigError("a retry policy needs max_attempts or a deadline")
 
     def replace(self, **changes: Any) -> RetryPolicy:
         """A copy with some fields changed: policies compose by small edits of a shared base."""

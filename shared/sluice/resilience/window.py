@@ -12,9 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Unpack
 
-from redis.asyncio import Redis
-
 from . import _lua
+from ._backend import Backend
 from ._limiter import Decision, LimiterOptions, Rate, RateLimiterBase, _seconds
 from ._reference import SlidingWindowModel
 from ._scripts import Script
@@ -27,7 +26,7 @@ class SlidingWindowLimiter(RateLimiterBase):
 
     kind = "window"
 
-    def __init__(self, redis: Redis, rate: Rate, **options: Unpack[LimiterOptions]) -> None:
+    def __init__(self, redis: Backend, rate: Rate, **options: Unpack[LimiterOptions]) -> None:
         self.rate = rate
         super().__init__(redis, **options)
 
