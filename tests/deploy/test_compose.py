@@ -154,3 +154,30 @@ def test_healthcheck_scripts_exist() -> None:
         assert test[:3] == ["CMD", "python", "/app/deploy/healthcheck.py"]
         assert (ROOT / "deploy" / "healthcheck.py").is_file()
         assert test[3] in ("http", "amqp-connection")
+
+
+def producer_settings(env: dict[str, Any]) -> Settings:
+    """The settings the producer container reads from its compose environment."""
+    values = {k.removeprefix("SLUICE_").lower(): str(v) for k, v in env.items() if k.startswith("SLUICE_")}
+    return Settings.model_validate(values)
+
+
+def test_producer_starts_with_no_setup_and_auth_can_be_turned_on(tmp_path: Path) -> None:
+    """`docker compose up` needs no step: inside the network the producer binds 0.0.0.0, which with
+    auth on and no token would refuse to start, so compose states auth off (its port is published on
+    the host's loopback only; docs/deploy.md says the risk). .env turns it on with tokens."""
+    from sluice_producer import _auth
+
+    shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    producer = compose_config(tmp_path)["services"]["producer"]
+    assert producer["ports"] == ["127.0.0.1:8000:8000/tcp"]
+    assert producer["environment"]["SLUICE_API_AUTH"] == "off"
+    assert _auth.resolve(producer_settings(producer["environment"]), "0.0.0.0") is None
+
+    example = (ROOT / ".env.example").read_text()
+    custom = re.sub(r"^SLUICE_API_AUTH=.*$", "SLUICE_API_AUTH=on", example, flags=re.M)
+    custom = re.sub(r"^SLUICE_API_TOKENS=.*$", "SLUICE_API_TOKENS=tok-a,tok-b", custom, flags=re.M)
+    (tmp_path / ".env").write_text(custom)
+    producer = compose_config(tmp_path)["services"]["producer"]
+    tokens = _auth.resolve(producer_settings(producer["environment"]), "0.0.0.0")
+    assert tokens is not None and tokens.accepts(b"tok-b") and not tokens.accepts(b"tok-c")
