@@ -21,6 +21,7 @@ from sluice.resilience import (
     CircuitOpen,
     KeySpace,
     Permit,
+    breaker_states,
 )
 
 from .conftest import Store, ThrowawayRedis
@@ -208,3 +209,29 @@ async def test_failures_in_one_process_open_it_for_all_and_trials_are_limited(
     assert sum(o["trial"] for o in outcomes) == 3
     assert sum(o["plain"] for o in outcomes) == 0
     assert sum(o["refused"] for o in outcomes) == 27
+
+
+async def test_breaker_states_lists_what_the_breakers_stored(store: Store) -> None:
+    """The dashboards' read (``sluice metrics``): states by name, from the library, not a key pattern."""
+    keys = KeySpace(store.keys.prefix + ":[a*]?")  # glob characters in the prefix match only themselves
+    opened = CircuitBreaker(store.client, "payments", POLICY, keys=keys)
+    trial = CircuitBreaker(store.client, "geo", POLICY, keys=keys)
+    fine = CircuitBreaker(store.client, "mail", POLICY, keys=keys)
+    for breaker in (opened, trial):
+        for _ in range(4):
+            await breaker._call_record(False, False, now_us=T0)
+    await trial._call_allow(now_us=T0 + 31 * S)  # the open time is over: a half-open round
+    await fine.record(Permit(), success=True)
+    other = CircuitBreaker(store.client, "payments", POLICY, keys=store.keys)  # another prefix
+    await other._call_record(False, False, now_us=T0)
+    states = await breaker_states(store.client, keys)
+    assert states == {
+        "geo": BreakerState.HALF_OPEN,
+        "mail": BreakerState.CLOSED,
+        "payments": BreakerState.OPEN,
+    }
+    assert list(states) == sorted(states)
+    assert len(await breaker_states(store.client, keys, max_keys=2)) == 2
+    await opened.reset()
+    assert "payments" not in await breaker_states(store.client, keys)
+    assert await breaker_states(store.client, KeySpace(store.keys.prefix + ":none")) == {}
