@@ -33,8 +33,7 @@ def metrics(
     ),
 ) -> None:
     """Serve GET /metrics, /healthz, /api/summary and the live page at /: queues, workers, tasks, limits."""
-    import logging
-
+    from sluice.runtime import setup_logging
     from sluice.settings import Settings
     from sluice.topology import check_queue_name
     from sluice_metrics.service import run, serve
@@ -43,7 +42,7 @@ def metrics(
     names = [q.strip() for arg in queues for q in arg.split(",") if q.strip()]
     for name in names:
         check_queue_name(name)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level)
     run(
         serve(
             settings,

@@ -6,16 +6,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
-from collections.abc import Callable, Coroutine, Generator, Sequence
-from typing import Any
+from collections.abc import Generator, Sequence
 
 import uvicorn
 from prometheus_client.registry import CollectorRegistry
 from redis.asyncio import Redis
 
 from sluice.connection import BROKER_ERRORS
-from sluice.errors import BrokerUnavailable, ConfigError
+from sluice.errors import BrokerUnavailable
+from sluice.runtime import listen, run
 from sluice.settings import Settings
 from sluice.telemetry import metrics_exchange
 from sluice_metrics.app import build_app
@@ -44,25 +43,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: any free port), or :class:`ConfigError`."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, addr = infos[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port}: {e}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    return sock
 
 
 async def serve(
@@ -171,16 +151,3 @@ def _stop(server: uvicorn.Server, sig: signal.Signals) -> None:
         server.force_exit = True  # a second Ctrl-C: stop waiting for open requests
     log.info("%s: draining", sig.name)
     server.should_exit = True
-
-
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """``asyncio.run`` with uvloop when it is installed."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from sluice.runtime import listen, run, setup_logging
 from sluice.settings import Settings
 from sluice.tasks import Registry
-from sluice_producer import _loop
 from sluice_producer._auth import Tokens
 from sluice_producer.app import create_app
 
@@ -58,6 +58,7 @@ async def serve_async(
 ) -> None:
     """Serve until SIGTERM or SIGINT. ``auth``: from :func:`sluice_producer._auth.resolve` (which
     refuses a non-loopback bind address without tokens), or None for no authentication."""
+    sock = listen(host, port)  # first: a taken port is one line and exit 1, before anything starts
     app = create_app(settings, registry, strict=strict, max_batch=max_batch, auth=auth)
     if auth is None:
         log.info("producer API on %s:%d without authentication", host, port)
@@ -73,7 +74,10 @@ async def serve_async(
         access_log=False,
     )
     server = _Server(config)
-    await server.serve()
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def serve(
@@ -87,7 +91,5 @@ def serve(
     auth: Tokens | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (uvloop when available)."""
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _loop.run(
-        serve_async(settings, registry, host=host, port=port, strict=strict, max_batch=max_batch, auth=auth)
-    )
+    setup_logging(settings.log_level)
+    run(serve_async(settings, registry, host=host, port=port, strict=strict, max_batch=max_batch, auth=auth))
