@@ -16,6 +16,8 @@ PACKAGES = [
     "sluice.publisher",
     "sluice.connection",
     "sluice.resilience",
+    "sluice.resilience.clock",
+    "sluice.resilience.memory",
     "sluice_worker",
     "sluice_producer",
     "sluice_metrics",

@@ -41,6 +41,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def _check(what: str, *, initial: float, multiplier: float = 1.0, cap: float = 0.0) -> None:
+    """Delays are finite and not negative, and they never shrink from one attempt to the next."""
+    if not (math.isfinite(initial) and initial >= 0 and math.isfinite(multiplier) and multiplier >= 1):
+        raise ConfigError(f"{what}: need a finite initial >= 0 and a finite multiplier >= 1")
+    if not cap >= 0:  # inf is a cap that never bites; nan is refused
+        raise ConfigError(f"{what}: cap must be >= 0, not {cap!r}")
+
+
 class RandomSource(Protocol):
     """What the backoffs need of a random source: ``random.Random`` fits."""
 
@@ -55,6 +63,11 @@ class ExponentialBackoff:
     multiplier: float = 2.0
     cap: float = 30.0
     jitter: Literal["full", "equal", "none"] = "full"
+
+    def __post_init__(self) -> None:
+        _check("ExponentialBackoff", initial=self.initial, multiplier=self.multiplier, cap=self.cap)
+        if self.jitter not in ("full", "equal", "none"):
+            raise ConfigError(f"ExponentialBackoff: jitter must be full, equal or none, not {self.jitter!r}")
 
     def delay(self, attempt: int, previous: float | None, rng: RandomSource) -> float:
         base = min(self.cap, self.initial * self.multiplier ** (attempt - 1))
@@ -73,6 +86,9 @@ class DecorrelatedJitter:
     multiplier: float = 3.0
     cap: float = 30.0
 
+    def __post_init__(self) -> None:
+        _check("DecorrelatedJitter", initial=self.initial, multiplier=self.multiplier, cap=self.cap)
+
     def delay(self, attempt: int, previous: float | None, rng: RandomSource) -> float:
         high = max(self.initial, (previous or self.initial) * self.multiplier)
         return min(self.cap, self.initial + rng.random() * (high - self.initial))
@@ -83,6 +99,9 @@ class FixedBackoff:
     """The same delay every time."""
 
     seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check("FixedBackoff", initial=self.seconds)
 
     def delay(self, attempt: int, previous: float | None, rng: RandomSource) -> float:
         return self.seconds
@@ -114,6 +133,8 @@ class RetryPolicy:
             raise ConfigError("max_attempts must be at least 1")
         if self.max_attempts is None and self.deadline is None:
             raise ConfigError("a retry policy needs max_attempts or a deadline")
+        if self.deadline is not None and not self.deadline >= 0:
+            raise ConfigError(f"deadline must be >= 0 seconds, not {self.deadline!r}")
 
     def replace(self, **changes: Any) -> RetryPolicy:
         """A copy with some fields changed: policies compose by small edits of a shared base."""
