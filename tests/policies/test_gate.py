@@ -42,11 +42,10 @@ async def _run(gate: PolicyGate, t: Task, msg: TaskMessage, fail: Exception | No
     """The gate's outcome; records in ``gate_calls`` whether the handler was called."""
     called = False
 
-    async def call() -> None:
+    async def call() -> BaseException | None:  # the gate's call answers the handler's failure (Invoker)
         nonlocal called
         called = True
-        if fail is not None:
-            raise fail
+        return fail
 
     out = await gate.run(t, msg, call, gate.failures)
     CALLED.append(called)

@@ -92,14 +92,21 @@ async def eventually(
         await asyncio.sleep(every)
 
 
-class WorkerProcess:
-    """``python -m sluice_worker`` in a subprocess, its stderr in a file."""
+# the installed console script, as a user runs it
+SLUICE_WORKER = [str(Path(sys.executable).with_name("sluice")), "worker"]
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+
+class WorkerProcess:
+    """``python -m sluice_worker`` (or ``command``, e.g. :data:`SLUICE_WORKER`) in a subprocess, its
+    stderr in a file."""
+
+    def __init__(
+        self, args: list[str], env: dict[str, str], log: Path, command: list[str] | None = None
+    ) -> None:
         self.log = log
         with log.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sluice_worker", *args],
+                [*(command or [sys.executable, "-m", "sluice_worker"]), *args],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -124,8 +131,11 @@ class WorkerProcess:
 def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(*args: str, extra_env: dict[str, str] | None = None) -> WorkerProcess:
-        w = WorkerProcess(list(args), {**env, **(extra_env or {})}, tmp_path / f"worker{len(started)}.log")
+    def start(
+        *args: str, extra_env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> WorkerProcess:
+        log = tmp_path / f"worker{len(started)}.log"
+        w = WorkerProcess(list(args), {**env, **(extra_env or {})}, log, command)
         started.append(w)
         return w
 

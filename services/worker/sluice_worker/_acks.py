@@ -6,7 +6,9 @@ deliveries that are all *finished*: an earlier delivery still running must never
 
 :class:`AckTracker` keeps the deliveries of one channel in arrival (= delivery-tag) order, each pending,
 finished (to be acked) or settled (already answered by its own frame, e.g. a nack), and says which tag a
-single multiple-ack can cover. It is pure bookkeeping: no I/O, no event loop.
+single multiple-ack can cover, and which finished ones no multiple-ack can (a pending one precedes them).
+Every delivery must end finished or settled (or its channel be dropped): one left pending would hold back
+every later multiple-ack. It is pure bookkeeping: no I/O, no event loop.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ _SETTLED = 2
 class AckTracker:
     """Delivery tags of one channel, in the order the broker delivered them."""
 
-    __slots__ = ("_order", "_state")
+    __slots__ = ("_order", "_state", "finished")
 
     def __init__(self) -> None:
         self._order: deque[int] = deque()
         self._state: dict[int, int] = {}
+        self.finished = 0  # finished deliveries not yet handed out by take() or finished_out_of_order()
 
     def received(self, tag: int) -> None:
         """A delivery arrived (tags of one channel increase)."""
@@ -38,11 +41,17 @@ class AckTracker:
 
     def finish(self, tag: int) -> bool:
         """The delivery's handler is done: it is to be acked. True if the ackable prefix may have grown."""
-        return self._mark(tag, _FINISHED)
+        grown = self._mark(tag, _FINISHED)
+        self.finished += 1
+        return grown
 
     def settle(self, tag: int) -> bool:
         """The delivery was answered on its own (nack/reject): never ack it. True as for :meth:`finish`."""
         return self._mark(tag, _SETTLED)
+
+    def is_pending(self, tag: int) -> bool:
+        """Received, and neither finished nor settled."""
+        return self._state.get(tag) == _PENDING
 
     def _mark(self, tag: int, state: int) -> bool:
         if self._state.get(tag) != _PENDING:
@@ -68,16 +77,20 @@ class AckTracker:
             del state[tag]
             if s == _FINISHED:
                 last = tag
+                self.finished -= 1
         return last
 
     def finished_out_of_order(self) -> list[int]:
         """Finished deliveries that a multiple-ack cannot cover (a pending one precedes them); forgets them.
 
-        For a drain: each is acked on its own while the pending ones are left for the broker to redeliver.
+        Each is to be acked on its own frame: by a drain, which leaves the pending ones for the broker to
+        redeliver, and by the flusher once :attr:`finished` shows a batch of them held behind a delivery
+        that is still running (a slow or hung handler must not hold the prefetch window of the others).
         """
         out = [t for t in self._order if self._state[t] == _FINISHED]
         for t in out:
             self._state[t] = _SETTLED
+        self.finished -= len(out)
         return out
 
     @property

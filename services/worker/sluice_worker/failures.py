@@ -26,9 +26,9 @@ from sluice.protocol import (
 from sluice.resilience import RandomSource, next_delay
 from sluice.tasks import Task
 from sluice_worker.delays import retry
-from sluice_worker.outcome import HANDLER_ERROR, DeadLetter, Outcome, truncate_detail
+from sluice_worker.outcome import HANDLER_ERROR, DeadLetter, Outcome, describe, truncate_detail
 
-__all__ = ["RetryOrDeadLetter", "TaskTimeout", "traceback_tail"]
+__all__ = ["RetryOrDeadLetter", "TaskTimeout", "error_headers", "traceback_tail"]
 
 TRACEBACK_MAX_BYTES = 4096
 _TRACEBACK_LINES = 12
@@ -54,7 +54,7 @@ class RetryOrDeadLetter:
     def __init__(self, rng: RandomSource | None = None) -> None:
         self._rng: RandomSource = rng or random.Random()
 
-    def on_error(self, task: Task, message: TaskMessage, error: Exception) -> Outcome:
+    def on_error(self, task: Task, message: TaskMessage, error: BaseException) -> Outcome:
         now = now_ms()
         first = message.first_failure_ms if message.first_failure_ms is not None else now
         policy = task.policy.retry
@@ -72,25 +72,31 @@ class RetryOrDeadLetter:
         return self.give_up(task, message, error)
 
     def give_up(
-        self, task: Task, message: TaskMessage, error: Exception, reason: str = HANDLER_ERROR, why: str = ""
+        self,
+        task: Task,
+        message: TaskMessage,
+        error: BaseException,
+        reason: str = HANDLER_ERROR,
+        why: str = "",
     ) -> DeadLetter:
         """The DLQ copy of a failed delivery, with the details of ``error`` (``why``: an added note)."""
         now = now_ms()
         first = message.first_failure_ms if message.first_failure_ms is not None else now
         policy = task.policy.retry
-        kind = type(error).__qualname__
-        text = str(error)
         tries = f"attempt {message.attempt}" + (
             f" of {policy.max_attempts}" if policy is not None and policy.max_attempts else ""
         )
         return DeadLetter(
             reason,
-            f"{kind}: {text} ({tries}{'; ' + why if why else ''})",
-            headers={
-                H_ERROR_TYPE: kind,
-                H_ERROR_MESSAGE: truncate_detail(text),
-                H_TRACEBACK: traceback_tail(error),
-                H_FIRST_FAILURE_AT: first,
-                H_LAST_FAILURE_AT: now,
-            },
+            f"{describe(error)} ({tries}{'; ' + why if why else ''})",
+            headers={**error_headers(error), H_FIRST_FAILURE_AT: first, H_LAST_FAILURE_AT: now},
         )
+
+
+def error_headers(error: BaseException) -> dict[str, str]:
+    """The headers of a dead copy that describe ``error``: its type, message and a traceback tail."""
+    return {
+        H_ERROR_TYPE: type(error).__qualname__,
+        H_ERROR_MESSAGE: truncate_detail(str(error)),
+        H_TRACEBACK: traceback_tail(error),
+    }

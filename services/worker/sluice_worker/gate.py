@@ -12,7 +12,8 @@ Before the run, in this order (each step cheap when the task does not declare it
 5. **breaker**: an open breaker defers the task by its remaining open time (no attempt spent), so the
    worker stops running that task's work while it is open; half-open trials follow the breaker's permits.
 
-Then the handler runs (an ``async`` one under ``asyncio.timeout``), and after it: the claim is completed
+Then the handler runs, through the one call path of every task (:class:`~sluice_worker.invoke.Invoker`:
+an ``async`` one under its ``timeout``; whatever it ends with is answered, not raised), and after it: the claim is completed
 (success) or released (failure), the breaker records the outcome, the lease is released, and a failure
 goes to the :class:`~sluice_worker.failures.RetryOrDeadLetter` policy; a retry it chooses must also be
 granted by the task's fleet retry budget, if it declares one (else: the DLQ, ``retry_budget_exhausted``).
@@ -65,7 +66,9 @@ BACKEND_RETRY = 1.0  # seconds to defer a task whose policy Redis cannot decide 
 UNIT_HOLD = 0.005  # seconds a unit taken ahead may wait for its task (then it is dropped, unused)
 MAX_BATCH = 64
 
-Call = Callable[[], Awaitable[None]]
+# the handler's call (sluice_worker.invoke.Invoker, the same for every task): None if it returned, else
+# whatever it ended with (a failure; only the worker's own cancellation is raised)
+Call = Callable[[], Awaitable[BaseException | None]]
 
 
 def _batch(rate: RateLimit) -> int:
@@ -131,8 +134,8 @@ class PolicyGate:
         return await self.limits.current(task.name) is not None
 
     async def run(self, task: Task, msg: TaskMessage, call: Call, failures: FailurePolicy) -> Outcome:
-        """Decide, run ``call`` (the handler) if allowed, and answer the delivery's outcome (a handler's
-        exception becomes what ``failures`` says)."""
+        """Decide, run ``call`` (the handler) if allowed, and answer the delivery's outcome (what the
+        handler ended with, if not ``None``, becomes what ``failures`` says)."""
         later = due(msg)
         if later is not None:
             self._count("deferred:eta")
@@ -195,19 +198,22 @@ class PolicyGate:
                     return defer("breaker_open", e.retry_after)
                 except BackendUnavailable as e:
                     return self._backend_down(task, e)
-            try:
-                await self._call(task, call)
-            except Exception as e:
+            error = await call()
+            if error is not None:
+                if isinstance(error, TaskTimeout):
+                    self._count("timeout")
                 if breaker is not None and permit is not None:
-                    await self._record(breaker, permit, not breaker.policy.counts_as_failure(e))
-                outcome = failures.on_error(task, msg, e)
+                    await self._record(breaker, permit, not breaker.policy.counts_as_failure(error))
+                outcome = failures.on_error(task, msg, error)
                 if (
                     p.retry_budget is not None
                     and isinstance(outcome, Republish)
                     and not await self._budgets.allow_retry(task, p.retry_budget)
                 ):
                     self._count("dead:retry_budget")
-                    return self.failures.give_up(task, msg, e, EXHAUSTED, "the fleet's retry budget is spent")
+                    return self.failures.give_up(
+                        task, msg, error, EXHAUSTED, "the fleet's retry budget is spent"
+                    )
                 return outcome
             if breaker is not None and permit is not None:
                 await self._record(breaker, permit, True)
@@ -265,20 +271,6 @@ class PolicyGate:
         slot = max(now + wait, self._slots.get(name, 0.0) + rate.period / rate.limit)
         self._slots[name] = slot
         return slot - now
-
-    async def _call(self, task: Task, call: Call) -> None:
-        timeout = task.policy.timeout
-        if timeout is None or not task.is_async:
-            await call()
-            return
-        try:
-            async with asyncio.timeout(timeout) as cm:
-                await call()
-        except TimeoutError:
-            if cm.expired():
-                self._count("timeout")
-                raise TaskTimeout(f"task {task.name} ran past its timeout of {timeout:g}s") from None
-            raise
 
     async def _record(self, breaker: CircuitBreaker, permit: Permit, success: bool) -> None:
         try:

@@ -29,6 +29,7 @@ __all__ = [
     "DeadLetterOnError",
     "FailurePolicy",
     "Outcome",
+    "describe",
     "truncate_detail",
 ]
 
@@ -74,13 +75,21 @@ def truncate_detail(text: str, limit: int = DETAIL_MAX_BYTES) -> str:
 
 
 class FailurePolicy(Protocol):
-    """Decides what a handler's exception becomes."""
+    """Decides what a handler's failure becomes. ``error`` is whatever the handler ended with: any
+    ``BaseException`` (a ``CancelledError`` it raised itself, ``SystemExit``, ...), not only an
+    ``Exception`` (see :mod:`sluice_worker.invoke`)."""
 
-    def on_error(self, task: Task, message: TaskMessage, error: Exception) -> Outcome: ...
+    def on_error(self, task: Task, message: TaskMessage, error: BaseException) -> Outcome: ...
+
+
+def describe(error: BaseException) -> str:
+    """``"ExceptionType: message"``, or the type alone when the message is empty (``KeyboardInterrupt``)."""
+    kind, text = type(error).__qualname__, str(error)
+    return f"{kind}: {text}" if text else kind
 
 
 class DeadLetterOnError:
-    """The default policy: every handler error dead-letters the task (reason ``handler_error``)."""
+    """The default policy: every handler failure dead-letters the task (reason ``handler_error``)."""
 
-    def on_error(self, task: Task, message: TaskMessage, error: Exception) -> Outcome:
-        return DeadLetter(HANDLER_ERROR, f"{type(error).__qualname__}: {error}")
+    def on_error(self, task: Task, message: TaskMessage, error: BaseException) -> Outcome:
+        return DeadLetter(HANDLER_ERROR, describe(error))

@@ -31,7 +31,9 @@ from sluice.topology import Topology
 from sluice_worker._acks import AckTracker
 from sluice_worker.deadletter import DeadLetterPublisher, LogThrottle
 from sluice_worker.delays import DelayPublisher, Republish
-from sluice_worker.outcome import ACK, DeadLetter
+from sluice_worker.failures import error_headers
+from sluice_worker.invoke import cancelled_from_outside
+from sluice_worker.outcome import ACK, HANDLER_ERROR, DeadLetter, describe
 from sluice_worker.runner import Runner
 from sluice_worker.telemetry_hook import DeliveryRecorder
 
@@ -43,6 +45,9 @@ _CANCEL_TIMEOUT = 5.0
 # batched acks: one ack frame once this many deliveries finished (a quarter of the prefetch window), or
 # this many seconds after the first one finished, whichever is sooner
 _ACK_INTERVAL = 0.005
+# finished deliveries held behind a running one (no multiple-ack can cover them) are acked on their own
+# once this many seconds passed without another delivery finishing (or once a batch of them waits)
+_HELD_FOR = 0.5
 _CANCEL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
 
 
@@ -129,7 +134,13 @@ class Session:
                 started, outcome = begin(), None
                 try:
                     p = dm.header.properties
-                    outcome = await run(dm.body, p.headers, p.message_id, bool(dm.redelivered))
+                    try:
+                        outcome = await run(dm.body, p.headers, p.message_id, bool(dm.redelivered))
+                    except GeneratorExit as e:
+                        # a future the handler awaited failed with GeneratorExit: asyncio threw it into
+                        # this frame, closing the runner's coroutines on the way (so no outcome came
+                        # back); it is that handler's failure
+                        outcome = DeadLetter(HANDLER_ERROR, describe(e), error_headers(e))
                     if outcome is ACK:
                         acks.finish(tag)
                         self._finished()
@@ -141,15 +152,27 @@ class Session:
                         await self._dead_letter(
                             queue, dm, tag, DeadLetter("unsupported_outcome", repr(outcome))
                         )
-                except Exception:  # a bug of ours: keep going, the broker redelivers the message
-                    log.exception("internal error on a delivery from %s; requeueing it", queue)
-                    await self._answer_alone(tag, requeue=True)
+                except asyncio.CancelledError:
+                    if cancelled_from_outside():
+                        raise  # the session is dropped or drained: the broker redelivers the message
+                    await self._internal_error(queue, tag)
+                except (
+                    BaseException
+                ):  # a bug of ours (the runner answers every handler failure): settle, go on
+                    await self._internal_error(queue, tag)
                 finally:
                     end(queue, dm.header.properties.headers, outcome, started)  # telemetry
                     if me is not None:
                         inflight.discard(me)
 
         return on_delivery
+
+    async def _internal_error(self, queue: str, tag: int) -> None:
+        """Our own bookkeeping failed on a delivery (the runner answers every handler failure): requeue
+        it, so it is never left pending in the ack tracker, where it would hold back every later ack."""
+        log.exception("internal error on a delivery from %s; requeueing it", queue)
+        if self._acks.is_pending(tag):
+            await self._answer_alone(tag, requeue=True)
 
     async def _dead_letter(self, queue: str, dm: DeliveredMessage, tag: int, dead: DeadLetter) -> None:
         if self._throttle.allow():
@@ -203,8 +226,16 @@ class Session:
     async def _flush_loop(self, raw: RawChannel) -> None:
         acks, wake, full = self._acks, self._wake, self._full
         while True:
-            await wake.wait()
-            if self._unflushed < self._batch:
+            held = False  # finished deliveries wait behind one still running, and nothing else finished
+            if acks.finished:
+                try:
+                    async with asyncio.timeout(_HELD_FOR):
+                        await wake.wait()
+                except TimeoutError:
+                    held = True
+            else:
+                await wake.wait()
+            if not held and self._unflushed < self._batch:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_ACK_INTERVAL):
                         await full.wait()
@@ -212,12 +243,18 @@ class Session:
             full.clear()
             self._unflushed = 0
             tag = acks.take()
-            if tag is not None:
-                try:
+            # finished deliveries behind one still running (a slow or hung handler) that a multiple-ack
+            # cannot cover: once a batch of them wait, or they waited _HELD_FOR, each is acked on its own
+            # frame, so a handler that never returns holds its own delivery, never the others' acks
+            alone = acks.finished_out_of_order() if held or acks.finished >= self._batch else []
+            try:
+                if tag is not None:
                     await raw.basic_ack(tag, multiple=True, wait=False)
-                except BROKER_ERRORS as e:
-                    self._log_lost_acks(e)
-                    return
+                for t in alone:
+                    await raw.basic_ack(t, wait=False)
+            except BROKER_ERRORS as e:
+                self._log_lost_acks(e)
+                return
 
     def _log_lost_acks(self, e: BaseException) -> None:
         if not self._lost_acks_logged:
