@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt bench clean
+.PHONY: help install up test lint fmt bench clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ up: install ## run producer, worker and metrics locally against RabbitMQ and Red
 
 test: install ## run the whole test suite against the real RabbitMQ and Redis
 	$(BIN)/pytest
+
+images: ## build local stand-ins for the base images from Debian's packages (no registry needed); writes deploy/images/local.env
+	bash deploy/images/build.sh
+
+compose-test: install images ## boot docker-compose.yml in a Docker engine and test it (tasks run, nothing lost on kills)
+	SLUICE_COMPOSE_ENV_FILE=deploy/images/local.env $(BIN)/pytest -m compose -o timeout=1800 tests/compose
 
 lint: install ## ruff and mypy --strict
 	$(BIN)/ruff check .

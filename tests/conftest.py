@@ -110,18 +110,40 @@ def _container(kind: str) -> Iterator[str]:
             f"and pass deploy/images/local.env's variables, or pull it",
             pytrace=False,
         )
-    if kind == "amqp":
-        from testcontainers.rabbitmq import RabbitMqContainer
+    # Ryuk, testcontainers' reaper, is an image of its own that no registry here serves; the context
+    # manager removes the container itself
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    from testcontainers.core.container import DockerContainer
 
-        with RabbitMqContainer(image) as rmq:
-            host, port = rmq.get_container_host_ip(), rmq.get_exposed_port(5672)
-            yield f"amqp://guest:guest@{host}:{port}/"
-    else:
-        from testcontainers.redis import RedisContainer
+    port = 5672 if kind == "amqp" else 6379
+    with DockerContainer(image).with_exposed_ports(port) as c:
+        host, mapped = c.get_container_host_ip(), int(c.get_exposed_port(port))
+        url = f"amqp://guest:guest@{host}:{mapped}/" if kind == "amqp" else f"redis://{host}:{mapped}/0"
+        _wait_until_it_answers(kind, url, limit_s=120)
+        yield url
 
-        with RedisContainer(image) as red:
-            host, port = red.get_container_host_ip(), red.get_exposed_port(6379)
-            yield f"redis://{host}:{port}/0"
+
+def _wait_until_it_answers(kind: str, url: str, limit_s: float) -> None:
+    """A broker in a fresh container accepts TCP before it speaks its protocol: wait for a real answer."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if kind == "amqp":
+                import pika
+
+                pika.BlockingConnection(pika.URLParameters(url)).close()
+            else:
+                import redis
+
+                redis.Redis.from_url(url, socket_timeout=2).ping()
+            return
+        except Exception as e:  # not up yet: retried until the deadline
+            last = e
+            time.sleep(0.5)
+    pytest.fail(f"the {kind} container at {url} did not answer within {limit_s:g}s: {last}", pytrace=False)
 
 
 @contextlib.contextmanager

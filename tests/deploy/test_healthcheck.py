@@ -78,3 +78,28 @@ def test_amqp_connection_sees_established_connections(hc: ModuleType) -> None:
 def test_usage(hc: ModuleType) -> None:
     assert hc.main([]) == 2
     assert hc.main(["amqp-connection", "x"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "env", "check"),
+    [
+        (
+            ["/opt/sluice/bin/python3.11", "/opt/sluice/bin/sluice", "producer", "--host", "0.0.0.0"],
+            {},
+            ["http", "http://127.0.0.1:8000/healthz"],
+        ),
+        (["sluice", "producer"], {"SLUICE_PRODUCER_PORT": "8100"}, ["http", "http://127.0.0.1:8100/healthz"]),
+        (
+            ["sluice", "metrics", "--host", "0.0.0.0", "--port", "9200"],
+            {},
+            ["http", "http://127.0.0.1:9200/healthz"],
+        ),
+        (["sluice", "worker"], {"SLUICE_AMQP_URL": "amqp://u:p@rabbitmq:5673/"}, ["amqp-connection", "5673"]),
+        (["sluice", "worker"], {}, ["amqp-connection", "5672"]),
+        (["sluice", "config"], {}, []),
+    ],
+)
+def test_auto_picks_the_services_check(
+    hc: ModuleType, cmdline: list[str], env: dict[str, str], check: list[str]
+) -> None:
+    assert hc.auto_check(cmdline, env) == check
