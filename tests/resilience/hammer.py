@@ -77,7 +77,7 @@ async def hold(url: str, prefix: str, limit: int, lease: float) -> None:
 
 
 BREAKER = BreakerPolicy(
-    minimum_calls=10, failure_rate=0.5, open_for=0.3, half_open_permits=3, trial_timeout=10
+    minimum_calls=10, failure_rate=0.5, open_for=3.0, half_open_permits=3, trial_timeout=10
 )
 
 
