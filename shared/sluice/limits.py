@@ -69,17 +69,26 @@ class LimitStore:
         self._fresh_until = -1.0
         self._refreshing: asyncio.Future[None] | None = None
         self._warned = False
+        self._bad: set[tuple[str, bytes | str]] = set()  # malformed entries already warned about
 
     async def all(self) -> dict[str, RateLimit]:
-        """Every override, by task name (one round trip; a malformed entry is skipped with a warning)."""
+        """Every override, by task name (one round trip).
+
+        A malformed entry is skipped, with a warning the first time this store sees it (a dashboard
+        reading every second must not log it every second).
+        """
         raw: Mapping[bytes | str, bytes | str] = await self._redis.hgetall(self.key)
         out: dict[str, RateLimit] = {}
         for k, v in raw.items():
             name = k.decode() if isinstance(k, bytes) else k
             try:
                 out[name] = _decode(v)
-            except (ValueError, ConfigError) as e:
-                log.warning("ignoring the limit override of %s: %s", name, e)
+            except ValueError as e:  # ConfigError is a ValueError too
+                if (name, v) not in self._bad:
+                    if len(self._bad) >= 1_000:
+                        self._bad.clear()
+                    self._bad.add((name, v))
+                    log.warning("ignoring the limit override of %s: %s", name, e)
         return dict(sorted(out.items()))
 
     async def set(self, task: str, limit: RateLimit) -> None:
