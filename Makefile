@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt bench clean images compose-test
+.PHONY: help install up test lint fmt bench bench-publish clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ $(BENCH_STAMP): pyproject.toml bench/requirements.txt $(wildcard $(PEERS)/requir
 
 bench: $(BENCH_STAMP) ## sluice vs the raw aio-pika ceilings on the peer workloads (BENCH_VARIANTS=all adds the peers)
 	$(BENCH_VENV)/bin/python bench/run.py
+
+bench-publish: install ## sluice publish fed 1,000,000 NDJSON lines: peak RSS, rate vs the aio-pika ceiling
+	$(BIN)/python bench/publish_stream.py
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

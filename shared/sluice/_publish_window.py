@@ -164,7 +164,7 @@ class PublishWindow:
                     ) from None
                 self.report.republished += 1
                 continue
-            if self._outage_since is not None:
+            if attempt and self._outage_since is not None:  # a re-publish confirmed: the broker is back
                 self._outage_since = None
                 self._healthy.set()
                 if self._on_outage is not None:

@@ -211,26 +211,30 @@ class Publisher:
         if self._channel is None:
             raise BrokerUnavailable("publisher is not open")
         try:
-            # a robust channel waits here while it reconnects: within the publish deadline
-            async with asyncio.timeout(self.settings.publish_timeout):
+            if self.connection.connected.is_set():
                 # the concrete aiormq channel: its basic_publish takes wait=False, the abstract one does not say so
                 channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+            else:  # a robust channel waits here while it reconnects: within the publish deadline
+                async with asyncio.timeout(self.settings.publish_timeout):
+                    channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
         except TimeoutError:
             raise BrokerUnavailable(
                 f"not connected to the broker within {self.settings.publish_timeout:g}s"
             ) from None
         except BROKER_ERRORS as e:
             raise BrokerUnavailable(f"no channel to the broker: {e}") from None
-        await self._confirmed(
-            channel.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=properties,
-                mandatory=True,
-                wait=False,
-            )
+        # aiormq's own deadline (it has one around the publish and its confirm anyway): no second timer
+        within = self.settings.publish_timeout
+        pending = channel.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=True,
+            wait=False,
+            timeout=within,
         )
+        await await_confirm(pending, within, timed=False)
 
     async def publish_delayed(
         self, body: bytes, queue: str, properties: spec.Basic.Properties, tier_ms: int
@@ -271,7 +275,7 @@ class Publisher:
         than that fails them (:class:`GaveUp`) and stops taking tasks (``report.gave_up``: the rest of
         ``messages`` is left untaken). ``None``: no pause, no re-publish. ``keep_failed`` bounds
         ``report.failed`` (``report.failures`` counts them all). ``on_outage(error)`` is called when an
-        outage begins, ``on_outage(None)`` when a publish is confirmed again. See
+        outage begins, ``on_outage(None)`` when a re-published task is confirmed. See
         :mod:`sluice._publish_window`.
         """
         window = PublishWindow(
@@ -298,14 +302,20 @@ class Publisher:
             await self.connection.ready()
 
 
-async def await_confirm(pending: Awaitable[Any], within: float, what: str = "the task") -> None:
+async def await_confirm(
+    pending: Awaitable[Any], within: float, what: str = "the task", *, timed: bool = True
+) -> None:
     """Await a publish on a confirm-mode channel; its failure as a sluice error.
 
     :class:`PublishTimeout` after ``within`` seconds, :class:`PublishReturned` if unroutable,
     :class:`PublishNacked` if the broker refused it, :class:`BrokerUnavailable` if the connection died.
+    ``timed=False``: ``pending`` bounds itself (raises TimeoutError after ``within``), no timer here.
     """
     try:
-        async with asyncio.timeout(within):
+        if timed:
+            async with asyncio.timeout(within):
+                await pending
+        else:
             await pending
     except TimeoutError:
         raise PublishTimeout(f"no confirm within {within:g}s (broker down or blocked by an alarm?)") from None

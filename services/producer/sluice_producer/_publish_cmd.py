@@ -175,7 +175,7 @@ class _Reporter:
         if error is not None:
             self._since = time.monotonic()
             sys.stderr.write(
-                f"sluice: lost the broker ({_one_line(error)}); paused: what was not confirmed is "
+                f"sluice: broker unavailable ({_one_line(error)}); paused: what was not confirmed is "
                 f"published again once it is back (giving up after {self._give_up_after:g}s)\n"
             )
         else:

@@ -254,5 +254,8 @@ async def stdin_entries(
         except SluiceError as e:
             yield Bad(where, e)
             continue
-        for copy in expand((item,), count):
-            yield copy
+        if count == 1:
+            yield item
+        else:
+            for copy in expand((item,), count):
+                yield copy
