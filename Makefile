@@ -28,6 +28,9 @@ test: install ## run the whole test suite against the real RabbitMQ and Redis
 images: ## build local stand-ins for the base images from Debian's packages (no registry needed); writes deploy/images/local.env
 	bash deploy/images/build.sh
 
+test-containers: install images ## the integration core (tests/e2e, tests/worker, tests/policies) against RabbitMQ and Redis in containers
+	set -a && . deploy/images/local.env && set +a && SLUICE_TEST_BROKERS=containers $(BIN)/pytest -m "not compose and not disruptive" tests/e2e tests/worker tests/policies
+
 compose-test: install images ## boot docker-compose.yml in a Docker engine and test it (tasks run, nothing lost on kills)
 	SLUICE_COMPOSE_ENV_FILE=deploy/images/local.env $(BIN)/pytest -m compose -o timeout=1800 tests/compose
 
