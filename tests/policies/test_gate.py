@@ -18,7 +18,7 @@ from sluice.tasks import Task
 from sluice_worker.delays import Republish
 from sluice_worker.failures import RetryOrDeadLetter
 from sluice_worker.gate import PolicyGate
-from sluice_worker.outcome import ACK, DeadLetter, Outcome
+from sluice_worker.outcome import ACK, DEDUPLICATED, DeadLetter, Outcome
 
 
 class T(BaseModel):
@@ -73,7 +73,7 @@ async def test_idempotency_skips_what_was_done(gate: PolicyGate) -> None:
     async def h(p: T) -> None: ...
 
     assert await _run(gate, h, TaskMessage("g.idem", {"n": 1})) is ACK
-    assert await _run(gate, h, TaskMessage("g.idem", {"n": 1})) is ACK
+    assert await _run(gate, h, TaskMessage("g.idem", {"n": 1})) is DEDUPLICATED  # acked, counted as such
     assert CALLED[-2:] == [True, False], "the duplicate is acked without running"
     assert gate.stats.counts["skipped"] == 1
     # a failed run releases its claim: the next one runs

@@ -13,10 +13,12 @@ from .conftest import Workers, publish, queue_state, records, wait_until
 def test_kill_9_after_the_effect_before_the_ack(
     workers: Workers, env: dict[str, str], r: redis.Redis, unique: str, amqp_url: str
 ) -> None:
-    w = workers.start("--concurrency", "4", "--prefetch", "16")
+    w = workers.start("--concurrency", "4", "--prefetch", "64")
     workers.wait_consumers(1)
     key = f"{unique}:once"
-    # the first delivery blocks, so the batched acks of every later (finished) delivery stay unsent
+    # the first delivery blocks, so the batched acks of every later (finished) delivery stay unsent: for
+    # 2 s (then each is acked on its own: a blocked delivery holds back no other ack for long), and as
+    # long as fewer than a quarter of the prefetch window wait behind it
     publish(env, "pol.block", [json.dumps({"key": key})])
     publish(env, "pol.once", [json.dumps({"key": key, "n": i}) for i in range(5)])
     wait_until(lambda: r.llen(key) >= 5, 15, "five effects")

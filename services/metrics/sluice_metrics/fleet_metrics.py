@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from sluice.errors import ConfigError
 from sluice.policy import parse_rate
 from sluice.resilience import BreakerState
-from sluice.telemetry import RUN_BUCKETS, WAIT_BUCKETS
+from sluice.telemetry import OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
 from sluice_metrics.fleet import Fleet
 from sluice_metrics.processes import Hist
 
@@ -94,8 +94,7 @@ class FleetCollector(Collector):
             published.add_metric([name(q)], n)
         completed = CounterMetricFamily(
             "sluice_tasks_completed",
-            "deliveries workers carried out, by task and outcome (success, failed, retried, dead_lettered, "
-            "deduplicated, deferred_limit, deferred_breaker)",
+            f"deliveries workers carried out, by task and outcome ({', '.join(OUTCOMES)})",
             labels=["task", "outcome"],
         )
         for (task, outcome), n in sorted(totals.done.items()):

@@ -6,8 +6,9 @@ Before the run, in this order (each step cheap when the task does not declare it
 2. **rate limit** (declared, or the run-time override of ``sluice limits``): GCRA per task (per payload key).
    Over the limit is not a failure: a wait shorter than ``in_place`` seconds is waited here (one poller
    per key per process), a longer one defers the task by the limiter's ``retry_after``; no attempt spent;
-3. **idempotency**: a key already done is acked and skipped (counted); one claimed by a running worker
-   defers the task until that claim's lease ends;
+3. **idempotency**: a key already done is acked and skipped (the outcome
+   :data:`~sluice_worker.outcome.DEDUPLICATED`, counted as ``deduplicated``); one claimed by a running
+   worker defers the task until that claim's lease ends;
 4. **concurrency**: a fleet-wide lease, renewed while the handler runs; none free: deferred;
 5. **breaker**: an open breaker defers the task by its remaining open time (no attempt spent), so the
    worker stops running that task's work while it is open; half-open trials follow the breaker's permits.
@@ -49,18 +50,20 @@ from sluice.resilience import (
 )
 from sluice.settings import Settings
 from sluice.tasks import Task
+from sluice.telemetry import NullTelemetry, Telemetry
 from sluice_worker._budgets import EXHAUSTED, Budgets
 from sluice_worker._primitives import Primitives
 from sluice_worker._units import Units
 from sluice_worker.delays import Republish, defer, due
 from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
-from sluice_worker.outcome import ACK, FailurePolicy, Outcome
+from sluice_worker.outcome import ACK, DEDUPLICATED, FailurePolicy, Outcome
 
 __all__ = ["GateStats", "PolicyGate", "redis_for"]
 
 log = logging.getLogger("sluice.worker")
 
 IN_PLACE = 0.25  # seconds a rate-limited task may wait in place before it is deferred instead
+RATE_LIMITED = "rate_limited"
 BACKEND_RETRY = 1.0  # seconds to defer a task whose policy Redis cannot decide (fail closed)
 
 UNIT_HOLD = 0.005  # seconds a unit taken ahead may wait for its task (then it is dropped, unused)
@@ -109,12 +112,16 @@ class PolicyGate:
         limits: LimitStore | None = None,
         failures: RetryOrDeadLetter | None = None,
         in_place: float = IN_PLACE,
+        telemetry: Telemetry | NullTelemetry | None = None,
     ) -> None:
         self.redis = redis
         self.keys = KeySpace(prefix)
         self.limits = limits or LimitStore(redis, prefix)
         self.failures = failures or RetryOrDeadLetter()
         self.stats = GateStats(Counter())
+        # rate-limit decisions and refused retries (the metrics service's sluice_rate_limit_* and
+        # sluice_retry_budget_refusals_total); the outcome of each delivery is the consumer's to count
+        self._telemetry = telemetry or NullTelemetry()
         self._in_place = in_place
         self.primitives = Primitives(redis, self.keys)
         self._pollers: dict[str, asyncio.Lock] = {}
@@ -147,10 +154,13 @@ class PolicyGate:
         if rate is not None:
             part = payload_field(msg.payload, rate.key) if rate.key else None
             name = task.name if part is None else f"{task.name}:{part}"
-            wait = await self._take_rate(name, rate)
+            wait, waited = await self._take_rate(name, rate)
             if wait is not None:
                 self._count("deferred:rate_limited")
-                return defer("rate_limited", self._line_up(name, rate, wait))
+                put_off = self._line_up(name, rate, wait)
+                self._telemetry.limit_decision(task.name, False, put_off)
+                return defer(RATE_LIMITED, put_off)
+            self._telemetry.limit_decision(task.name, True, waited or None)
         async with contextlib.AsyncExitStack() as stack:
             claim: tuple[IdempotencyStore, str, str] | None = None
             if p.idempotency is not None:
@@ -167,7 +177,7 @@ class PolicyGate:
                         log.info(
                             "skipped task %s (%s): idempotency key %r already done", msg.id, task.name, key
                         )
-                        return ACK
+                        return DEDUPLICATED
                     if not isinstance(got, Claimed):
                         self._count("deferred:in_progress")
                         return defer("in_progress", got.retry_after)
@@ -211,6 +221,7 @@ class PolicyGate:
                     and not await self._budgets.allow_retry(task, p.retry_budget)
                 ):
                     self._count("dead:retry_budget")
+                    self._telemetry.budget_refused(self._budgets.name(task, p.retry_budget))
                     return self.failures.give_up(
                         task, msg, error, EXHAUSTED, "the fleet's retry budget is spent"
                     )
@@ -223,22 +234,24 @@ class PolicyGate:
         return ACK
 
     # ---- steps
-    async def _take_rate(self, name: str, rate: RateLimit) -> float | None:
-        """Take one unit of the limit ``name``; ``None`` when taken, else seconds to defer by."""
+    async def _take_rate(self, name: str, rate: RateLimit) -> tuple[float | None, float]:
+        """Take one unit of the limit ``name``: (``None`` when taken, else seconds to defer by; seconds
+        the task waited here for it)."""
         limiter = self.primitives.limiter(rate)
         deadline = time.monotonic() + self._in_place
         batch = _batch(rate)
         # a high rate: a few milliseconds' worth of units per decision, shared by the tasks arriving
         if batch > 1 and await self._units.take(name, batch, lambda n: limiter.try_acquire(name, n)):
-            return None
+            return None, 0.0
         d = await limiter.try_acquire(name)  # the common case: room, one (pipelined) round trip
         if d.allowed:
-            return None
+            return None, 0.0
         if d.degraded:
-            return BACKEND_RETRY
+            return BACKEND_RETRY, 0.0
         if math.isinf(d.retry_after) or d.retry_after > self._in_place:
-            return d.retry_after if math.isfinite(d.retry_after) else rate.period
+            return (d.retry_after if math.isfinite(d.retry_after) else rate.period), 0.0
         # a short wait: waited here, by one poller per key at a time (no herd polling Redis)
+        start = time.monotonic()
         lock = self._pollers.get(name)
         if lock is None:
             lock = self._pollers[name] = asyncio.Lock()
@@ -246,20 +259,20 @@ class PolicyGate:
             async with asyncio.timeout(self._in_place):
                 await lock.acquire()
         except TimeoutError:
-            return d.retry_after
+            return d.retry_after, 0.0
         try:
             while True:
                 wait = d.retry_after
                 if time.monotonic() + wait > deadline:
-                    return wait
+                    return wait, 0.0
                 await asyncio.sleep(wait)
                 d = await limiter.try_acquire(name)
                 if d.allowed:
-                    return None
+                    return None, time.monotonic() - start
                 if d.degraded:
-                    return BACKEND_RETRY
+                    return BACKEND_RETRY, 0.0
                 if math.isinf(d.retry_after):
-                    return rate.period
+                    return rate.period, 0.0
         finally:
             lock.release()
 

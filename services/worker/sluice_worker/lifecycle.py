@@ -76,7 +76,7 @@ async def serve(
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")
     telemetry = telemetry_for(settings, "worker")  # one snapshot a second to the metrics service
     redis = redis_for(settings)  # task policies (docs/policies.md); not used by tasks that declare none
-    gate = PolicyGate(redis, settings.prefix)
+    gate = PolicyGate(redis, settings.prefix, telemetry=telemetry)
     try:
         recorder = DeliveryRecorder(telemetry, names)
         runner = Runner(registry, settings, pool, policy or gate.failures, gate)

@@ -1,8 +1,9 @@
 """What becomes of one delivery, and the policy that decides it when a handler fails.
 
-The runner turns every delivery into an :class:`Outcome`; the consumer carries it out. Today there are two:
-:data:`ACK` (the task ran) and :class:`DeadLetter` (it cannot run: the message goes to the dead-letter queue
-with a reason). A :class:`FailurePolicy` decides what a handler's exception becomes; the default
+The runner turns every delivery into an :class:`Outcome`; the consumer carries it out: :data:`ACK` (the
+task ran), :class:`Skipped` (it must not run, e.g. :data:`DEDUPLICATED`: acked, counted under its own
+name), :class:`DeadLetter` (it cannot run: the message goes to the dead-letter queue with a reason) and
+``Republish`` (:mod:`sluice_worker.delays`: sent back for later). A :class:`FailurePolicy` decides what a handler's exception becomes; the default
 dead-letters it. Retries (a ``Retry(delay)`` outcome, republished to a delay queue) plug in here later
 without touching the consumer's hot path.
 """
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACK",
+    "DEDUPLICATED",
     "DETAIL_MAX_BYTES",
+    "DUPLICATE",
     "HANDLER_ERROR",
     "INVALID_PAYLOAD",
     "Ack",
@@ -29,6 +32,7 @@ __all__ = [
     "DeadLetterOnError",
     "FailurePolicy",
     "Outcome",
+    "Skipped",
     "describe",
     "truncate_detail",
 ]
@@ -50,6 +54,20 @@ ACK: Final = Ack()
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """The task was not run and must not be: acknowledge the delivery. ``reason`` says why and
+    ``metric`` is its telemetry outcome (one of :data:`sluice.telemetry.OUTCOMES`)."""
+
+    reason: str
+    metric: str
+
+
+DUPLICATE = "duplicate"
+# the task's idempotency key is already done: the effect happened, this delivery is a duplicate
+DEDUPLICATED: Final = Skipped(DUPLICATE, "deduplicated")
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """The task cannot run: move the message to the dead-letter queue with ``reason`` and ``detail``
     (and ``headers`` added to the copy, e.g. the last failure's details)."""
@@ -63,7 +81,7 @@ class DeadLetter:
 
 
 # Republish (sluice_worker.delays): send the task back for later (retries, deferrals)
-Outcome: TypeAlias = "Ack | DeadLetter | Republish"
+Outcome: TypeAlias = "Ack | Skipped | DeadLetter | Republish"
 
 
 def truncate_detail(text: str, limit: int = DETAIL_MAX_BYTES) -> str:

@@ -33,7 +33,7 @@ from sluice_worker.deadletter import DeadLetterPublisher, LogThrottle
 from sluice_worker.delays import DelayPublisher, Republish
 from sluice_worker.failures import error_headers
 from sluice_worker.invoke import cancelled_from_outside
-from sluice_worker.outcome import ACK, HANDLER_ERROR, DeadLetter, describe
+from sluice_worker.outcome import ACK, HANDLER_ERROR, DeadLetter, Skipped, describe
 from sluice_worker.runner import Runner
 from sluice_worker.telemetry_hook import DeliveryRecorder
 
@@ -47,7 +47,7 @@ _CANCEL_TIMEOUT = 5.0
 _ACK_INTERVAL = 0.005
 # finished deliveries held behind a running one (no multiple-ack can cover them) are acked on their own
 # once this many seconds passed without another delivery finishing (or once a batch of them waits)
-_HELD_FOR = 0.5
+_HELD_FOR = 2.0
 _CANCEL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
 
 
@@ -141,7 +141,7 @@ class Session:
                         # this frame, closing the runner's coroutines on the way (so no outcome came
                         # back); it is that handler's failure
                         outcome = DeadLetter(HANDLER_ERROR, describe(e), error_headers(e))
-                    if outcome is ACK:
+                    if outcome is ACK or type(outcome) is Skipped:
                         acks.finish(tag)
                         self._finished()
                     elif isinstance(outcome, Republish):

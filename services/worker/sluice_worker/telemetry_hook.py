@@ -6,6 +6,7 @@ The consumer calls :meth:`DeliveryRecorder.begin` when it starts on a delivery a
 ``x-sluice-created-at``). The outcome object is named here:
 
     Ack                                    success
+    Skipped                                its ``metric``  (deduplicated: an idempotency key already done)
     DeadLetter, a message/payload problem  dead_lettered   (not_json, too_large, bad_headers,
                                                              unknown_task, invalid_payload)
     DeadLetter, anything else              failed          (the handler failed for good)
@@ -15,13 +16,14 @@ The consumer calls :meth:`DeliveryRecorder.begin` when it starts on a delivery a
     Republish, other reasons               deferred        (eta hop, duplicate running, Redis down)
 
 An outcome object with a ``metric`` attribute (one of :data:`sluice.telemetry.OUTCOMES`) is counted
-under that name instead: e.g. an ``Ack`` for a skipped duplicate can say ``deduplicated``.
+under that name instead: the gate's :data:`~sluice_worker.outcome.DEDUPLICATED` says ``deduplicated``.
 Task labels are the registry's task names only; any other name a message carries counts as
 ``_unknown``, so labels stay bounded whatever arrives.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -29,11 +31,15 @@ from typing import Any
 from sluice.protocol import H_CREATED_AT, H_TASK
 from sluice.telemetry import NullTelemetry, Telemetry
 
-__all__ = ["DeliveryRecorder", "outcome_name"]
+__all__ = ["DEFERRALS", "MESSAGE_PROBLEMS", "DeliveryRecorder", "outcome_name"]
+
+log = logging.getLogger("sluice.worker")
 
 UNKNOWN = "_unknown"
-_MESSAGE_PROBLEMS = frozenset({"not_json", "too_large", "bad_headers", "unknown_task", "invalid_payload"})
-_DEFERRALS = {
+# dead-letter reasons of a message that could not run at all (dead_lettered; any other: failed)
+MESSAGE_PROBLEMS = frozenset({"not_json", "too_large", "bad_headers", "unknown_task", "invalid_payload"})
+# why a Republish was sent -> its outcome (any other why: deferred)
+DEFERRALS = {
     "retry": "retried",
     "rate_limited": "deferred_limit",
     "concurrency": "deferred_limit",
@@ -49,10 +55,10 @@ def outcome_name(outcome: object) -> str:
         return metric
     reason = getattr(outcome, "reason", None)
     if reason is not None:  # a DeadLetter
-        return "dead_lettered" if reason in _MESSAGE_PROBLEMS else "failed"
+        return "dead_lettered" if reason in MESSAGE_PROBLEMS else "failed"
     why = getattr(outcome, "why", None)
     if why is not None:  # a Republish
-        return _DEFERRALS.get(why, "deferred")
+        return DEFERRALS.get(why, "deferred")
     return "success"
 
 
@@ -97,10 +103,13 @@ class DeliveryRecorder:
         created = headers.get(H_CREATED_AT) if headers else None
         if isinstance(created, int):
             wait = max(0.0, time.time() - took - created / 1000)
-        self._telemetry.task_done(
-            task,
-            name,
-            queue=queue,
-            run_seconds=took if name in _RAN else None,
-            wait_seconds=wait,
-        )
+        try:
+            self._telemetry.task_done(
+                task,
+                name,
+                queue=queue,
+                run_seconds=took if name in _RAN else None,
+                wait_seconds=wait,
+            )
+        except ValueError as e:  # an outcome named outside OUTCOMES: a bug of ours, never a lost delivery
+            log.warning("delivery not counted: %s", e)
