@@ -35,7 +35,7 @@ import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from sluice.connection import BROKER_ERRORS, connect
-from sluice.errors import BrokerUnavailable
+from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.settings import Settings
 
 __all__ = [
@@ -159,7 +159,7 @@ class Telemetry:
         n = self._done.get(key)
         if n is None:
             if outcome not in _OUTCOME_SET:
-                raise ValueError(f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
+                raise ConfigError(f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
             if task not in self._tasks:
                 if len(self._tasks) >= self._max_tasks:
                     task = OTHER
@@ -286,7 +286,7 @@ class SnapshotPublisher:
         self, settings: Settings, telemetry: Telemetry | NullTelemetry, *, interval: float = 1.0
     ) -> None:
         if interval <= 0:
-            raise ValueError("interval must be positive")
+            raise ConfigError("interval must be positive")
         self._settings = settings
         self._telemetry = telemetry
         self._interval = interval

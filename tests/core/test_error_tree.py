@@ -75,13 +75,6 @@ ALLOWED: dict[tuple[str, str], str] = {
 
 #: Known to break the rule, in files other engineers own right now: each is a TODO of issue 11.
 KNOWN: dict[tuple[str, str], str] = {
-    ("services/worker/sluice_worker/invoke.py", "TaskTimeout"): "TODO(issue 11): TaskTimeout "
-    "(sluice_worker/failures.py) derives from the bare TimeoutError; it should derive from SluiceError "
-    "(and may keep TimeoutError)",
-    ("shared/sluice/telemetry.py", "ValueError"): "TODO(issue 11): a bad interval or an unknown outcome "
-    "should raise ConfigError",
-    ("services/metrics/sluice_metrics/queue_stats.py", "ValueError"): "TODO(issue 11): a bad timeout "
-    "should raise ConfigError",
 }
 
 PROTOCOL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)

@@ -142,7 +142,8 @@ class ProcessTable:
         self.alive_after = alive_after
         self.expire_after = max(alive_after, expire_after if expire_after is not None else 3 * alive_after)
         self.processes: dict[str, ProcessInfo] = {}
-        self._expired: dict[str, Totals] = {}  # silent ones: taken back out of retired if they return
+        # silent ones (their totals and last seq): taken back out of retired if they return
+        self._expired: dict[str, tuple[Totals, int]] = {}
         self.gone: list[ProcessInfo] = []  # the most recent ones, for display
         self.retired = Totals()
         self.accepted = 0
@@ -175,10 +176,17 @@ class ProcessTable:
             self.invalid += 1
             return False
         old = self.processes.get(instance)
-        back = self._expired.pop(instance, None)
+        back = self._expired.get(instance)
         if back is not None:  # silent for a while (a broker outage, say), now back: un-retire it
-            self.retired.add(back, -1)
-            old = ProcessInfo(instance, info.kind, info.host, info.pid, info.started, 0, now, back, {}, {})
+            back_totals, back_seq = back
+            if seq <= back_seq:  # a late or repeated snapshot of the silent one: it stays retired
+                self.stale += 1
+                return False
+            del self._expired[instance]
+            self.retired.add(back_totals, -1)
+            old = ProcessInfo(
+                instance, info.kind, info.host, info.pid, info.started, back_seq, now, back_totals, {}, {}
+            )
         if old is not None:
             if seq <= old.seq:
                 self.stale += 1
@@ -205,7 +213,7 @@ class ProcessTable:
                 p.stopped = "silent"
                 self._retire(p)
                 del self.processes[instance]
-                self._expired[instance] = p.totals
+                self._expired[instance] = (p.totals, p.seq)
                 if len(self._expired) > _MAX_PROCESSES:
                     del self._expired[next(iter(self._expired))]
 

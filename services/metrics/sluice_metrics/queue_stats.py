@@ -25,6 +25,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from sluice.connection import BROKER_ERRORS
+from sluice.errors import ConfigError
 from sluice.settings import Settings
 from sluice.topology import DELAY_TIERS_MS, Topology
 
@@ -83,7 +84,7 @@ class QueueStatsSource:
         optional: Sequence[str] = (),
     ) -> None:
         if timeout <= 0:
-            raise ValueError("timeout must be positive")
+            raise ConfigError("timeout must be positive")
         self._url = settings.amqp_url
         self._name = f"sluice-metrics {settings.prefix}"
         self._queues = tuple(queues)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import traceback
 
+from sluice.errors import SluiceError
 from sluice.protocol import (
     H_ATTEMPT,
     H_ERROR_MESSAGE,
@@ -34,7 +35,7 @@ TRACEBACK_MAX_BYTES = 4096
 _TRACEBACK_LINES = 12
 
 
-class TaskTimeout(TimeoutError):
+class TaskTimeout(SluiceError, TimeoutError):
     """An ``async`` handler ran past its task's ``timeout`` and was cancelled (retryable)."""
 
 
