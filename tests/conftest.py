@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import socket
 import subprocess
 import uuid
@@ -73,6 +74,14 @@ IMAGES = {
 }
 
 
+RABBITMQCTL_VAR = "SLUICE_TEST_RABBITMQCTL"
+
+
+def rabbitmqctl() -> list[str]:
+    """The ``rabbitmqctl`` of the broker under test: the machine's, or ``docker exec`` into the container."""
+    return shlex.split(os.environ.get(RABBITMQCTL_VAR, "rabbitmqctl"))
+
+
 def _image(kind: str) -> str:
     var, default = IMAGES[kind]
     return os.environ.get(var) or default
@@ -120,7 +129,13 @@ def _container(kind: str) -> Iterator[str]:
         host, mapped = c.get_container_host_ip(), int(c.get_exposed_port(port))
         url = f"amqp://guest:guest@{host}:{mapped}/" if kind == "amqp" else f"redis://{host}:{mapped}/0"
         _wait_until_it_answers(kind, url, limit_s=120)
-        yield url
+        if kind == "amqp":  # tests that ask the broker itself (policies, unacked counts) ask this one
+            os.environ[RABBITMQCTL_VAR] = f"docker exec {c.get_wrapped_container().id} rabbitmqctl"
+        try:
+            yield url
+        finally:
+            if kind == "amqp":
+                os.environ.pop(RABBITMQCTL_VAR, None)
 
 
 def _wait_until_it_answers(kind: str, url: str, limit_s: float) -> None:
@@ -207,7 +222,7 @@ def _listed_names(prefix: str) -> tuple[list[str], list[str]]:
     for kind in found:
         try:
             out = subprocess.run(
-                ["rabbitmqctl", "-q", f"list_{kind}", "name"], capture_output=True, text=True, timeout=60
+                [*rabbitmqctl(), "-q", f"list_{kind}", "name"], capture_output=True, text=True, timeout=60
             ).stdout
         except (OSError, subprocess.TimeoutExpired):
             continue

@@ -9,6 +9,8 @@ the worker's side: the rejection, the batched acks not stalled by it, and the ne
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +28,9 @@ from .inproc import running_worker
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    # the broker under test: the machine's, or the container's (SLUICE_TEST_BROKERS=containers)
+    ctl = shlex.split(os.environ.get("SLUICE_TEST_RABBITMQCTL", "rabbitmqctl"))
+    subprocess.run([*ctl, *args], check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ worker per case; every other way of dying shares one worker, each with its own t
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -43,7 +45,13 @@ def worker_for(start_worker: Callable[..., WorkerProcess], *args: str) -> Worker
 def unacked(queue: str) -> int | None:
     """Unacked deliveries of ``queue``, from ``rabbitmqctl`` (AMQP cannot tell them; about 1 s a call)."""
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        [
+            *shlex.split(os.environ.get("SLUICE_TEST_RABBITMQCTL", "rabbitmqctl")),
+            "-q",
+            "list_queues",
+            "name",
+            "messages_unacknowledged",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
