@@ -23,7 +23,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sluice.errors import BrokerUnavailable, PublishTimeout, SluiceError
+from sluice.errors import BrokerError, BrokerUnavailable, PublishTimeout, SluiceError
 from sluice.protocol import TaskMessage
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class PublishWindow:
 
     async def run(self, messages: Iterable[TaskMessage] | AsyncIterable[TaskMessage]) -> PublishReport:
         take = _taker(messages)
+        failed: Exception | None = None
         async with asyncio.TaskGroup() as tg:
             i = 0
             while True:
@@ -110,8 +111,13 @@ class PublishWindow:
                     msg = await take()
                 except StopAsyncIteration:
                     break
+                except Exception as e:  # the input failed: what is in flight still finishes and is reported
+                    failed = e
+                    break
                 tg.create_task(self._one(i, msg))
                 i += 1
+        if failed is not None:
+            raise failed
         return self.report
 
     async def _one(self, i: int, msg: TaskMessage) -> None:
@@ -119,8 +125,10 @@ class PublishWindow:
         try:
             await self._publish(msg)
             self.report.confirmed += 1
-        except SluiceError as e:
-            out.error = e
+        except Exception as e:  # never raises per task: one task's surprise must not cancel the others
+            out.error = (
+                e if isinstance(e, SluiceError) else BrokerError(f"unexpected {type(e).__name__}: {e}")
+            )
             self.report.failures += 1
             if self._keep is None or len(self.report.failed) < self._keep:
                 self.report.failed.append(out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -206,7 +206,7 @@ async def read_lines(stream: BinaryIO, max_line: int) -> AsyncIterator[tuple[int
     n = 0
     tail = bytearray()
     too_long = False
-    while chunk := await asyncio.to_thread(read, CHUNK):
+    while chunk := await _read(read):
         start = 0
         while (nl := chunk.find(b"\n", start)) >= 0:
             n += 1
@@ -227,6 +227,13 @@ async def read_lines(stream: BinaryIO, max_line: int) -> AsyncIterator[tuple[int
                 tail.clear()
     if too_long or tail:
         yield n + 1, None if too_long else bytes(tail)
+
+
+async def _read(read: Callable[[int], bytes]) -> bytes:
+    try:
+        return await asyncio.to_thread(read, CHUNK)
+    except OSError as e:
+        raise ConfigError(f"stdin: cannot read it: {e.strerror or e}") from None
 
 
 async def stdin_entries(
