@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.connection import make_url
 
 from sluice.errors import BrokerUnavailable
 from sluice.settings import Settings, mask_url
 
 __all__ = ["BROKER_ERRORS", "connect", "connect_plain"]
 
-_C = TypeVar("_C", bound=AbstractConnection)
+_T = TypeVar("_T")
 
 # what a lost or refused broker looks like from aio-pika/aiormq
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
@@ -28,15 +30,24 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A robust connection (it reconnects by itself), or :class:`BrokerUnavailable` within the deadline."""
-    return await _within_deadline(
-        settings,
-        aio_pika.connect_robust(
-            settings.amqp_url,
-            client_properties={"connection_name": name},
-            reconnect_interval=1.0,
-        ),
-    )
+    """A robust connection (it reconnects by itself), or :class:`BrokerUnavailable` within the deadline.
+
+    On failure the connection object is closed: its reconnect task would otherwise go on trying (it
+    swallows the cancellation of a connect attempt in progress, so ``asyncio.run`` never returned
+    when a broker accepted TCP but did not answer within the deadline).
+    """
+    conn = aio_pika.RobustConnection(
+        make_url(settings.amqp_url, reconnect_interval=1.0),
+        client_properties={"connection_name": name},
+        reconnect_interval=1.0,
+    )  # what aio_pika.connect_robust builds, kept so that a failed connect can be closed
+    try:
+        await _within_deadline(settings, conn.connect())
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.close()
+        raise
+    return conn
 
 
 async def connect_plain(settings: Settings, name: str) -> AbstractConnection:
@@ -49,7 +60,7 @@ async def connect_plain(settings: Settings, name: str) -> AbstractConnection:
     )
 
 
-async def _within_deadline(settings: Settings, connecting: Awaitable[_C]) -> _C:
+async def _within_deadline(settings: Settings, connecting: Awaitable[_T]) -> _T:
     try:
         async with asyncio.timeout(settings.connect_timeout):
             return await connecting

@@ -104,7 +104,12 @@ async def run_cli(*args: str, env: dict[str, str], stdin: str | None = None, lim
         stderr=asyncio.subprocess.PIPE,
         env=full,
     )
-    async with asyncio.timeout(limit_s):
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    try:
+        async with asyncio.timeout(limit_s):
+            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    finally:
+        if proc.returncode is None:  # timed out: never leave the child running
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())

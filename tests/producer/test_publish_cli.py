@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -193,6 +194,42 @@ async def test_unreachable_broker_fails_fast(broker: Broker) -> None:
         "sluice: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/: [Errno 111] Connection refused"
     ]
     assert elapsed < 3 + 5  # the connect timeout, plus interpreter start-up on a busy machine
+
+
+async def test_a_broker_that_never_answers_fails_within_the_connect_timeout(broker: Broker) -> None:
+    """A port that accepts TCP but never speaks AMQP: one line, exit 1, within SLUICE_CONNECT_TIMEOUT.
+
+    The regression: the robust connection's reconnect task swallowed its cancellation, so the command
+    printed its error only if at all and never exited."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # held open, never answered
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        start = time.monotonic()
+        r = await run_cli(
+            "publish",
+            "demo.echo",
+            env=env(
+                broker, SLUICE_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}/", SLUICE_CONNECT_TIMEOUT="2"
+            ),
+            limit_s=30,
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert r.code == 1
+    assert r.out == ""
+    assert r.err.splitlines() == [
+        f"sluice: error: RabbitMQ at amqp://guest:***@127.0.0.1:{port}/ did not answer within 2s"
+    ]
+    assert elapsed < 2 + 8  # the connect timeout, plus interpreter start-up and closing on a busy machine
 
 
 async def test_bad_ndjson_lines_are_named_and_the_rest_published(broker: Broker) -> None:
