@@ -28,6 +28,7 @@ from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_producer import _loop, inputs
 from sluice_producer.bulk import Failure, StreamReport, publish_stream
 from sluice_producer.inputs import Bad, Item, Rules, Template
+from sluice_producer.known import known_registry
 
 SHOW_FAILURES = 5  # failures listed one per line on stderr; the rest are counted
 FLUSH_EVERY = 0.2  # seconds: confirmed ids reach stdout at least this often
@@ -317,7 +318,8 @@ def _quiet_libraries(settings: Settings) -> None:
 
 def main(args: PublishArgs, settings: Settings) -> int:
     _quiet_libraries(settings)
-    registry = Registry.from_modules(args.tasks) if args.tasks else None
+    # the demo tasks every worker loads, and the --tasks modules: a payload they would refuse is refused here
+    registry = known_registry(args.tasks)
     rules = Rules(settings.max_message_bytes, settings.default_queue, registry, args.strict)
     defaults: dict[str, Any] = {
         "task": args.task,
