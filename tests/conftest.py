@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import socket
 import subprocess
 import uuid
@@ -22,6 +21,8 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
+
+from support.brokerctl import RABBITMQCTL_VAR, rabbitmqctl_argv
 
 LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -72,14 +73,6 @@ IMAGES = {
     "amqp": ("SLUICE_RABBITMQ_IMAGE", "rabbitmq:3.13-management"),
     "redis": ("SLUICE_REDIS_IMAGE", "redis:7"),
 }
-
-
-RABBITMQCTL_VAR = "SLUICE_TEST_RABBITMQCTL"
-
-
-def rabbitmqctl() -> list[str]:
-    """The ``rabbitmqctl`` of the broker under test: the machine's, or ``docker exec`` into the container."""
-    return shlex.split(os.environ.get(RABBITMQCTL_VAR, "rabbitmqctl"))
 
 
 def _image(kind: str) -> str:
@@ -222,7 +215,10 @@ def _listed_names(prefix: str) -> tuple[list[str], list[str]]:
     for kind in found:
         try:
             out = subprocess.run(
-                [*rabbitmqctl(), "-q", f"list_{kind}", "name"], capture_output=True, text=True, timeout=60
+                [*rabbitmqctl_argv(), "-q", f"list_{kind}", "name"],
+                capture_output=True,
+                text=True,
+                timeout=60,
             ).stdout
         except (OSError, subprocess.TimeoutExpired):
             continue

@@ -22,6 +22,8 @@ from pathlib import Path
 import pika
 import pytest
 
+from support.brokerctl import rabbitmqctl_argv
+
 SLUICE = str(Path(sys.executable).with_name("sluice"))
 DEAD_AMQP = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens on port 1: refused at once
 DEAD_REDIS = "redis://127.0.0.1:1/0"
@@ -153,7 +155,16 @@ def queue_policy(unique: str, definition: dict[str, object]) -> Iterator[None]:
     name = f"{unique}-policy"
     pattern = f"^{unique}\\.q\\.default$"
     subprocess.run(
-        ["rabbitmqctl", "-q", "set_policy", "--apply-to", "queues", name, pattern, json.dumps(definition)],
+        [
+            *rabbitmqctl_argv(),
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+            name,
+            pattern,
+            json.dumps(definition),
+        ],
         check=True,
         capture_output=True,
         timeout=60,
@@ -161,7 +172,7 @@ def queue_policy(unique: str, definition: dict[str, object]) -> Iterator[None]:
     try:
         yield
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "clear_policy", name], capture_output=True, timeout=60)
+        subprocess.run([*rabbitmqctl_argv(), "-q", "clear_policy", name], capture_output=True, timeout=60)
 
 
 def test_publish_with_unconfirmed_tasks_exits_1(env: dict[str, str], unique: str) -> None:

@@ -20,6 +20,7 @@ from sluice.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 SLUICE_SERVICES = ("producer", "worker", "metrics")
+IMAGE_VARS = {"SLUICE_PYTHON_IMAGE", "SLUICE_RABBITMQ_IMAGE", "SLUICE_REDIS_IMAGE", "SLUICE_PROMETHEUS_IMAGE"}
 
 
 def compose_file() -> dict[str, Any]:
@@ -122,6 +123,8 @@ def test_every_sluice_variable_is_a_setting() -> None:
     assert used, "the compose file sets no SLUICE_ variable"
     assert used <= fields, f"not settings: {sorted(used - fields)}"
     example = set(re.findall(r"^(SLUICE_[A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert example >= IMAGE_VARS, "the image variables are documented in .env.example"
+    example -= IMAGE_VARS  # the compose file's, not the services' settings
     assert example <= fields, f".env.example names non-settings: {sorted(example - fields)}"
     # every variable .env.example documents is used by the compose file
     documented = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
@@ -131,9 +134,15 @@ def test_every_sluice_variable_is_a_setting() -> None:
 
 def test_service_shape() -> None:
     services = compose_file()["services"]
-    assert services["rabbitmq"]["image"].startswith("rabbitmq:3.13-management")
+    # every image from a variable whose default is the official image
+    assert services["rabbitmq"]["image"] == "${SLUICE_RABBITMQ_IMAGE:-rabbitmq:3.13-management}"
     assert "check_local_alarms" in " ".join(services["rabbitmq"]["healthcheck"]["test"])
-    assert services["redis"]["image"] == "redis:7"
+    assert services["redis"]["image"] == "${SLUICE_REDIS_IMAGE:-redis:7}"
+    assert services["prometheus"]["image"] == "${SLUICE_PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
+    assert (
+        services["producer"]["build"]["args"]["SLUICE_PYTHON_IMAGE"]
+        == "${SLUICE_PYTHON_IMAGE:-python:3.11-slim}"
+    )
     for name in SLUICE_SERVICES:
         s = services[name]
         assert s["build"]["dockerfile"] == "deploy/Dockerfile"

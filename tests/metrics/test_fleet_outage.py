@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 from fleet_helpers import Service, end, start_child, until
 
+from support.brokerctl import rabbitmqctl_argv
+
 pytestmark = [pytest.mark.disruptive, pytest.mark.slow]
 
 FLAG = Path("/tmp/sluice-broker-disruption")
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+    subprocess.run([*rabbitmqctl_argv(), *args], check=True, capture_output=True, timeout=120)
 
 
 def test_snapshots_resume_after_a_broker_restart(service: Service, env: dict[str, str]) -> None:

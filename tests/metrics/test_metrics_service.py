@@ -23,6 +23,7 @@ from prometheus_client.registry import CollectorRegistry
 from sluice.settings import Settings
 from sluice.topology import Topology
 from sluice_metrics import QueueCollector, QueueStatsSource, build_app, queues_to_watch
+from support.brokerctl import rabbitmqctl_argv
 
 Broker = tuple[Settings, aio_pika.abc.AbstractConnection]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -159,7 +160,7 @@ async def test_missing_queue_is_reported_absent_and_the_rest_still_read(
 def close_connection_named(name: str) -> None:
     """Make RabbitMQ close our client's connection, as a broker restart would."""
     listed = subprocess.run(
-        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
+        [*rabbitmqctl_argv(), "list_connections", "pid", "client_properties", "-q"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -168,7 +169,10 @@ def close_connection_named(name: str) -> None:
     pids = [line.split("\t", 1)[0] for line in listed.stdout.splitlines() if f'"{name}"' in line]
     assert len(pids) == 1, listed.stdout
     subprocess.run(
-        ["rabbitmqctl", "close_connection", pids[0], "test"], capture_output=True, timeout=30, check=True
+        [*rabbitmqctl_argv(), "close_connection", pids[0], "test"],
+        capture_output=True,
+        timeout=30,
+        check=True,
     )
 
 

@@ -16,6 +16,7 @@ from producer_helpers import Broker
 from test_http import api
 
 from sluice.settings import Settings
+from support.brokerctl import rabbitmqctl_argv
 
 pytestmark = [pytest.mark.disruptive, pytest.mark.slow]
 
@@ -24,7 +25,7 @@ FLAG = Path("/tmp/sluice-broker-disruption")
 
 def ctl(*args: str, limit_s: float = 60) -> str:
     return subprocess.run(
-        ["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=limit_s
+        [*rabbitmqctl_argv(), *args], check=True, capture_output=True, text=True, timeout=limit_s
     ).stdout.strip()
 
 

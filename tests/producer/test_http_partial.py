@@ -16,6 +16,7 @@ from producer_helpers import Broker
 from test_http import api
 
 from sluice.settings import Settings
+from support.brokerctl import rabbitmqctl_argv
 
 CAP = 5
 
@@ -26,7 +27,7 @@ def capped(unique: str) -> Iterator[str]:
     pattern = rf"^{unique}\.q\.default$"
     definition = f'{{"max-length": {CAP}, "overflow": "reject-publish"}}'
     subprocess.run(
-        ["rabbitmqctl", "-q", "set_policy", "--apply-to", "queues", name, pattern, definition],
+        [*rabbitmqctl_argv(), "-q", "set_policy", "--apply-to", "queues", name, pattern, definition],
         check=True,
         capture_output=True,
         timeout=60,
@@ -34,14 +35,17 @@ def capped(unique: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "clear_policy", name], capture_output=True, timeout=60)
+        subprocess.run([*rabbitmqctl_argv(), "-q", "clear_policy", name], capture_output=True, timeout=60)
 
 
 def policy_applied(queue: str, policy: str, within: float = 20) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         out = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "name", "policy"], capture_output=True, text=True, timeout=60
+            [*rabbitmqctl_argv(), "-q", "list_queues", "name", "policy"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         ).stdout
         if any(line.split() == [queue, policy] for line in out.splitlines()):
             return True

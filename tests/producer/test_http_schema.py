@@ -18,6 +18,8 @@ import pytest
 from producer_helpers import Broker
 from test_http_queues import run_until_exit, running_producer
 
+from support.brokerctl import rabbitmqctl_argv
+
 ST = str(Path(sys.executable).with_name("st"))
 TOKEN = "schema-test-token-7c1f"
 CHECKS = (
@@ -34,7 +36,11 @@ ALLOWED = {"default", "a", "mail"}  # SLUICE_QUEUES=a, the default queue, produc
 def work_queues(prefix: str) -> set[str]:
     """The work queues under ``prefix`` the broker lists."""
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60, check=True
+        [*rabbitmqctl_argv(), "-q", "list_queues", "name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     head = f"{prefix}.q."
     return {name.removeprefix(head) for name in out.split() if name.startswith(head)}

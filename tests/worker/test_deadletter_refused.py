@@ -9,8 +9,6 @@ the worker's side: the rejection, the batched acks not stalled by it, and the ne
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -22,15 +20,14 @@ from sluice.protocol import H_ATTEMPT, H_QUEUE, H_TASK, H_VERSION
 from sluice.settings import Settings
 from sluice.topology import Topology
 from sluice_worker.options import load_registry
+from support.brokerctl import rabbitmqctl_argv
 
 from .conftest import eventually, queue_counts
 from .inproc import running_worker
 
 
 def rabbitmqctl(*args: str) -> None:
-    # the broker under test: the machine's, or the container's (SLUICE_TEST_BROKERS=containers)
-    ctl = shlex.split(os.environ.get("SLUICE_TEST_RABBITMQCTL", "rabbitmqctl"))
-    subprocess.run([*ctl, *args], check=True, capture_output=True, timeout=60)
+    subprocess.run([*rabbitmqctl_argv(), *args], check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture

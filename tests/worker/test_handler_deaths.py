@@ -13,9 +13,7 @@ worker per case; every other way of dying shares one worker, each with its own t
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from sluice.protocol import H_ATTEMPT, H_DEAD_DETAIL, H_DEAD_REASON, H_ERROR_TYP
 from sluice.publisher import Publisher
 from sluice.settings import Settings
 from sluice.topology import Topology
+from support.brokerctl import rabbitmqctl_argv
 
 from .conftest import SLUICE_WORKER, WorkerProcess
 
@@ -46,7 +45,7 @@ def unacked(queue: str) -> int | None:
     """Unacked deliveries of ``queue``, from ``rabbitmqctl`` (AMQP cannot tell them; about 1 s a call)."""
     out = subprocess.run(
         [
-            *shlex.split(os.environ.get("SLUICE_TEST_RABBITMQCTL", "rabbitmqctl")),
+            *rabbitmqctl_argv(),
             "-q",
             "list_queues",
             "name",

@@ -16,6 +16,7 @@ from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher
 from sluice.settings import Settings
 from sluice.topology import Topology
+from support.brokerctl import rabbitmqctl_argv
 
 from .conftest import WorkerProcess, eventually
 
@@ -23,7 +24,7 @@ FLAG = Path("/tmp/sluice-broker-disruption")
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+    subprocess.run([*rabbitmqctl_argv(), *args], check=True, capture_output=True, timeout=120)
 
 
 @pytest.fixture
