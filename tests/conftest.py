@@ -4,7 +4,8 @@ Which brokers the tests use is chosen deliberately, never by what happens to ans
 ``SLUICE_TEST_BROKERS`` is ``local`` (the machine's RabbitMQ and Redis, 127.0.0.1:5672 and :6379),
 ``containers`` (RabbitMQ and Redis started with testcontainers from ``SLUICE_RABBITMQ_IMAGE`` and
 ``SLUICE_REDIS_IMAGE``; the session fails if the engine or an image is missing) or ``auto`` (the
-default: containers when a Docker engine answers *and* both images are already on it, else local).
+default: containers when a Docker engine answers *and* both images are on it or can be pulled, as on
+a laptop with a registry; else local, as on a machine whose engine reaches no registry).
 ``SLUICE_TEST_AMQP_URL`` / ``SLUICE_TEST_REDIS_URL`` name a broker outright and win over all three.
 A broker that does not answer fails the session with a message that says how to start one. Never a
 silent skip.
@@ -94,9 +95,23 @@ def broker_mode() -> str:
     if mode not in ("auto", "local", "containers"):
         pytest.fail(f"SLUICE_TEST_BROKERS={mode!r}: use local, containers or auto", pytrace=False)
     if mode == "auto":
-        present = _docker_answers() and all(_image_present(_image(k)) for k in IMAGES)
+        present = _docker_answers() and all(_image_present(_image(k)) or _pulled(_image(k)) for k in IMAGES)
         return "containers" if present else "local"
     return mode
+
+
+def _pulled(image: str) -> bool:
+    """Pull ``image`` (a laptop with a registry); False at once where no registry answers."""
+    try:
+        r = subprocess.run(["docker", "pull", "-q", image], capture_output=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def pytest_report_header() -> str:
+    mode = os.environ.get("SLUICE_TEST_BROKERS", "auto")
+    return f"sluice brokers: SLUICE_TEST_BROKERS={mode} (local, containers or auto; see tests/conftest.py)"
 
 
 @contextlib.contextmanager
