@@ -258,9 +258,12 @@ def test_a_worker_killed_with_sigkill_has_its_tasks_redelivered(stack: Stack) ->
 
 
 def test_a_broker_restart_and_a_cut_off_worker(stack: Stack) -> None:
-    publish(stack, "c:broker", range(600), seconds=0.05)
+    n = 3000  # 3 workers x 64 slots, 1 s each: about 16 s of work, so the restart lands mid-load
+    publish(stack, "c:broker", range(n), seconds=1.0)
+    eventually("some running", lambda: len(runs(stack, "c:broker")) >= 20, 60, every=0.2)
     stack.compose("restart", "rabbitmq", timeout=180)
-    eventually("600 runs after the broker restart", all_ran(stack, "c:broker", 600), 240)
+    assert len(runs(stack, "c:broker")) < n, "everything had run before the restart: the test proves nothing"
+    eventually(f"{n} runs after the broker restart", all_ran(stack, "c:broker", n), 300)
     # the producer answers 503 + Retry-After while its link reconnects; ready again within a bound
     ready = lambda: httpx.get(f"{stack.api}/readyz", timeout=5).status_code == 200  # noqa: E731
     eventually("the producer is ready again", ready, 60)
