@@ -120,6 +120,9 @@ def test_grafana_provisioning_points_at_the_stack() -> None:
 def test_compose_runs_prometheus_and_grafana() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     prom, grafana, metrics = services["prometheus"], services["grafana"], services["metrics"]
+    # Grafana is opt-in by profile (no image of it where no registry answers); .env.example turns it on
+    assert grafana["profiles"] == ["grafana"]
+    assert "\nCOMPOSE_PROFILES=grafana\n" in (ROOT / ".env.example").read_text()
     assert "./deploy/prometheus:/etc/prometheus:ro" in prom["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
     assert prom["depends_on"]["metrics"]["condition"] == "service_healthy"
