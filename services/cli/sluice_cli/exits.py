@@ -22,7 +22,7 @@ EXITS: dict[str, str] = {
     "stderr), a bad input, an unknown queue, or the broker cannot be reached",
     "producer": "0 stopped by SIGTERM/SIGINT after a drain; 1 cannot start (taken port, bad settings, "
     "auth on with no token). An unreachable broker does not stop it: /readyz answers 503 until it is back",
-    "worker": "0 stopped by SIGTERM/SIGINT after a drain; 1 cannot start (the broker cannot be reached "
+    "worker": "0 stopped by SIGTERM/SIGINT after a drain, or with --burst once nothing was left to do; 1 cannot start (the broker cannot be reached "
     "at start, a task module cannot be imported, bad settings)",
     "metrics": "0 stopped by SIGTERM/SIGINT after a drain; 1 cannot start (taken port, bad settings). An "
     "unreachable broker does not stop it: sluice_broker_up is 0 until it is back",

@@ -1,12 +1,12 @@
-"""Running the metrics service: bind, serve with uvicorn inside our own loop, drain on SIGTERM/SIGINT."""
+"""Running the metrics service: bind, serve with uvicorn inside the service runtime
+(:mod:`sluice.runtime`), drain on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import signal
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 
 import uvicorn
 from prometheus_client.registry import CollectorRegistry
@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerUnavailable
-from sluice.runtime import listen, run
+from sluice.runtime import listen, run, serve_http
 from sluice.settings import Settings
 from sluice.telemetry import metrics_exchange
 from sluice_metrics.app import build_app
@@ -31,18 +31,6 @@ __all__ = ["listen", "run", "serve"]
 log = logging.getLogger("sluice.metrics")
 
 _FEED_ERRORS: tuple[type[BaseException], ...] = (BrokerUnavailable, TimeoutError, *BROKER_ERRORS)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: :func:`serve` installs loop handlers instead.
-
-    (uvicorn's handlers re-raise the signal after shutdown, which would kill the process with
-    SIGTERM instead of letting it exit 0 after a clean drain.)
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 async def serve(
@@ -89,20 +77,16 @@ async def serve(
                 log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=max(int(scrape_timeout * 2), 5),
             )
-            server = _Server(config)
-            loop = asyncio.get_running_loop()
-            stops = (signal.SIGTERM, signal.SIGINT)
-            for sig in stops:
-                loop.add_signal_handler(sig, _stop, server, sig)
             bound_host, bound_port = sock.getsockname()[:2]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            log.info("serving http://%s:%d/metrics; queues: %s", shown, bound_port, ", ".join(watched))
+
+            def serving() -> None:
+                log.info("serving http://%s:%d/metrics; queues: %s", shown, bound_port, ", ".join(watched))
+
             try:
-                await server.serve(sockets=[sock])
+                await serve_http(config, sock, log, ready=serving)
             finally:
                 stop_background.set()
-                for sig in stops:
-                    loop.remove_signal_handler(sig)
     finally:
         sock.close()
         await redis.aclose()
@@ -144,10 +128,3 @@ async def _sample_loop(fleet: Fleet, interval: float, stop: asyncio.Event) -> No
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):
                 await stop.wait()
-
-
-def _stop(server: uvicorn.Server, sig: signal.Signals) -> None:
-    if server.should_exit and sig == signal.SIGINT:
-        server.force_exit = True  # a second Ctrl-C: stop waiting for open requests
-    log.info("%s: draining", sig.name)
-    server.should_exit = True

@@ -1,16 +1,13 @@
-"""Running the producer app: uvicorn's ``Server`` inside ``asyncio.run``, draining on SIGTERM/SIGINT."""
+"""Running the producer app: uvicorn inside the service runtime (:mod:`sluice.runtime`): a signal starts
+the graceful shutdown (stop accepting, finish in-flight requests, close the publisher), then exit 0."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import Iterator
 
 import uvicorn
 
-from sluice.runtime import listen, run, setup_logging
+from sluice.runtime import listen, run, serve_http, setup_logging
 from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice_producer._auth import Tokens
@@ -19,31 +16,6 @@ from sluice_producer.app import create_app
 __all__ = ["serve", "serve_async"]
 
 log = logging.getLogger("sluice.producer")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server with loop signal handlers: a signal starts the graceful shutdown (stop
-    accepting, finish in-flight requests, close the publisher) and the process then exits 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        sigs = (signal.SIGINT, signal.SIGTERM)
-        try:
-            for sig in sigs:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-            yield
-            return
-        try:
-            yield
-        finally:
-            for sig in sigs:
-                loop.remove_signal_handler(sig)
-
-    def _on_signal(self, sig: int) -> None:
-        log.info("%s: draining", signal.Signals(sig).name)
-        self.handle_exit(sig, None)
 
 
 async def serve_async(
@@ -73,9 +45,8 @@ async def serve_async(
         timeout_graceful_shutdown=max(int(settings.publish_timeout) + 2, 5),
         access_log=False,
     )
-    server = _Server(config)
     try:
-        await server.serve(sockets=[sock])
+        await serve_http(config, sock, log)
     finally:
         sock.close()
 

@@ -10,6 +10,10 @@ import typer
 _TASKS_HELP = (
     "Python module whose @task functions to load (repeat, or comma-separate); demo tasks always load."
 )
+_BURST_HELP = (
+    "Drain and exit 0 once its queues are empty, no task runs and no delayed copy waits in the "
+    "prefix's delay tiers (for 1 s in a row): a run that ends when the work is done (tests, batch jobs)."
+)
 _QUEUES_HELP = (
     "Queue to consume (repeat, or comma-separate). Default: the loaded tasks' queues + the default queue."
 )
@@ -30,12 +34,14 @@ def worker(
         metavar="S",
         help="Seconds running tasks get to finish on SIGTERM/SIGINT [env SLUICE_GRACE_PERIOD].",
     ),
+    burst: bool = typer.Option(False, "--burst", help=_BURST_HELP),
 ) -> None:
     """Run tasks: consume queues, run each task's handler, dead-letter what cannot run."""
     from pydantic import ValidationError
 
+    from sluice.runtime import setup_logging
     from sluice.settings import Settings
-    from sluice_worker.lifecycle import configure_logging, run
+    from sluice_worker.lifecycle import Burst, run
     from sluice_worker.options import apply_options, load_registry, resolve_queues, split_names
 
     settings = Settings()
@@ -48,8 +54,8 @@ def worker(
         raise typer.BadParameter(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
     registry = load_registry(split_names(tasks))
     chosen = resolve_queues(registry, split_names(queues), settings)
-    configure_logging(settings.log_level)
-    run(settings, registry, chosen)
+    setup_logging(settings.log_level)
+    run(settings, registry, chosen, burst=Burst() if burst else None)
 
 
 def register(app: typer.Typer) -> None:

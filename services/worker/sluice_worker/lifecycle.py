@@ -1,63 +1,69 @@
-"""The worker's life: logging, signals, the thread pool, the event loop, and a graceful drain.
+"""The worker's life: the thread pool, the consumer, telemetry, and how it ends: a drain.
 
+The process itself is the one service runtime (:mod:`sluice.runtime`: uvloop, logging, signals).
 SIGTERM or SIGINT asks for a drain: consumers are cancelled, running tasks get ``grace_period`` seconds to
 finish and are acked, then the connection closes and the broker redelivers whatever is left (prefetched
 deliveries never started, tasks cancelled after the grace period). A second signal cuts the grace short.
+
+Burst mode (``sluice worker --burst``, arq's ``burst``) drains by itself once there is nothing left to
+do, and the process exits 0. Nothing left to do means, for :attr:`Burst.quiet` seconds in a row, read
+every :attr:`Burst.poll` seconds on a connection of its own:
+
+- every queue the worker consumes has no ready message (a passive ``queue.declare``);
+- no task runs in this worker (the delivery recorder's ``running``: a delivery counts from the moment
+  it has a slot until its outcome is settled, a delayed copy confirmed or a dead letter published);
+- every delay tier queue of the prefix is empty (``{prefix}.delay.{ms}``). The tiers are shared by all
+  queues of a prefix, so a copy waiting for *another* queue keeps a burst worker running as well, and a
+  task published with ``--delay 1h`` keeps it for that hour. Tiers never declared count as empty.
+
+Messages other workers hold unacked are not waited for (they are theirs to settle or to give back).
+The quiet period covers a message in transit: from a tier to its queue, or delivered to this worker
+but not yet started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import signal
-import sys
-from collections.abc import Coroutine, Iterator, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from sluice.connection import BROKER_ERRORS, connect_plain
+from sluice.errors import BrokerUnavailable
+from sluice.runtime import Shutdown
+from sluice.runtime import run as run_service
 from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice.telemetry import SnapshotPublisher, telemetry_for
+from sluice.topology import DELAY_TIERS_MS, Topology
 from sluice_worker.consumer import Consumer
 from sluice_worker.gate import PolicyGate, redis_for
 from sluice_worker.outcome import FailurePolicy
 from sluice_worker.runner import Runner
 from sluice_worker.telemetry_hook import DeliveryRecorder
 
-__all__ = ["Shutdown", "configure_logging", "run", "serve"]
+__all__ = ["Burst", "Shutdown", "run", "serve"]
 
 log = logging.getLogger("sluice.worker")
 
-T = TypeVar("T")
+_READ_ERRORS: tuple[type[BaseException], ...] = (BrokerUnavailable, TimeoutError, *BROKER_ERRORS)
 
 
-class Shutdown:
-    """Two events: ``stop`` (drain) on the first signal, ``force`` (stop now) on the second."""
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """Burst mode: drain once nothing is left to do for ``quiet`` seconds, read every ``poll`` seconds
+    (see the module doc for what "nothing" means)."""
 
-    def __init__(self) -> None:
-        self.stop = asyncio.Event()
-        self.force = asyncio.Event()
-
-    def request(self, why: str = "asked to stop") -> None:
-        if not self.stop.is_set():
-            log.info("%s: draining (send it again to stop at once)", why)
-            self.stop.set()
-        elif not self.force.is_set():
-            log.warning("%s again: stopping at once", why)
-            self.force.set()
-
-    @contextmanager
-    def signals(self, sigs: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
-        """Route ``sigs`` to :meth:`request` while inside the block."""
-        loop = asyncio.get_running_loop()
-        for sig in sigs:
-            loop.add_signal_handler(sig, self.request, f"received {sig.name}")
-        try:
-            yield
-        finally:
-            for sig in sigs:
-                loop.remove_signal_handler(sig)
+    poll: float = 0.2
+    quiet: float = 1.0
+    delay_tiers: bool = True  # wait for the prefix's delay tiers to be empty too
 
 
 async def serve(
@@ -67,10 +73,12 @@ async def serve(
     *,
     shutdown: Shutdown | None = None,
     policy: FailurePolicy | None = None,
+    burst: Burst | None = None,
 ) -> None:
-    """Consume ``queues`` until ``shutdown.stop`` (or SIGTERM/SIGINT when no ``shutdown`` is given)."""
+    """Consume ``queues`` until ``shutdown.stop`` (or SIGTERM/SIGINT when no ``shutdown`` is given),
+    or, with ``burst``, until nothing is left to do."""
     own = shutdown is None
-    sd = shutdown or Shutdown()
+    sd = shutdown or Shutdown(log)
     names = sorted(registry)
     log.info("%d tasks: %s%s", len(names), ", ".join(names[:20]), ", ..." if len(names) > 20 else "")
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")
@@ -82,11 +90,12 @@ async def serve(
         runner = Runner(registry, settings, pool, policy or gate.failures, gate)
         consumer = Consumer(settings, runner, queues, recorder=recorder)
         async with SnapshotPublisher(settings, telemetry):
-            if own:
-                with sd.signals():
+            with sd.signals() if own else contextlib.nullcontext():
+                if burst is None:
                     await consumer.run(sd.stop, sd.force)
-            else:
-                await consumer.run(sd.stop, sd.force)
+                else:
+                    idle = IdleWatch(settings, queues, burst, consumer, recorder)
+                    await _with_watch(consumer.run(sd.stop, sd.force), idle.until_idle(sd))
     finally:
         # a sync handler still running after the grace period cannot be interrupted; do not wait for it
         pool.shutdown(wait=False, cancel_futures=True)
@@ -95,38 +104,122 @@ async def serve(
     log.info("stopped")
 
 
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop where it is installed."""
+async def _with_watch(consuming: Coroutine[Any, Any, None], watching: Coroutine[Any, Any, None]) -> None:
+    """Run the consumer with the idle watch beside it; the watch ends with the consumer."""
+    watch = asyncio.ensure_future(watching)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
+        await consuming
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch  # a failure of the watch itself is raised here
 
 
-def run(settings: Settings, registry: Registry, queues: Sequence[str]) -> None:
-    """Run a worker in this process until a signal drains it."""
-    run_loop(serve(settings, registry, queues))
+def run(settings: Settings, registry: Registry, queues: Sequence[str], *, burst: Burst | None = None) -> None:
+    """Run a worker in this process until a signal drains it (or, with ``burst``, until it is idle)."""
+    run_service(serve(settings, registry, queues, burst=burst))
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr; the AMQP libraries only above INFO."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("aiormq", "aio_pika"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    if level != "DEBUG":
-        logging.getLogger("aiormq.connection").addFilter(_reconnect_chatter)
+class IdleWatch:
+    """Reads whether a worker has anything left to do (the module doc says what that is)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        queues: Sequence[str],
+        burst: Burst,
+        consumer: Consumer,
+        recorder: DeliveryRecorder,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        topo = Topology.from_settings(settings)
+        self._settings = settings
+        self._burst = burst
+        self._consumer = consumer
+        self._recorder = recorder
+        self._clock = clock
+        self._work = [topo.queue(q) for q in queues]
+        self._tiers = [topo.delay_queue(ms) for ms in DELAY_TIERS_MS] if burst.delay_tiers else []
+        self._conn: AbstractConnection | None = None
+
+    async def until_idle(self, sd: Shutdown) -> None:
+        """Ask ``sd`` for a drain once the worker stayed idle for the quiet period."""
+        b = self._burst
+        try:
+            while self._consumer.sessions == 0:  # not consuming yet: its queues may not exist yet
+                if await _wait(sd.stop, b.poll):
+                    return
+            idle_since: float | None = None
+            while not sd.stop.is_set():
+                busy = await self.busy()
+                now = self._clock()
+                if busy is not None:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif now - idle_since >= b.quiet:
+                    sd.request("burst: the queues are empty and no task runs")
+                    return
+                if await _wait(sd.stop, b.poll):
+                    return
+        finally:
+            await self.aclose()
+
+    async def busy(self) -> str | None:
+        """What is still to do (a short description), or None when there is nothing."""
+        if self._recorder.running:
+            return f"{self._recorder.running} tasks running"
+        try:
+            return await self._waiting()
+        except _READ_ERRORS as e:
+            await self.aclose()  # read again on a new connection next time
+            return f"cannot read the queues: {e!r}"
+
+    async def _waiting(self) -> str | None:
+        if self._conn is None or self._conn.is_closed:
+            self._conn = await connect_plain(self._settings, "sluice-worker burst")
+        channel = await self._conn.channel(publisher_confirms=False)
+        try:
+            for name in self._work:
+                ready, channel = await _ready(self._conn, channel, name)
+                if ready:
+                    return f"{ready} ready in {name}"
+            for i, name in enumerate(self._tiers):
+                ready, channel = await _ready(self._conn, channel, name)
+                if ready is None and i == 0:
+                    break  # the tiers are declared together, on the first delayed copy: none yet
+                if ready:
+                    return f"{ready} waiting in {name}"
+            return None
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*BROKER_ERRORS):
+                    await channel.close()
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed:
+            with contextlib.suppress(TimeoutError, *BROKER_ERRORS):
+                async with asyncio.timeout(2.0):
+                    await conn.close()
 
 
-# what aiormq logs (with tracebacks) when the broker goes away or refuses a reconnection attempt; the
-# worker says the same in one line ("lost the broker ...", "cannot reconnect ...")
-_CHATTER = ("error when creating transport", "Unexpected connection close", "Cancelling cause reader")
+async def _ready(
+    conn: AbstractConnection, channel: AbstractChannel, name: str
+) -> tuple[int | None, AbstractChannel]:
+    """(ready messages of queue ``name``, or None when it does not exist; a channel to go on with)."""
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None, await conn.channel(publisher_confirms=False)  # the 404 closed the old one
+    return int(queue.declaration_result.message_count or 0), channel
 
 
-def _reconnect_chatter(record: logging.LogRecord) -> bool:
-    return not (isinstance(record.msg, str) and record.msg.startswith(_CHATTER))
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """True once ``event`` is set, False after ``seconds`` without it."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
