@@ -9,6 +9,10 @@ a laptop with a registry; else local, as on a machine whose engine reaches no re
 ``SLUICE_TEST_AMQP_URL`` / ``SLUICE_TEST_REDIS_URL`` name a broker outright and win over all three.
 A broker that does not answer fails the session with a message that says how to start one. Never a
 silent skip.
+
+The clients every area uses are here once: ``r`` (a blocking Redis client; the test's ``unique*`` keys
+are deleted after it) and ``redis`` (an asyncio one). Helpers that are not fixtures live in
+``tests/support`` (waits, queue probes, worker processes, the task modules' Redis client).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
+import redis as redis_sync
+from redis.asyncio import Redis
 
 from support.brokerctl import RABBITMQCTL_VAR, rabbitmqctl_argv
 
@@ -196,6 +202,27 @@ def redis_url() -> Iterator[str]:
     """URL of a real Redis."""
     with _broker_url("redis") as url:
         yield url
+
+
+@pytest.fixture
+def r(redis_url: str, unique: str) -> Iterator[redis_sync.Redis]:
+    """A blocking Redis client; every key starting with this test's ``unique`` is deleted after it."""
+    client = redis_sync.Redis.from_url(redis_url)
+    yield client
+    keys = list(client.scan_iter(f"{unique}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """An asyncio Redis client (closed after the test)."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 _PREFIXES: list[str] = []

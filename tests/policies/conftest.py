@@ -1,21 +1,28 @@
-"""Fixtures of the policy tests: worker processes on a unique prefix, queue probes, cleanup."""
+"""Fixtures of the policy tests: worker processes on a unique prefix, queue probes, cleanup.
+
+The Redis client ``r`` is tests/conftest.py's; waits, queue probes and worker processes are
+tests/support's (``wait_until`` and ``queue_state`` are named here too, for the test modules).
+"""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
-import pika.exceptions
 import pytest
 import redis
 
 from sluice.topology import DELAY_TIERS_MS
+from support.queues import queue_state
+from support.waiting import wait_until
+from support.workers import WorkerProcess, worker_env
+
+__all__ = ["SLUICE", "Workers", "delete_prefix", "publish", "queue_state", "records", "wait_until"]
 
 HERE = Path(__file__).resolve().parent
 SLUICE = [sys.executable, "-m", "sluice_cli"]
@@ -23,46 +30,7 @@ SLUICE = [sys.executable, "-m", "sluice_cli"]
 
 @pytest.fixture
 def env(amqp_url: str, redis_url: str, unique: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SLUICE_AMQP_URL": amqp_url,
-        "SLUICE_REDIS_URL": redis_url,
-        "SLUICE_PREFIX": unique,
-        "SLUICE_GRACE_PERIOD": "5",
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
-
-
-@pytest.fixture
-def r(redis_url: str, unique: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    keys = list(client.scan_iter(f"{unique}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-def queue_state(amqp_url: str, queue: str) -> tuple[int, int] | None:
-    """(ready messages, consumers), or None when the queue does not exist."""
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        ok = conn.channel().queue_declare(queue, passive=True).method
-        return ok.message_count, ok.consumer_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return None
-    finally:
-        if conn.is_open:
-            conn.close()
-
-
-def wait_until(pred: Callable[[], object], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return worker_env(amqp_url, redis_url, unique, HERE, SLUICE_GRACE_PERIOD="5")
 
 
 def records(r: redis.Redis, key: str) -> list[tuple[int, int, int]]:
@@ -79,39 +47,31 @@ class Workers:
 
     def __init__(self, env: dict[str, str], amqp_url: str, prefix: str, logs: Path) -> None:
         self.env, self.amqp_url, self.prefix, self.logs = env, amqp_url, prefix, logs
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.started: list[WorkerProcess] = []
 
     def start(
         self, *args: str, queue: str = "default", extra_env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        log = self.logs / f"worker{len(self.procs)}.log"
-        with log.open("wb") as err:
-            proc = subprocess.Popen(
-                [*SLUICE, "worker", "--tasks", "policy_tasks", "--queues", queue, *args],
-                env={**self.env, **(extra_env or {})},
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        self.procs.append(proc)
-        return proc
+        log = self.logs / f"worker{len(self.started)}.log"
+        args = ("--tasks", "policy_tasks", "--queues", queue, *args)
+        w = WorkerProcess(args, {**self.env, **(extra_env or {})}, log, [*SLUICE, "worker"])
+        self.started.append(w)
+        return w.proc
 
     def wait_consumers(self, n: int, queue: str = "default", timeout: float = 30) -> None:
-        q = f"{self.prefix}.q.{queue}"
-        wait_until(lambda: (queue_state(self.amqp_url, q) or (0, 0))[1] >= n, timeout, f"{n} consumers")
+        """Until ``queue`` has ``n`` consumers (fails at once if the last worker started died)."""
+        self.started[-1].wait_consuming(self.amqp_url, f"{self.prefix}.q.{queue}", n, timeout)
 
     def log(self, i: int) -> str:
-        return (self.logs / f"worker{i}.log").read_text(errors="replace")
+        return self.started[i].stderr()
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for w in self.started:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        for w in self.started:
+            with contextlib.suppress(AssertionError):  # killed: it overstayed
+                w.wait(15)
 
 
 @pytest.fixture

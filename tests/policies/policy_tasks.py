@@ -5,21 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from sluice import TaskContext, task
 from sluice.policy import Breaker, Concurrency, Idempotency, RateLimit
 from sluice.resilience import BreakerPolicy, ExponentialBackoff, RetryPolicy
-
-_clients: dict[int, aioredis.Redis] = {}
-
-
-def _redis() -> aioredis.Redis:
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = aioredis.Redis.from_url(os.environ["SLUICE_REDIS_URL"])
-    return _clients[pid]
+from support.task_redis import task_redis as _redis
 
 
 class Rec(BaseModel):

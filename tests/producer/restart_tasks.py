@@ -3,21 +3,10 @@
 
 from __future__ import annotations
 
-import os
-
-import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from sluice import TaskContext, task
-
-_clients: dict[int, aioredis.Redis] = {}
-
-
-def _redis() -> aioredis.Redis:
-    pid = os.getpid()  # one client per worker process, made on first use (never at import)
-    if pid not in _clients:
-        _clients[pid] = aioredis.Redis.from_url(os.environ["SLUICE_REDIS_URL"])
-    return _clients[pid]
+from support.task_redis import task_redis as _redis
 
 
 class Count(BaseModel):

@@ -1,6 +1,7 @@
-"""Fixtures for the resilience tests: a client on the shared Redis, a key prefix unique to the test
-(its keys deleted afterwards), a throwaway redis-server this test may flush, kill and restart, and
-``store``: the same test on both backends (the shared Redis, and the in-memory backend on a FakeClock).
+"""Fixtures for the resilience tests (the shared Redis client ``redis`` is tests/conftest.py's): a key
+prefix unique to the test (its keys deleted afterwards), a throwaway redis-server this test may flush,
+kill and restart, and ``store``: the same test on both backends (the shared Redis, and the in-memory
+backend on a FakeClock).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from sluice.resilience import Backend, FakeClock, KeySpace, MemoryBackend
+from support.ports import free_port
 
 T = TypeVar("T")
 
@@ -123,15 +125,6 @@ async def store(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[St
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def keys(redis: Redis, unique: str) -> AsyncIterator[KeySpace]:
     """A prefix of this test's own; its keys are deleted after the test (they all have TTLs anyway)."""
     space = KeySpace(f"sluicetest:{unique}")
@@ -139,13 +132,6 @@ async def keys(redis: Redis, unique: str) -> AsyncIterator[KeySpace]:
     found = [k async for k in redis.scan_iter(match=f"{space.prefix}:*", count=1000)]
     if found:
         await redis.delete(*found)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ThrowawayRedis:

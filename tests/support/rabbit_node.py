@@ -28,16 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from support.ports import free_port
+
 __all__ = ["RabbitNode", "free_port"]
 
 BOOT_TIMEOUT = 90.0  # seconds; a boot takes about 9 s on an idle machine
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (on 127.0.0.1)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RabbitNode:

@@ -7,14 +7,11 @@ finished, ``{key}:running`` the runs in progress now, ``{key}:max`` the most see
 from __future__ import annotations
 
 import asyncio
-import os
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from sluice.tasks import TaskContext, task
-
-_clients: dict[int, aioredis.Redis] = {}
+from support.task_redis import task_redis as _redis  # dying_tasks imports it from here
 
 # INCR the running counter and raise the high-water mark, atomically
 _ENTER = """
@@ -22,13 +19,6 @@ local v = redis.call('INCR', KEYS[1])
 if v > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], v) end
 return v
 """
-
-
-def _redis() -> aioredis.Redis:
-    pid = os.getpid()  # one client per worker process, made on first use (never at import)
-    if pid not in _clients:
-        _clients[pid] = aioredis.Redis.from_url(os.environ["SLUICE_REDIS_URL"])
-    return _clients[pid]
 
 
 class Record(BaseModel):
