@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.waiting import wait_until
+from support.workers import SLUICE
+
 HERE = Path(__file__).resolve().parent
-SLUICE = str(Path(sys.executable).with_name("sluice"))
 T = TypeVar("T")
 
 
@@ -98,14 +100,7 @@ def start_child(
 
 def until(check: Callable[[], T | None], seconds: float = 20, every: float = 0.1) -> T:
     """Poll ``check`` until it returns something truthy; fail with its last answer after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {seconds}s (last: {last!r})")
+    return wait_until(check, seconds, "the condition", every)
 
 
 def end(proc: subprocess.Popen[str]) -> None:

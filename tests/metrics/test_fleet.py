@@ -14,6 +14,7 @@ from fleet_helpers import HERE, SLUICE, Service, end, start_child, until
 
 from sluice.settings import Settings
 from sluice.topology import Topology
+from support.workers import WorkerProcess
 
 ALIVE_AFTER = 2.0  # the service fixture's --alive-after
 INTERVAL = 0.5  # its --interval (the sampler), also the child's snapshot interval
@@ -178,14 +179,7 @@ def test_a_real_worker_publish_n_fail_m(service: Service, env: dict[str, str], t
     and once the worker is killed it stops being alive within the heartbeat bound."""
     n, m = 40, 7
     wenv = {**env, "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])}
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [SLUICE, "worker", "--tasks", "fleet_tasks", "--concurrency", "8"],
-        env=wenv,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
+    worker = WorkerProcess(["--tasks", "fleet_tasks", "--concurrency", "8"], wenv, tmp_path / "worker.log")
     try:
         until(lambda: service.summary()["workers_alive"] == 1, seconds=30)
         for name, count in (("fleet.ok", n), ("fleet.fail", m)):
@@ -214,6 +208,4 @@ def test_a_real_worker_publish_n_fail_m(service: Service, env: dict[str, str], t
         assert time.monotonic() - killed <= ALIVE_AFTER + 1.0 + INTERVAL + 0.5  # worker snapshots every 1 s
         assert service.summary()["totals"]["completed"]["success"] == n
     finally:
-        if worker.poll() is None:
-            worker.kill()
-        worker.wait(10)
+        worker.kill()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from sluice.settings import Settings
 from sluice.telemetry import OUTCOMES
 from sluice.topology import Topology
 from sluice_worker.telemetry_hook import DEFERRALS, MESSAGE_PROBLEMS
+from support.workers import WorkerProcess, stop_all
 
 DOC = HERE.parents[1] / "docs" / "metrics.md"
 COMPLETED = "sluice_tasks_completed_total"
@@ -109,22 +109,16 @@ class Fleet:
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = {**env, "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])}
         self.logs = logs
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.workers: list[WorkerProcess] = []
 
-    def worker(self, *args: str, **extra: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"worker{len(self.workers)}.log").open("wb")
-        proc = subprocess.Popen(
-            [SLUICE, "worker", "--tasks", "sweep_tasks", *args],
-            env={**self.env, **extra},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.workers.append(proc)
-        return proc
+    def worker(self, *args: str, **extra: str) -> WorkerProcess:
+        log = self.logs / f"worker{len(self.workers)}.log"
+        w = WorkerProcess(["--tasks", "sweep_tasks", *args], {**self.env, **extra}, log)
+        self.workers.append(w)
+        return w
 
     def log(self, i: int) -> str:
-        return (self.logs / f"worker{i}.log").read_text(errors="replace")
+        return self.workers[i].stderr()
 
     def sluice(self, *args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
@@ -138,18 +132,8 @@ class Fleet:
         lines = "".join(json.dumps(e) + "\n" for e in envelopes)
         return self.sluice("publish", "sweep.ok", "-", "--envelopes", stdin=lines).split()
 
-    def stop(self) -> list[int]:
-        for p in self.workers:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        codes = []
-        for p in self.workers:
-            try:
-                codes.append(p.wait(20))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes.append(p.wait())
-        return codes
+    def stop(self) -> list[int | None]:
+        return stop_all(self.workers, timeout=20)
 
 
 @pytest.fixture

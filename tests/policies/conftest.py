@@ -6,8 +6,6 @@ tests/support's (``wait_until`` and ``queue_state`` are named here too, for the 
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import redis
 from sluice.topology import DELAY_TIERS_MS
 from support.queues import queue_state
 from support.waiting import wait_until
-from support.workers import WorkerProcess, worker_env
+from support.workers import WorkerProcess, stop_all, worker_env
 
 __all__ = ["SLUICE", "Workers", "delete_prefix", "publish", "queue_state", "records", "wait_until"]
 
@@ -66,12 +64,7 @@ class Workers:
         return self.started[i].stderr()
 
     def stop_all(self) -> None:
-        for w in self.started:
-            if w.proc.poll() is None:
-                w.proc.send_signal(signal.SIGTERM)
-        for w in self.started:
-            with contextlib.suppress(AssertionError):  # killed: it overstayed
-                w.wait(15)
+        stop_all(self.started)
 
 
 @pytest.fixture

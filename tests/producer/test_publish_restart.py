@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,11 +26,11 @@ import redis.asyncio as aioredis
 
 from sluice.topology import Topology
 from support.rabbit_node import RabbitNode
+from support.workers import SLUICE, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 HERE = Path(__file__).parent
-SLUICE = str(Path(sys.executable).with_name("sluice"))
 N = 20_000
 SUMMARY = re.compile(r"published (\d+), failed (\d+), republished (\d+) in")
 
@@ -52,9 +49,8 @@ def node() -> Iterator[RabbitNode]:
 
 
 def child_env(node: RabbitNode, prefix: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    env |= {"PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)}
-    return env | {"SLUICE_AMQP_URL": node.url, "SLUICE_PREFIX": prefix, **extra}
+    """A child's environment on the private node (restart_tasks and tests/support importable)."""
+    return worker_env(node.url, None, prefix, HERE, **extra)
 
 
 @dataclass
@@ -152,24 +148,16 @@ async def test_a_broker_restart_costs_nothing(
     assert republished > 0  # tasks in flight at the stop were sent again
 
     stored = await ready_messages(node, unique)  # every copy the broker holds, duplicates included
-    log = tmp_path / "worker.log"  # a file, not a pipe nobody reads (a full pipe would stall the worker)
-    with log.open("wb") as log_file:
-        worker = await asyncio.create_subprocess_exec(
-            SLUICE, "worker", "--tasks", "restart_tasks", "--concurrency", "128",
-            env=child_env(node, unique, SLUICE_REDIS_URL=redis_url, SLUICE_METRICS_ENABLED="false"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
-        )  # fmt: skip
-    ran = 0
-    try:
-        async with asyncio.timeout(180):
-            while (ran := sum(map(int, await client.hvals(key)))) < stored:
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        pytest.fail(f"the worker ran {ran} of {stored} in 180 s; its log ends: {log.read_text()[-2000:]}")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            await worker.wait()
+    # burst mode: the worker exits 0 by itself once the queue is empty and every delivery settled
+    worker = WorkerProcess(
+        ["--tasks", "restart_tasks", "--concurrency", "128", "--burst"],
+        child_env(node, unique, SLUICE_REDIS_URL=redis_url, SLUICE_METRICS_ENABLED="false"),
+        tmp_path / "worker.log",
+    )
+    code = await asyncio.to_thread(worker.wait, 180)
+    assert code == 0, worker.stderr()[-2000:]
+    ran = sum(map(int, await client.hvals(key)))
+    assert ran == stored, f"the worker ran {ran} of {stored}; its log ends: {worker.stderr()[-2000:]}"
     runs = {k.decode(): int(v) for k, v in (await client.hgetall(key)).items()}
     assert set(runs) == set(run.ids)  # every printed id ran, and nothing else
     duplicates = sum(runs.values()) - N

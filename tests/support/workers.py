@@ -15,6 +15,7 @@ The log is a file, never a pipe nobody reads (a full pipe would stall the worker
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 from support.queues import queue_state
 from support.waiting import wait_until
 
-__all__ = ["SLUICE", "SLUICE_WORKER", "TESTS", "WorkerProcess", "worker_env"]
+__all__ = ["SLUICE", "SLUICE_WORKER", "TESTS", "WorkerProcess", "stop_all", "worker_env"]
 
 TESTS = Path(__file__).resolve().parent.parent  # tests/: `support` importable in the child too
 SLUICE = str(Path(sys.executable).with_name("sluice"))  # the installed console script, as a user runs it
@@ -33,20 +34,18 @@ SLUICE_WORKER = [SLUICE, "worker"]
 
 
 def worker_env(
-    amqp_url: str, redis_url: str, prefix: str, *paths: Path | str, **extra: str
+    amqp_url: str, redis_url: str | None, prefix: str, *paths: Path | str, **extra: str
 ) -> dict[str, str]:
-    """This environment without its SLUICE_ variables, plus the test's brokers and prefix, ``paths``
-    (the task modules' folders) and tests/ on PYTHONPATH, and ``extra`` variables."""
+    """This environment without its SLUICE_ variables, plus the test's brokers (``redis_url`` None:
+    none set) and prefix, ``paths`` (the task modules' folders) and tests/ on PYTHONPATH, and
+    ``extra`` variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     path = [*(str(p) for p in paths), str(TESTS), os.environ.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
-    return {
-        **env,
-        "SLUICE_AMQP_URL": amqp_url,
-        "SLUICE_REDIS_URL": redis_url,
-        "SLUICE_PREFIX": prefix,
-        **extra,
-    }
+    env |= {"SLUICE_AMQP_URL": amqp_url, "SLUICE_PREFIX": prefix}
+    if redis_url is not None:
+        env["SLUICE_REDIS_URL"] = redis_url
+    return env | extra
 
 
 class WorkerProcess:
@@ -100,3 +99,15 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def stop_all(workers: Sequence[WorkerProcess], timeout: float = 15) -> list[int | None]:
+    """SIGTERM to every worker still running, then each one's exit status (killed if it overstays
+    ``timeout``: its status is then the kill's)."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    for w in workers:
+        with contextlib.suppress(AssertionError):
+            w.wait(timeout)
+    return [w.proc.returncode for w in workers]
