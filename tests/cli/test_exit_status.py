@@ -23,6 +23,7 @@ import pika
 import pytest
 
 from support.brokerctl import rabbitmqctl_argv
+from support.waiting import wait_until
 
 SLUICE = str(Path(sys.executable).with_name("sluice"))
 DEAD_AMQP = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens on port 1: refused at once
@@ -234,13 +235,15 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[str], limit_s: float = 30) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert proc.poll() is None, proc.communicate()[1]
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port} after {limit_s}s")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_until(listening, limit_s, f"a listener on {port}")
 
 
 def stop(proc: subprocess.Popen[str], limit_s: float = 40) -> tuple[int, str]:

@@ -36,7 +36,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from sluice.connection import BROKER_ERRORS, connect_plain
-from sluice.errors import BrokerUnavailable
+from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.runtime import Shutdown
 from sluice.runtime import run as run_service
 from sluice.settings import Settings
@@ -64,6 +64,10 @@ class Burst:
     poll: float = 0.2
     quiet: float = 1.0
     delay_tiers: bool = True  # wait for the prefix's delay tiers to be empty too
+
+    def __post_init__(self) -> None:
+        if not self.poll > 0 or not self.quiet >= 0:
+            raise ConfigError(f"burst: poll must be > 0 and quiet >= 0 (got {self.poll}, {self.quiet})")
 
 
 async def serve(
@@ -95,7 +99,7 @@ async def serve(
                     await consumer.run(sd.stop, sd.force)
                 else:
                     idle = IdleWatch(settings, queues, burst, consumer, recorder)
-                    await _with_watch(consumer.run(sd.stop, sd.force), idle.until_idle(sd))
+                    await _with_watch(consumer.run(sd.stop, sd.force), idle.until_idle(sd), sd)
     finally:
         # a sync handler still running after the grace period cannot be interrupted; do not wait for it
         pool.shutdown(wait=False, cancel_futures=True)
@@ -104,9 +108,19 @@ async def serve(
     log.info("stopped")
 
 
-async def _with_watch(consuming: Coroutine[Any, Any, None], watching: Coroutine[Any, Any, None]) -> None:
-    """Run the consumer with the idle watch beside it; the watch ends with the consumer."""
+async def _with_watch(
+    consuming: Coroutine[Any, Any, None], watching: Coroutine[Any, Any, None], sd: Shutdown
+) -> None:
+    """Run the consumer with the idle watch beside it; the watch ends with the consumer. A watch that
+    fails drains the worker (a burst run must never outlive its watch) and its error is raised."""
+
+    def failed(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the burst watch failed: %r", task.exception())
+            sd.request("burst watch failed")
+
     watch = asyncio.ensure_future(watching)
+    watch.add_done_callback(failed)
     try:
         await consuming
     finally:
