@@ -39,11 +39,19 @@ from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.settings import Settings
 
 __all__ = [
+    "DEAD_LETTERED",
+    "DEDUPLICATED_METRIC",
+    "DEFERRED",
+    "DEFERRED_BREAKER",
+    "DEFERRED_LIMIT",
+    "FAILED",
     "MAX_TASK_LABELS",
     "OTHER",
     "OUTCOMES",
+    "RETRIED",
     "RUN_BUCKETS",
     "SNAPSHOT_VERSION",
+    "SUCCESS",
     "WAIT_BUCKETS",
     "Histogram",
     "NullTelemetry",
@@ -57,19 +65,30 @@ __all__ = [
 log = logging.getLogger("sluice.telemetry")
 
 SNAPSHOT_VERSION: Final = 1
-# what becomes of a delivery: ran fine; handler failed for good (dead-lettered); handler failed and was
-# scheduled again; could not run at all (bad message, unknown task, bad payload: dead-lettered);
-# skipped as a duplicate; put off by a rate limit / an open breaker / anything else (a delayed task's hop,
-# a duplicate still running, Redis down)
+# The outcomes a worker counts (the vocabulary of the snapshots, the metrics service and its live page).
+# Each is the ``metric`` of an outcome of the worker's model (sluice_worker.outcome, which says which
+# outcome and reason is counted under which name; docs/metrics.md lists them): the handler ran fine; it
+# failed for good (dead-lettered); it failed and was scheduled again; the message could not run at all
+# (bad message, unknown task, bad payload: dead-lettered); skipped as a duplicate; put off by a rate or
+# concurrency limit / an open breaker / anything else (a delayed task's hop, a duplicate still running,
+# Redis down).
+SUCCESS: Final = "success"
+FAILED: Final = "failed"
+RETRIED: Final = "retried"
+DEAD_LETTERED: Final = "dead_lettered"
+DEDUPLICATED_METRIC: Final = "deduplicated"
+DEFERRED_LIMIT: Final = "deferred_limit"
+DEFERRED_BREAKER: Final = "deferred_breaker"
+DEFERRED: Final = "deferred"
 OUTCOMES: Final = (
-    "success",
-    "failed",
-    "retried",
-    "dead_lettered",
-    "deduplicated",
-    "deferred_limit",
-    "deferred_breaker",
-    "deferred",
+    SUCCESS,
+    FAILED,
+    RETRIED,
+    DEAD_LETTERED,
+    DEDUPLICATED_METRIC,
+    DEFERRED_LIMIT,
+    DEFERRED_BREAKER,
+    DEFERRED,
 )
 _OUTCOME_SET: Final = frozenset(OUTCOMES)
 # histogram bucket upper bounds, seconds

@@ -27,7 +27,7 @@ from sluice.protocol import H_ATTEMPT, H_CREATED_AT, H_DEAD_REASON, H_TASK, now_
 from sluice.settings import Settings
 from sluice.telemetry import OUTCOMES
 from sluice.topology import Topology
-from sluice_worker.telemetry_hook import DEFERRALS, MESSAGE_PROBLEMS
+from sluice_worker.outcome import MESSAGE_PROBLEMS, REASONS
 from support.workers import WorkerProcess, stop_all
 
 DOC = HERE.parents[1] / "docs" / "metrics.md"
@@ -89,7 +89,7 @@ def test_the_doc_and_the_code_name_the_same_outcomes_and_reasons() -> None:
     reasons = {reason: outcome for outcome, rs in outcomes.items() for reason in rs}
     for problem in MESSAGE_PROBLEMS:
         assert reasons.get(problem) == "dead_lettered", problem
-    for why, outcome in DEFERRALS.items():
+    for why, outcome in REASONS.items():  # the worker's outcome model
         assert reasons.get(why) == outcome, why
     assert sorted(reasons) == sorted(SCENARIOS), "each documented reason has a scenario below, no other"
     for reason, (_, outcome) in SCENARIOS.items():

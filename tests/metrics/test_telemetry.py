@@ -160,37 +160,27 @@ def test_percentile_interpolates_inside_buckets() -> None:
 
 
 def test_worker_outcomes_are_named_and_labels_bounded() -> None:
-    from dataclasses import dataclass
+    from sluice_worker.outcome import ACK, DEDUPLICATED, DeadLettered, Deferred, Retry
+    from sluice_worker.recording import DeliveryRecorder
 
-    from sluice_worker.telemetry_hook import DeliveryRecorder, outcome_name
+    def Dead(reason: str) -> DeadLettered:
+        return DeadLettered(reason, "")
 
-    @dataclass
-    class Dead:
-        reason: str
-
-    @dataclass
-    class Again:
-        why: str
-
-    @dataclass
-    class Tagged:
-        metric: str = "deduplicated"
-
-    assert outcome_name(object()) == "success"
-    assert outcome_name(Dead("handler_error")) == "failed"
-    assert outcome_name(Dead("unknown_task")) == "dead_lettered"
-    assert outcome_name(Again("retry")) == "retried"
-    assert outcome_name(Again("rate_limited")) == "deferred_limit"
-    assert outcome_name(Again("breaker_open")) == "deferred_breaker"
-    assert outcome_name(Again("eta")) == "deferred"
-    assert outcome_name(Tagged()) == "deduplicated"
-    assert set(map(outcome_name, (Dead("x"), Again("y"), Tagged()))) <= set(OUTCOMES)
+    assert ACK.metric == "success"
+    assert Dead("handler_error").metric == "failed"
+    assert Dead("unknown_task").metric == "dead_lettered"
+    assert Retry(1.0, 2, 0).metric == "retried"
+    assert Deferred("rate_limited", 1.0).metric == "deferred_limit"
+    assert Deferred("breaker_open", 1.0).metric == "deferred_breaker"
+    assert Deferred("eta", 1.0).metric == "deferred"
+    assert DEDUPLICATED.metric == "deduplicated"
+    assert {o.metric for o in (Dead("x"), Deferred("y", 1.0), DEDUPLICATED)} <= set(OUTCOMES)
 
     t = Telemetry("worker")
     rec = DeliveryRecorder(t, ["demo.echo"])
     started = rec.begin()
     assert rec.running == 1 and t.snapshot()["gauges"]["in_progress"] == 1
-    rec.end("default", {"x-sluice-task": "demo.echo", "x-sluice-created-at": 0}, object(), started)
+    rec.end("default", {"x-sluice-task": "demo.echo", "x-sluice-created-at": 0}, ACK, started)
     rec.end("default", {"x-sluice-task": "made.up.by.a.message"}, Dead("unknown_task"), rec.begin())
     rec.end("default", None, None, rec.begin())  # cancelled: no outcome, nothing counted
     doc = t.snapshot()

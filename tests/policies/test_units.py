@@ -6,21 +6,13 @@ import asyncio
 
 import pytest
 
-from sluice.resilience import Decision
-from sluice_worker._units import Units
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from sluice.resilience import Decision, FakeClock
+from sluice_worker._unit_batches import UnitBatches
 
 
 async def test_tasks_arriving_together_share_one_decision_per_batch() -> None:
-    clock = Clock()
-    units = Units(0.005, clock=clock)
+    clock = FakeClock()
+    units = UnitBatches(0.005, clock=clock)
     asked: list[int] = []
 
     async def decide(n: int) -> Decision:
@@ -34,8 +26,8 @@ async def test_tasks_arriving_together_share_one_decision_per_batch() -> None:
 
 
 async def test_units_unused_past_the_hold_are_dropped() -> None:
-    clock = Clock()
-    units = Units(0.005, clock=clock)
+    clock = FakeClock()
+    units = UnitBatches(0.005, clock=clock)
     asked: list[int] = []
 
     async def decide(n: int) -> Decision:
@@ -45,7 +37,7 @@ async def test_units_unused_past_the_hold_are_dropped() -> None:
     assert await units.take("k", 10, decide)
     assert await units.take("k", 10, decide)
     assert asked == [10]
-    clock.now += 0.006  # the 8 units left are stale now
+    clock.advance(0.006)  # the 8 units left are stale now
     assert await units.take("k", 10, decide)
     assert asked == [10, 10]
     assert await units.take("other", 10, decide)  # limits never share units
@@ -53,7 +45,7 @@ async def test_units_unused_past_the_hold_are_dropped() -> None:
 
 
 async def test_a_refused_or_failed_batch_sends_the_waiters_back_to_one_unit_decisions() -> None:
-    units = Units(0.005, clock=Clock())
+    units = UnitBatches(0.005, clock=FakeClock())
     release = asyncio.Event()
 
     async def refuse(n: int) -> Decision:

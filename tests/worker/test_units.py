@@ -17,7 +17,7 @@ from sluice.errors import ConfigError
 from sluice.settings import Settings
 from sluice_worker._acks import AckTracker
 from sluice_worker.options import apply_options, load_registry, resolve_queues, split_names
-from sluice_worker.outcome import DeadLetter, truncate_detail
+from sluice_worker.outcome import DeadLettered, truncate_detail
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,7 +85,7 @@ def test_acks_never_cover_a_running_delivery(order: list[int], nacked: set[int])
 
 # ---- outcomes
 def test_dead_letter_detail_is_capped_at_2_kib() -> None:
-    d = DeadLetter("invalid_payload", "é" * 5000)
+    d = DeadLettered("invalid_payload", "é" * 5000)
     assert len(d.detail.encode()) <= 2048
     assert d.detail.endswith("...")
     assert truncate_detail("short") == "short"

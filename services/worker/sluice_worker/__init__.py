@@ -11,24 +11,36 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sluice_worker.delays import Republish
     from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
-    from sluice_worker.gate import PolicyGate
     from sluice_worker.lifecycle import Shutdown, run, serve
     from sluice_worker.options import apply_options, load_registry, resolve_queues
-    from sluice_worker.outcome import ACK, Ack, DeadLetter, DeadLetterOnError, FailurePolicy, Outcome
+    from sluice_worker.outcome import (
+        ACK,
+        Ack,
+        DeadLettered,
+        DeadLetterOnError,
+        Deferred,
+        FailurePolicy,
+        Outcome,
+        Retry,
+        Skipped,
+    )
+    from sluice_worker.policies import Pipeline, Policies
 
 __all__ = [
     "ACK",
     "Ack",
-    "DeadLetter",
     "DeadLetterOnError",
+    "DeadLettered",
+    "Deferred",
     "FailurePolicy",
     "Outcome",
-    "PolicyGate",
-    "Republish",
+    "Pipeline",
+    "Policies",
+    "Retry",
     "RetryOrDeadLetter",
     "Shutdown",
+    "Skipped",
     "TaskTimeout",
     "apply_options",
     "load_registry",
@@ -39,8 +51,8 @@ __all__ = [
 
 _WHERE = {
     "Shutdown": "lifecycle",
-    "PolicyGate": "gate",
-    "Republish": "delays",
+    "Pipeline": "policies",
+    "Policies": "policies",
     "RetryOrDeadLetter": "failures",
     "TaskTimeout": "failures",
     "run": "lifecycle",
@@ -50,10 +62,13 @@ _WHERE = {
     "resolve_queues": "options",
     "ACK": "outcome",
     "Ack": "outcome",
-    "DeadLetter": "outcome",
+    "DeadLettered": "outcome",
     "DeadLetterOnError": "outcome",
+    "Deferred": "outcome",
     "FailurePolicy": "outcome",
     "Outcome": "outcome",
+    "Retry": "outcome",
+    "Skipped": "outcome",
 }
 
 

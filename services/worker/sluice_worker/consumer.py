@@ -18,10 +18,10 @@ import aiormq.exceptions
 from sluice.connection import BROKER_ERRORS, connect_plain
 from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.settings import Settings, mask_url
-from sluice_worker.deadletter import LogThrottle
+from sluice_worker.log_throttle import LogThrottle
+from sluice_worker.recording import DeliveryRecorder
 from sluice_worker.runner import Runner
 from sluice_worker.session import Session
-from sluice_worker.telemetry_hook import DeliveryRecorder
 
 __all__ = ["Consumer", "Session"]
 
@@ -52,7 +52,7 @@ class Consumer:
         self.queues = list(queues)
         self.name = name
         self.sessions = 0  # sessions opened so far (1 + reconnects)
-        self._throttle = LogThrottle()
+        self._throttle = LogThrottle(clock=runner.clock)
 
     async def run(self, stop: asyncio.Event, force: asyncio.Event) -> None:
         s = self.settings

@@ -1,4 +1,5 @@
-"""Sending a delivery back for later: the :class:`Republish` outcome and its confirmed publisher.
+"""Sending a delivery back for later: the transport of a :class:`~sluice_worker.outcome.Deferred` or
+:class:`~sluice_worker.outcome.Retry` outcome, and its confirmed publisher.
 
 A task that must wait (a retry, a rate limit, an open breaker, an idempotency claim held elsewhere, an
 ``x-sluice-eta`` still ahead) is not held in the worker: a copy goes to a delay tier queue
@@ -7,13 +8,18 @@ ends. The copy is confirmed by the broker *before* the original is acked, so a c
 the original to be redelivered (a duplicate at worst, never a loss). It holds no slot and no prefetch
 while it waits. A wait longer than a tier, or between tiers, is served by hops: the copy carries its due
 time in ``x-sluice-eta`` and a worker that gets it early sends it on.
+
+:func:`republish` computes the copy's :class:`Republish` (its tier and header updates) from the outcome,
+at the time it is published (the worker's clock): a deferral waits at least the shortest tier and
+carries its due time (an ``eta`` hop keeps the one it has); a retry carries the next attempt number and
+the first failure's time, and a short one goes straight back to its queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -22,54 +28,43 @@ from aiormq.abc import DeliveredMessage
 
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerUnavailable
-from sluice.protocol import H_ETA, TaskMessage, now_ms
+from sluice.protocol import H_ATTEMPT, H_ETA, H_FIRST_FAILURE_AT
 from sluice.publisher import await_confirm
+from sluice.resilience.clock import SYSTEM, Clock
 from sluice.topology import DELAY_TIERS_MS, Topology, next_hop
-from sluice_worker.deadletter import persistent_copy
+from sluice_worker._wall import wall_ms
+from sluice_worker.dead_publish import persistent_copy
+from sluice_worker.outcome import ETA, Deferred, Retry
 
-__all__ = ["DelayPublisher", "Republish", "defer", "due", "retry"]
-
-# why a delivery is sent back; "retry" is the only one that spends an attempt
-RETRY = "retry"
-ETA = "eta"
+__all__ = ["DelayPublisher", "Republish", "republish"]
 
 
 @dataclass(frozen=True, slots=True)
 class Republish:
-    """Publish the task again (to delay tier ``tier_ms``, or straight to its queue when ``None``) with
-    ``headers`` updated, confirmed, then ack the delivery."""
+    """How a copy travels: to delay tier ``tier_ms`` (straight to its queue when ``None``), with
+    ``headers`` updated."""
 
-    why: str
     tier_ms: int | None
-    headers: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any]
 
 
-def _tier(delay_ms: int, *, at_least_one_tier: bool) -> int | None:
+_KEEP: Mapping[str, Any] = {}
+
+
+def republish(outcome: Deferred | Retry, now_ms: int) -> Republish:
+    """The copy that carries ``outcome`` out, published at ``now_ms`` (ms since the epoch)."""
+    delay_ms = max(0, round(outcome.delay * 1000))
     tier = next_hop(delay_ms)
-    if tier is None and at_least_one_tier:
-        return DELAY_TIERS_MS[0]
-    return tier
-
-
-def due(msg: TaskMessage) -> Republish | None:
-    """``None`` when the task may run now, else where to send it on (its ``x-sluice-eta`` is ahead)."""
-    if msg.eta_ms is None:
-        return None
-    tier = next_hop(msg.eta_ms - now_ms())
-    return None if tier is None else Republish(ETA, tier)
-
-
-def defer(why: str, seconds: float) -> Republish:
-    """Come back in about ``seconds`` (at least the shortest tier), without spending an attempt."""
-    delay_ms = max(0, round(seconds * 1000))
-    return Republish(why, _tier(delay_ms, at_least_one_tier=True), {H_ETA: now_ms() + delay_ms})
-
-
-def retry(seconds: float, headers: Mapping[str, Any]) -> Republish:
-    """Run again in about ``seconds`` (a short delay goes straight back to the queue); ``headers`` carry
-    the next attempt number and the failure times."""
-    delay_ms = max(0, round(seconds * 1000))
-    return Republish(RETRY, _tier(delay_ms, at_least_one_tier=False), {**headers, H_ETA: now_ms() + delay_ms})
+    if isinstance(outcome, Retry):
+        headers = {
+            H_ATTEMPT: outcome.attempt,
+            H_FIRST_FAILURE_AT: outcome.first_failure_ms,
+            H_ETA: now_ms + delay_ms,
+        }
+        return Republish(tier, headers)
+    if tier is None:
+        tier = DELAY_TIERS_MS[0]  # a deferral waits at least the shortest tier
+    return Republish(tier, _KEEP if outcome.reason == ETA else {H_ETA: now_ms + delay_ms})
 
 
 def copy_for(delivered: DeliveredMessage, updates: Mapping[str, Any]) -> aio_pika.Message:
@@ -85,7 +80,7 @@ def copy_for(delivered: DeliveredMessage, updates: Mapping[str, Any]) -> aio_pik
 
 
 class DelayPublisher:
-    """Confirmed publishes of :class:`Republish` copies, on a confirm-mode channel.
+    """Confirmed publishes of the copies of deferrals and retries, on a confirm-mode channel.
 
     The delay exchange and its tier queues are declared on the first copy that needs them, not when the
     session opens: a worker whose tasks never wait creates none of them.
@@ -97,8 +92,11 @@ class DelayPublisher:
         tasks_exchange: AbstractExchange,
         topology: Topology,
         timeout: float,
+        *,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.channel = channel  # strong reference: the exchanges' channel must outlive them
+        self._clock = clock
         self._tasks = tasks_exchange
         self._delay: AbstractExchange | None = None
         self._declaring = asyncio.Lock()
@@ -115,8 +113,9 @@ class DelayPublisher:
                         raise BrokerUnavailable(f"cannot declare the delay queues: {e!r}") from None
         return self._delay
 
-    async def publish(self, delivered: DeliveredMessage, queue: str, out: Republish) -> None:
+    async def publish(self, delivered: DeliveredMessage, queue: str, outcome: Deferred | Retry) -> None:
         """Publish the copy and wait for its confirm; a ``PublishError`` or ``BrokerUnavailable`` if not."""
+        out = republish(outcome, wall_ms(self._clock))
         message = copy_for(delivered, out.headers)
         if out.tier_ms is None:
             exchange, key = self._tasks, queue

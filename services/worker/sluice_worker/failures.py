@@ -4,8 +4,10 @@ dead-letter queue with the details of the last failure.
 :class:`RetryOrDeadLetter` is the worker's :class:`~sluice_worker.outcome.FailurePolicy`. A task without a
 retry policy, a non-retryable error, or the last attempt goes to the DLQ; the copy carries the exception
 type, message, a traceback tail, the attempt count (``x-sluice-attempt``) and the first and last failure
-times. Otherwise the task is republished to a delay tier with ``x-sluice-attempt`` + 1; the delay is the
-policy's backoff (at least an error's ``retry_after``), its ``deadline`` counted from the first publish.
+times. Otherwise it becomes a :class:`~sluice_worker.outcome.Retry` (attempt + 1, republished to a delay
+tier by :mod:`sluice_worker.delays`); the delay is the policy's backoff (at least an error's
+``retry_after``), its ``deadline`` counted from the first publish. Times are read from the worker's
+:class:`~sluice.resilience.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -15,19 +17,18 @@ import traceback
 
 from sluice.errors import SluiceError
 from sluice.protocol import (
-    H_ATTEMPT,
     H_ERROR_MESSAGE,
     H_ERROR_TYPE,
     H_FIRST_FAILURE_AT,
     H_LAST_FAILURE_AT,
     H_TRACEBACK,
     TaskMessage,
-    now_ms,
 )
 from sluice.resilience import RandomSource, next_delay
+from sluice.resilience.clock import SYSTEM, Clock
 from sluice.tasks import Task
-from sluice_worker.delays import retry
-from sluice_worker.outcome import HANDLER_ERROR, DeadLetter, Outcome, describe, truncate_detail
+from sluice_worker._wall import wall_ms
+from sluice_worker.outcome import HANDLER_ERROR, DeadLettered, Outcome, Retry, describe, truncate_detail
 
 __all__ = ["RetryOrDeadLetter", "TaskTimeout", "error_headers", "traceback_tail"]
 
@@ -52,11 +53,12 @@ def traceback_tail(error: BaseException, limit: int = TRACEBACK_MAX_BYTES) -> st
 class RetryOrDeadLetter:
     """The failure policy of a worker that knows task policies."""
 
-    def __init__(self, rng: RandomSource | None = None) -> None:
+    def __init__(self, rng: RandomSource | None = None, *, clock: Clock = SYSTEM) -> None:
         self._rng: RandomSource = rng or random.Random()
+        self._clock = clock
 
     def on_error(self, task: Task, message: TaskMessage, error: BaseException) -> Outcome:
-        now = now_ms()
+        now = wall_ms(self._clock)
         first = message.first_failure_ms if message.first_failure_ms is not None else now
         policy = task.policy.retry
         if policy is not None:
@@ -69,7 +71,7 @@ class RetryOrDeadLetter:
                 rng=self._rng,
             )
             if delay is not None:
-                return retry(delay, {H_ATTEMPT: message.attempt + 1, H_FIRST_FAILURE_AT: first})
+                return Retry(delay, message.attempt + 1, first)
         return self.give_up(task, message, error)
 
     def give_up(
@@ -79,15 +81,15 @@ class RetryOrDeadLetter:
         error: BaseException,
         reason: str = HANDLER_ERROR,
         why: str = "",
-    ) -> DeadLetter:
+    ) -> DeadLettered:
         """The DLQ copy of a failed delivery, with the details of ``error`` (``why``: an added note)."""
-        now = now_ms()
+        now = wall_ms(self._clock)
         first = message.first_failure_ms if message.first_failure_ms is not None else now
         policy = task.policy.retry
         tries = f"attempt {message.attempt}" + (
             f" of {policy.max_attempts}" if policy is not None and policy.max_attempts else ""
         )
-        return DeadLetter(
+        return DeadLettered(
             reason,
             f"{describe(error)} ({tries}{'; ' + why if why else ''})",
             headers={**error_headers(error), H_FIRST_FAILURE_AT: first, H_LAST_FAILURE_AT: now},

@@ -1,4 +1,4 @@
-"""Calling a handler: the one call path of every task, with policies or without.
+"""Calling a handler: the one call path of every task, at the heart of every task's pipeline.
 
 :class:`Invoker` runs an ``async def`` handler on the event loop (under its task's ``timeout``, if any)
 and a plain function in the worker's thread pool, and answers how the call ended: ``None`` (it returned)
@@ -29,7 +29,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from sluice.tasks import Task
-from sluice_worker.failures import TaskTimeout
+from sluice_worker.policies.timeout import within
 
 __all__ = ["Invoker", "cancelled_from_outside"]
 
@@ -57,7 +57,7 @@ class Invoker:
             if task.policy.timeout is None:
                 await task.fn(*args)
             else:
-                await _within(task, args, task.policy.timeout)
+                await within(task, args, task.policy.timeout)
         except asyncio.CancelledError as e:
             if cancelled_from_outside():
                 raise  # the worker cancels this delivery: it goes back to the broker
@@ -76,13 +76,3 @@ def _boxed(fn: Callable[..., Any], args: list[Any]) -> BaseException | None:
     except BaseException as e:
         return e
     return None
-
-
-async def _within(task: Task, args: list[Any], seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds) as cm:
-            await task.fn(*args)
-    except TimeoutError:
-        if cm.expired():
-            raise TaskTimeout(f"task {task.name} ran past its timeout of {seconds:g}s") from None
-        raise  # a TimeoutError of the handler's own

@@ -1,12 +1,12 @@
-"""Running one delivery: decode → find the task → validate the payload → call the handler → an outcome.
+"""Running one delivery: decode → find the task → validate the payload → its pipeline → an outcome.
 
 This is the per-message hot path, kept small: header dict access, one ``json.loads``, one pydantic
-validation, one call. ``async def`` handlers run on the event loop; plain functions run in a bounded thread
-pool so they never block it; both through the one call path of :class:`~sluice_worker.invoke.Invoker`,
-whether the task has policies (the :class:`~sluice_worker.gate.PolicyGate` around the call) or not. The
-runner never raises for a bad message or a handler that fails in any way (any ``BaseException``, a
-``CancelledError`` it raised itself included): it returns an :class:`~sluice_worker.outcome.Outcome`.
-Only a cancellation of the worker itself propagates.
+validation, then the task's :class:`~sluice_worker.policies.pipeline.Pipeline`, built once per task
+when the runner is made: its policy steps around the one call path of every handler
+(:class:`~sluice_worker.invoke.Invoker`: ``async def`` handlers on the event loop, plain functions in
+a bounded thread pool so they never block it). The runner never raises for a bad message or a handler
+that fails in any way (any ``BaseException``, a ``CancelledError`` it raised itself included): it
+returns an :data:`~sluice_worker.outcome.Outcome`. Only a cancellation of the worker itself propagates.
 """
 
 from __future__ import annotations
@@ -17,21 +17,35 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sluice.errors import ProtocolError, UnknownTask
+from sluice.errors import ProtocolError
 from sluice.protocol import decode
+from sluice.resilience.clock import SYSTEM, Clock
 from sluice.settings import Settings
 from sluice.tasks import Registry, TaskContext
-from sluice_worker.gate import PolicyGate
 from sluice_worker.invoke import Invoker
-from sluice_worker.outcome import ACK, INVALID_PAYLOAD, DeadLetter, DeadLetterOnError, FailurePolicy, Outcome
+from sluice_worker.outcome import (
+    INVALID_PAYLOAD,
+    UNKNOWN_TASK,
+    DeadLettered,
+    DeadLetterOnError,
+    FailurePolicy,
+    Outcome,
+)
+from sluice_worker.policies.pipeline import Pipeline
+from sluice_worker.policies.shared import Policies, bare_pipeline
 
 __all__ = ["Runner"]
 
 
 class Runner:
-    """Runs deliveries against a :class:`~sluice.tasks.Registry`."""
+    """Runs deliveries against a :class:`~sluice.tasks.Registry`.
 
-    __slots__ = ("_default_queue", "_gate", "_invoke", "_max_bytes", "_policy", "_tasks", "registry")
+    With ``policies`` (a worker with Redis) every task's pipeline has the steps its policies declare;
+    without, only the due time and the failure step. ``clock`` is the worker's one clock (``policies``'
+    when given): the consumer, the publishers and the recorder read it from here.
+    """
+
+    __slots__ = ("_default_queue", "_max_bytes", "_pipelines", "clock", "registry")
 
     def __init__(
         self,
@@ -39,15 +53,28 @@ class Runner:
         settings: Settings,
         pool: Executor,
         policy: FailurePolicy | None = None,
-        gate: PolicyGate | None = None,
+        policies: Policies | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.registry = registry
-        self._tasks = dict(registry.items())
-        self._invoke = Invoker(pool)
-        self._policy: FailurePolicy = policy or DeadLetterOnError()
+        self.clock: Clock = clock or (policies.clock if policies is not None else SYSTEM)
+        invoke = Invoker(pool)
+        failures: FailurePolicy = policy or DeadLetterOnError()
+        self._pipelines: dict[str, Pipeline] = {
+            name: (
+                policies.pipeline(task, failures, invoke)
+                if policies is not None
+                else bare_pipeline(task, failures, invoke, self.clock)
+            )
+            for name, task in registry.items()
+        }
         self._max_bytes = settings.max_message_bytes
         self._default_queue = settings.default_queue
-        self._gate = gate
+
+    def pipeline(self, task: str) -> Pipeline | None:
+        """The pipeline of the task named ``task`` (``None``: not in the registry)."""
+        return self._pipelines.get(task)
 
     async def run(
         self,
@@ -59,21 +86,17 @@ class Runner:
         try:
             msg = decode(body, headers, message_id, self._max_bytes, self._default_queue)
         except ProtocolError as e:
-            return DeadLetter(e.reason, str(e))
-        task = self._tasks.get(msg.task)
-        if task is None:
-            return DeadLetter(UnknownTask.reason, f"no task named {msg.task!r} in this worker")
+            return DeadLettered(e.reason, str(e))
+        pipeline = self._pipelines.get(msg.task)
+        if pipeline is None:
+            return DeadLettered(UNKNOWN_TASK, f"no task named {msg.task!r} in this worker")
+        task = pipeline.task
         try:
             model = task.parse(msg.payload)
         except ValidationError as e:
-            return DeadLetter(INVALID_PAYLOAD, f"payload of {msg.task!r} is invalid: {e}")
+            return DeadLettered(INVALID_PAYLOAD, f"payload of {msg.task!r} is invalid: {e}")
         except Exception as e:  # a validator of the model raised what pydantic does not wrap (a KeyError...)
-            return DeadLetter(
+            return DeadLettered(
                 INVALID_PAYLOAD, f"payload of {msg.task!r} is invalid: {type(e).__qualname__}: {e}"
             )
-        args = task.arguments(model, TaskContext(msg, redelivered))
-        gate = self._gate
-        if gate is not None and (msg.eta_ms is not None or await gate.applies(task)):
-            return await gate.run(task, msg, lambda: self._invoke(task, args), self._policy)
-        error = await self._invoke(task, args)  # the same call the gate makes
-        return ACK if error is None else self._policy.on_error(task, msg, error)
+        return await pipeline.run(msg, task.arguments(model, TaskContext(msg, redelivered)))

@@ -29,13 +29,24 @@ from sluice.errors import SluiceError
 from sluice.settings import Settings
 from sluice.topology import Topology
 from sluice_worker._acks import AckTracker
-from sluice_worker.deadletter import DeadLetterPublisher, LogThrottle
-from sluice_worker.delays import DelayPublisher, Republish
+from sluice_worker.dead_publish import DeadLetterPublisher
+from sluice_worker.delays import DelayPublisher
 from sluice_worker.failures import error_headers
 from sluice_worker.invoke import cancelled_from_outside
-from sluice_worker.outcome import ACK, HANDLER_ERROR, DeadLetter, Skipped, describe
+from sluice_worker.log_throttle import LogThrottle
+from sluice_worker.outcome import (
+    ACK,
+    HANDLER_ERROR,
+    UNSUPPORTED_OUTCOME,
+    DeadLettered,
+    Deferred,
+    Outcome,
+    Retry,
+    Skipped,
+    describe,
+)
+from sluice_worker.recording import DeliveryRecorder
 from sluice_worker.runner import Runner
-from sluice_worker.telemetry_hook import DeliveryRecorder
 
 __all__ = ["Session"]
 
@@ -98,9 +109,10 @@ class Session:
             await topo.declare_queue(channel, q)
         dead_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         _, dead_exchange = await topo.declare_base(dead_channel)
-        self._dead = DeadLetterPublisher(dead_channel, dead_exchange, s.publish_timeout)
+        clock = self._runner.clock
+        self._dead = DeadLetterPublisher(dead_channel, dead_exchange, s.publish_timeout, clock=clock)
         tasks_exchange = await dead_channel.get_exchange(topo.tasks_exchange, ensure=False)
-        self._later = DelayPublisher(dead_channel, tasks_exchange, topo, s.publish_timeout)
+        self._later = DelayPublisher(dead_channel, tasks_exchange, topo, s.publish_timeout, clock=clock)
         raw = self._raw = await channel.get_underlay_channel()
         raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         self._flusher = asyncio.create_task(self._flush_loop(raw), name="sluice-acks")
@@ -131,7 +143,8 @@ class Session:
                 me = asyncio.current_task()
                 if me is not None:
                     inflight.add(me)
-                started, outcome = begin(), None
+                started = begin()
+                outcome: Outcome | None = None
                 try:
                     p = dm.header.properties
                     try:
@@ -140,18 +153,17 @@ class Session:
                         # a future the handler awaited failed with GeneratorExit: asyncio threw it into
                         # this frame, closing the runner's coroutines on the way (so no outcome came
                         # back); it is that handler's failure
-                        outcome = DeadLetter(HANDLER_ERROR, describe(e), error_headers(e))
+                        outcome = DeadLettered(HANDLER_ERROR, describe(e), error_headers(e))
                     if outcome is ACK or type(outcome) is Skipped:
                         acks.finish(tag)
                         self._finished()
-                    elif isinstance(outcome, Republish):
+                    elif isinstance(outcome, (Deferred, Retry)):
                         await self._republish(queue, dm, tag, outcome)
-                    elif isinstance(outcome, DeadLetter):
+                    elif isinstance(outcome, DeadLettered):
                         await self._dead_letter(queue, dm, tag, outcome)
-                    else:  # an outcome this consumer cannot carry out: keep the message, in the DLQ
-                        await self._dead_letter(
-                            queue, dm, tag, DeadLetter("unsupported_outcome", repr(outcome))
-                        )
+                    else:  # an object a foreign FailurePolicy returned: keep the message, in the DLQ
+                        outcome = DeadLettered(UNSUPPORTED_OUTCOME, repr(outcome))
+                        await self._dead_letter(queue, dm, tag, outcome)
                 except asyncio.CancelledError:
                     if cancelled_from_outside():
                         raise  # the session is dropped or drained: the broker redelivers the message
@@ -174,7 +186,7 @@ class Session:
         if self._acks.is_pending(tag):
             await self._answer_alone(tag, requeue=True)
 
-    async def _dead_letter(self, queue: str, dm: DeliveredMessage, tag: int, dead: DeadLetter) -> None:
+    async def _dead_letter(self, queue: str, dm: DeliveredMessage, tag: int, dead: DeadLettered) -> None:
         if self._throttle.allow():
             log.warning(
                 "dead-lettered task %s from queue %s: %s: %.300s",
@@ -200,13 +212,13 @@ class Session:
         elif n >= self._batch:
             self._full.set()
 
-    async def _republish(self, queue: str, dm: DeliveredMessage, tag: int, out: Republish) -> None:
+    async def _republish(self, queue: str, dm: DeliveredMessage, tag: int, out: Deferred | Retry) -> None:
         """Send the task back for later (confirmed), then ack it; unconfirmed: requeue the delivery."""
         assert self._later is not None
         try:
             await self._later.publish(dm, queue, out)
         except SluiceError as e:
-            log.error("delayed copy (%s) not confirmed (%s); requeueing the delivery", out.why, e)
+            log.error("delayed copy (%s) not confirmed (%s); requeueing the delivery", out.reason, e)
             await self._answer_alone(tag, requeue=True)
             return
         self._acks.finish(tag)

@@ -1,14 +1,16 @@
-"""The resilience primitives the policy gate uses, made once per shape and shared by every task using it.
+"""The per-worker cache of resilience objects the policy steps use, made once per shape and shared by every
+task using it.
 
-One :class:`Primitives` per worker process, over one Redis client and the deployment's key prefix.
+One :class:`ResilienceCache` per worker process, over one Redis client (or any backend of
+:mod:`sluice.resilience`, e.g. the in-memory one in tests), the deployment's key prefix and the worker's
+clock (the primitives' local time: caches, waits, lease heartbeats).
 """
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from sluice.policy import Concurrency, RateLimit, RetryBudgetPolicy
 from sluice.resilience import (
+    Backend,
     BreakerPolicy,
     CircuitBreaker,
     ConcurrencyLimiter,
@@ -19,17 +21,19 @@ from sluice.resilience import (
     Rate,
     RetryBudget,
 )
+from sluice.resilience.clock import SYSTEM, Clock
 
-__all__ = ["Primitives"]
+__all__ = ["ResilienceCache"]
 
 
-class Primitives:
+class ResilienceCache:
     """Rate limiters by (limit, period, burst), breakers and retry budgets by name, semaphores by task, dedup
     stores by (lease, ttl)."""
 
-    def __init__(self, redis: Redis, keys: KeySpace) -> None:
+    def __init__(self, redis: Backend, keys: KeySpace, *, clock: Clock = SYSTEM) -> None:
         self.redis = redis
         self.keys = keys
+        self.clock = clock
         self.limiters: dict[tuple[int, float, int], GCRALimiter] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.sems: dict[str, ConcurrencyLimiter] = {}
@@ -46,19 +50,30 @@ class Primitives:
                 burst=rate.effective_burst,
                 keys=self.keys,
                 coalesce=True,  # concurrent decisions share one pipeline
+                clock=self.clock.monotonic,
+                sleep=self.clock.sleep,
             )
         return lim
 
     def breaker(self, name: str, policy: BreakerPolicy) -> CircuitBreaker:
         b = self.breakers.get(name)
         if b is None:
-            b = self.breakers[name] = CircuitBreaker(self.redis, name, policy, keys=self.keys)
+            b = self.breakers[name] = CircuitBreaker(
+                self.redis, name, policy, keys=self.keys, clock=self.clock.monotonic
+            )
         return b
 
     def sem(self, task: str, c: Concurrency) -> ConcurrencyLimiter:
         sem = self.sems.get(task)
         if sem is None:
-            sem = self.sems[task] = ConcurrencyLimiter(self.redis, c.limit, lease=c.lease, keys=self.keys)
+            sem = self.sems[task] = ConcurrencyLimiter(
+                self.redis,
+                c.limit,
+                lease=c.lease,
+                keys=self.keys,
+                clock=self.clock.monotonic,
+                sleep=self.clock.sleep,
+            )
         return sem
 
     def budget(self, name: str, p: RetryBudgetPolicy, outage: OutagePolicy) -> RetryBudget:
@@ -72,6 +87,7 @@ class Primitives:
                 window=p.window,
                 keys=self.keys,
                 outage=outage,
+                clock=self.clock.monotonic,
             )
         return b
 
@@ -84,6 +100,7 @@ class Primitives:
                 result_ttl=ttl,
                 keys=self.keys,
                 coalesce=True,  # concurrent claims (and completes) share one pipeline
+                clock=self.clock.monotonic,
             )
         return s
 

@@ -1,6 +1,6 @@
 """Rate-limit units a worker takes ahead, so a high rate costs one Redis decision per batch of tasks.
 
-At a high rate (see ``gate._batch``) one decision takes ``batch`` units; the tasks arriving in the
+At a high rate (see :func:`sluice_worker.policies.rate_limit.batch_size`) one decision takes ``batch`` units; the tasks arriving in the
 next ``hold`` seconds use them without a round trip, and units still unused then are dropped (never
 handed out later, so the fleet stays within the limit). Tasks that arrive while a batch decision is
 on the wire wait for it instead of sending one each: with hundreds of tasks in flight, that is what
@@ -10,18 +10,20 @@ makes the batch a batch.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 from sluice.resilience import Decision
+from sluice.resilience.clock import SYSTEM, Clock
 
-__all__ = ["Units"]
+__all__ = ["UnitBatches"]
 
 
-class Units:
-    def __init__(self, hold: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+class UnitBatches:
+    """The units taken ahead of every limit of one worker, each usable for ``hold`` seconds."""
+
+    def __init__(self, hold: float, *, clock: Clock = SYSTEM) -> None:
         self.hold = hold
-        self._clock = clock
+        self._clock = clock.monotonic
         self._held: dict[str, tuple[int, float]] = {}  # name: (units left, usable until)
         self._deciding: dict[str, asyncio.Future[bool]] = {}
 

@@ -3,7 +3,7 @@
 A task declaring ``retry_budget`` deposits each first attempt; the deposits of one budget are sent
 together, every ``FLUSH_EVERY`` attempts or ``FLUSH_AFTER`` seconds (and always right before a retry
 is asked for), so a healthy task costs a round trip per batch, not per run. A retry the budget refuses
-becomes a dead letter (``retry_budget_exhausted``), replayable once the outage is over.
+becomes a dead letter (:data:`~sluice_worker.outcome.RETRY_BUDGET_EXHAUSTED`), replayable once the outage is over.
 
 The budgets fail open with a local limit (:class:`~sluice.resilience.FailOpen`): without Redis a
 worker still retries, at its share of ``min_per_second``, rather than dead-lettering every failure.
@@ -11,26 +11,26 @@ worker still retries, at its share of ``min_per_second``, rather than dead-lette
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Callable
 
 from sluice.policy import RetryBudgetPolicy
 from sluice.resilience import FailOpen, RetryBudget
+from sluice.resilience.clock import SYSTEM, Clock
 from sluice.tasks import Task
-from sluice_worker._primitives import Primitives
+from sluice_worker._resilience_cache import ResilienceCache
 
-__all__ = ["EXHAUSTED", "Budgets"]
+__all__ = ["RetryBudgets"]
 
-EXHAUSTED = "retry_budget_exhausted"
 FLUSH_EVERY = 32
 FLUSH_AFTER = 0.5
 
 
-class Budgets:
-    def __init__(self, primitives: Primitives, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._primitives = primitives
-        self._clock = clock
+class RetryBudgets:
+    """The retry budgets of one worker process: batched deposits, a grant per retry."""
+
+    def __init__(self, cache: ResilienceCache, *, clock: Clock = SYSTEM) -> None:
+        self._cache = cache
+        self._clock = clock.monotonic
         self._pending: Counter[str] = Counter()
         self._flushed: dict[str, float] = {}
 
@@ -39,7 +39,7 @@ class Budgets:
         return policy.name or task.name
 
     def _budget(self, name: str, policy: RetryBudgetPolicy) -> RetryBudget:
-        return self._primitives.budget(name, policy, FailOpen())
+        return self._cache.budget(name, policy, FailOpen())
 
     async def first_attempt(self, task: Task, policy: RetryBudgetPolicy) -> None:
         """Count one first attempt of ``task``; sends the batch when it is due."""

@@ -1,0 +1,38 @@
+"""The failure step: what a failed handler becomes (a retry or a dead letter), by the worker's failure policy.
+
+In every pipeline, innermost: the first ``after`` to run once the handler failed. It hands the
+failure to the :class:`~sluice_worker.outcome.FailurePolicy` (``sluice worker``:
+:class:`~sluice_worker.failures.RetryOrDeadLetter`, the task's ``RetryPolicy``), so the steps further
+out see the decision (the breaker records the failure, the retry budget may refuse the retry). No
+Redis; a handler that returned costs nothing here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sluice.tasks import Task
+from sluice_worker.outcome import FailurePolicy, Outcome
+from sluice_worker.policies.step import Delivery, Step
+
+if TYPE_CHECKING:
+    from sluice_worker.policies.shared import Policies
+
+__all__ = ["Failure"]
+
+
+class Failure(Step):
+    name = "failure"
+
+    def __init__(self, task: Task, failures: FailurePolicy) -> None:
+        super().__init__(task)
+        self._failures = failures
+
+    @classmethod
+    def build(cls, task: Task, policies: Policies | None, failures: FailurePolicy) -> Failure:
+        return cls(task, failures)
+
+    async def after(self, d: Delivery, outcome: Outcome | None) -> Outcome | None:
+        if outcome is None and d.error is not None:
+            return self._failures.on_error(self.task, d.msg, d.error)
+        return outcome
