@@ -10,12 +10,9 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -23,6 +20,9 @@ import aio_pika
 import pytest
 
 from sluice.protocol import H_DEAD_AT, H_DEAD_DETAIL, H_DEAD_QUEUE, H_DEAD_REASON, TaskMessage, now_ms
+from support.queues import queue_state
+from support.waiting import wait_until
+from support.workers import WorkerProcess
 
 SLUICE = str(Path(sys.executable).with_name("sluice"))
 LONG_TASK = "reports.render_the_quarterly_statement_for_every_customer"
@@ -41,21 +41,7 @@ def run(env: dict[str, str], *args: str, columns: int = 80) -> subprocess.Comple
 
 
 def ready_messages(amqp_url: str, queue: str) -> int:
-    async def read() -> int:
-        async with await aio_pika.connect(amqp_url) as conn:
-            q = await (await conn.channel()).declare_queue(queue, passive=True)
-            return int(q.declaration_result.message_count or 0)
-
-    return asyncio.run(read())
-
-
-def until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+    return (queue_state(amqp_url, queue) or (0, 0))[0]
 
 
 def put_dead_letter(amqp_url: str, prefix: str, task: str, reason: str, detail: str) -> str:
@@ -98,31 +84,19 @@ def env(amqp_url: str, redis_url: str, unique: str) -> dict[str, str]:
 def dead(env: dict[str, str], amqp_url: str, unique: str, tmp_path: Path) -> list[str]:
     """Four dead letters: three demo.fail runs of a real worker (handler_error), one made by hand
     with a long task name and reason. Yields their ids."""
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [SLUICE, "worker", "--concurrency", "4"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        until(lambda: "consuming queues" in log.read_text() or worker.poll() is not None, "the worker")
-        assert worker.poll() is None, log.read_text()[-2000:]
-        message = "the payment provider answered 503 Service Unavailable after 30 s; " * 3
-        published = run(
-            env, "publish", "demo.fail", "--payload", json.dumps({"message": message}), "--count", "3"
-        )
-        assert published.returncode == 0, published.stderr
-        ids = published.stdout.split()
-        assert len(ids) == 3, published.stdout
-        until(lambda: ready_messages(amqp_url, f"{unique}.dlq") >= 3, "3 dead letters")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    message = "the payment provider answered 503 Service Unavailable after 30 s; " * 3
+    published = run(
+        env, "publish", "demo.fail", "--payload", json.dumps({"message": message}), "--count", "3"
+    )
+    assert published.returncode == 0, published.stderr
+    ids = published.stdout.split()
+    assert len(ids) == 3, published.stdout
+    # burst: the worker ends once the three ran (each dead letter confirmed before its delivery is acked)
+    worker = WorkerProcess(["--concurrency", "4", "--burst"], env, tmp_path / "worker.log")
+    assert worker.wait(60) == 0, worker.stderr()[-2000:]
+    assert ready_messages(amqp_url, f"{unique}.dlq") == 3
     ids.append(put_dead_letter(amqp_url, unique, LONG_TASK, LONG_REASON, "the fleet's retry budget said no"))
-    until(lambda: ready_messages(amqp_url, f"{unique}.dlq") >= 4, "4 dead letters")
+    wait_until(lambda: ready_messages(amqp_url, f"{unique}.dlq") >= 4, 30, "4 dead letters")
     return ids
 
 
