@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from sluice.connection import BROKER_ERRORS, connect_plain
 from sluice.errors import BrokerUnavailable, ConfigError
+from sluice.resilience.clock import SYSTEM, Clock
 from sluice.runtime import Shutdown
 from sluice.runtime import run as run_service
 from sluice.settings import Settings
@@ -44,10 +44,10 @@ from sluice.tasks import Registry
 from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice.topology import DELAY_TIERS_MS, Topology
 from sluice_worker.consumer import Consumer
-from sluice_worker.gate import PolicyGate, redis_for
 from sluice_worker.outcome import FailurePolicy
+from sluice_worker.policies import Policies, redis_for
+from sluice_worker.recording import DeliveryRecorder
 from sluice_worker.runner import Runner
-from sluice_worker.telemetry_hook import DeliveryRecorder
 
 __all__ = ["Burst", "Shutdown", "run", "serve"]
 
@@ -78,9 +78,11 @@ async def serve(
     shutdown: Shutdown | None = None,
     policy: FailurePolicy | None = None,
     burst: Burst | None = None,
+    clock: Clock = SYSTEM,
 ) -> None:
     """Consume ``queues`` until ``shutdown.stop`` (or SIGTERM/SIGINT when no ``shutdown`` is given),
-    or, with ``burst``, until nothing is left to do."""
+    or, with ``burst``, until nothing is left to do. ``clock``: the one clock of the worker (its
+    policies, runner, delivery recorder and burst watch)."""
     own = shutdown is None
     sd = shutdown or Shutdown(log)
     names = sorted(registry)
@@ -88,22 +90,22 @@ async def serve(
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")
     telemetry = telemetry_for(settings, "worker")  # one snapshot a second to the metrics service
     redis = redis_for(settings)  # task policies (docs/policies.md); not used by tasks that declare none
-    gate = PolicyGate(redis, settings.prefix, telemetry=telemetry)
+    policies = Policies(redis, settings.prefix, telemetry=telemetry, clock=clock)
     try:
-        recorder = DeliveryRecorder(telemetry, names)
-        runner = Runner(registry, settings, pool, policy or gate.failures, gate)
+        recorder = DeliveryRecorder(telemetry, names, clock=clock)
+        runner = Runner(registry, settings, pool, policy or policies.failures, policies, clock=clock)
         consumer = Consumer(settings, runner, queues, recorder=recorder)
         async with SnapshotPublisher(settings, telemetry):
             with sd.signals() if own else contextlib.nullcontext():
                 if burst is None:
                     await consumer.run(sd.stop, sd.force)
                 else:
-                    idle = IdleWatch(settings, queues, burst, consumer, recorder)
+                    idle = IdleWatch(settings, queues, burst, consumer, recorder, clock=clock)
                     await _with_watch(consumer.run(sd.stop, sd.force), idle.until_idle(sd), sd)
     finally:
         # a sync handler still running after the grace period cannot be interrupted; do not wait for it
         pool.shutdown(wait=False, cancel_futures=True)
-        await gate.aclose()
+        await policies.aclose()
         await redis.aclose()
     log.info("stopped")
 
@@ -145,7 +147,7 @@ class IdleWatch:
         consumer: Consumer,
         recorder: DeliveryRecorder,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ) -> None:
         topo = Topology.from_settings(settings)
         self._settings = settings
@@ -167,8 +169,9 @@ class IdleWatch:
             idle_since: float | None = None
             while not sd.stop.is_set():
                 busy = await self.busy()
-                now = self._clock()
+                now = self._clock.monotonic()
                 if busy is not None:
+                    log.debug("burst: still to do: %s", busy)
                     idle_since = None
                 elif idle_since is None:
                     idle_since = now
@@ -185,7 +188,8 @@ class IdleWatch:
         if self._recorder.running:
             return f"{self._recorder.running} tasks running"
         try:
-            return await self._waiting()
+            async with asyncio.timeout(self._settings.connect_timeout):  # a silent broker: busy, not hung
+                return await self._waiting()
         except _READ_ERRORS as e:
             await self.aclose()  # read again on a new connection next time
             return f"cannot read the queues: {e!r}"
