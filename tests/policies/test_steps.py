@@ -96,7 +96,9 @@ def test_a_task_without_policies_has_the_due_time_the_override_and_the_failure_s
     @task("s.plain")
     async def h(p: T) -> None: ...
 
-    assert [type(s) for s in pipe(policies, h, Call()).steps] == [Eta, RateLimitStep, Failure]
+    plain = pipe(policies, h, Call())
+    assert [type(s) for s in plain.steps] == [Eta, RateLimitStep, Failure]
+    assert plain._afters_ack == (), "a task without policies runs no after hook when its handler returned"
     assert [type(s) for s in bare_pipeline(h, policies.failures, Call()).steps] == [Eta, Failure]  # type: ignore[arg-type]
 
     @task("s.all", idempotency=Idempotency(fields=("n",)), concurrency=2, breaker=Breaker("b"))

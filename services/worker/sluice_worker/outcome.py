@@ -145,7 +145,7 @@ class Skipped:
 
     @property
     def metric(self) -> str:
-        return _SKIPS[self.reason]
+        return _SKIPS.get(self.reason, DEDUPLICATED_METRIC)  # the one skip there is
 
 
 # the task's idempotency key is already done: the effect happened, this delivery is a duplicate

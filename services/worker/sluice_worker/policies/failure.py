@@ -23,6 +23,7 @@ __all__ = ["Failure"]
 
 class Failure(Step):
     name = "failure"
+    after_on_ack = False  # it acts on failures only
 
     def __init__(self, task: Task, failures: FailurePolicy) -> None:
         super().__init__(task)

@@ -6,8 +6,9 @@
 
 Why this order: the cheap local check first and the scarce shared resources last, so that a task that
 will not run holds nothing it would have to give back. A task not yet due (**eta**) must take nothing.
-The **retry budget** counts first attempts before anything can defer them (and asks for a retry last,
-on the way out, once every other step had its say). The **rate limit** comes before a claim or a lease,
+The **retry budget** deposits first attempts as they arrive (where the gate did, before the limits: a
+first attempt deferred and back again deposits again, erring towards allowing retries), and asks for a
+retry last, on the way out, once every other step had its say. The **rate limit** comes before a claim or a lease,
 so a deferred task holds neither while it waits in a delay tier. **Idempotency** comes before the
 lease and the breaker: a duplicate takes no slot and no trial. **Concurrency** before the **breaker**: a
 task waiting for a slot takes no half-open trial. The **timeout** wraps the call
@@ -65,14 +66,14 @@ def _overrides(step: Step, hook: str) -> bool:
 class Pipeline:
     """One task's steps and its handler's call; :meth:`run` answers each delivery's outcome."""
 
-    __slots__ = ("_afters", "_befores", "_invoke", "steps", "task")
+    __slots__ = ("_afters", "_afters_ack", "_befores", "_invoke", "steps", "task")
 
     def __init__(self, task: Task, steps: Sequence[Step], invoke: Invoker) -> None:
         self.task = task
         self.steps = tuple(steps)
         self._invoke = invoke
-        # per step, outermost first: its before (None: it has none) and the afters to run when the
-        # delivery stops at that point (the steps entered so far, innermost first)
+        # per step that has a before, outermost first: that before and the afters to run when the
+        # delivery stops there (those of the steps entered so far, innermost first)
         befores: list[tuple[Before, tuple[After, ...]]] = []
         for i, step in enumerate(self.steps):
             if _overrides(step, "before"):
@@ -80,6 +81,10 @@ class Pipeline:
                 befores.append((step.before, entered))
         self._befores = tuple(befores)
         self._afters = tuple(s.after for s in reversed(self.steps) if _overrides(s, "after"))
+        # when the handler returned: a task without policies runs no after at all
+        self._afters_ack = tuple(
+            s.after for s in reversed(self.steps) if _overrides(s, "after") and s.after_on_ack
+        )
 
     async def run(self, msg: TaskMessage, args: list[Any]) -> Outcome:
         """Take ``msg`` through the steps, call the handler with ``args`` if every step lets it, and
@@ -100,6 +105,7 @@ class Pipeline:
                 d.called = True
                 if error is None:
                     outcome = ACK
+                    afters = self._afters_ack
                 else:
                     d.error = error
         except BaseException:

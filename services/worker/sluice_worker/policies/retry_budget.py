@@ -27,6 +27,7 @@ __all__ = ["RetryBudgetStep"]
 
 class RetryBudgetStep(Step):
     name = "retry budget"
+    after_on_ack = False  # it acts on failures only
 
     def __init__(
         self,

@@ -13,8 +13,9 @@ called for each of that task's deliveries, in the pipeline's order (:mod:`sluice
   or the delivery ends without an outcome (the worker cancelled it: ``delivery.error`` is ``None``
   too); a step then only gives back what it holds (a claim, a lease).
 
-A step that does not need a hook does not override it: the pipeline calls only overridden hooks, so a
-task pays only for the steps it declares. What a step holds for one delivery (a claim token, a lease,
+A step that does not need a hook does not override it: the pipeline calls only overridden hooks (and
+skips the ``after`` of a step that acts on failures only, ``after_on_ack = False``, when the handler
+returned), so a task pays only for the steps it declares. What a step holds for one delivery (a claim token, a lease,
 a breaker permit) it keeps in the delivery (:meth:`Delivery.hold`), never in itself: one step object
 serves every delivery of its task at once.
 """
@@ -65,6 +66,9 @@ class Step:
 
     #: the step's name in docs and logs
     name: ClassVar[str] = "step"
+    #: does ``after`` have anything to do when the handler returned (the outcome is ``ACK``)? A step
+    #: that acts on failures only says no, and a task's successful runs skip its ``after``
+    after_on_ack: ClassVar[bool] = True
 
     def __init__(self, task: Task) -> None:
         self.task = task
