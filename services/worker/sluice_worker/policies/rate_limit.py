@@ -85,7 +85,10 @@ class RateLimitStep(Step):
 
     async def before(self, d: Delivery) -> Outcome | None:
         task = self.task
-        rate = effective_rate(self._declared, await self._limits.current(task.name))
+        override = await self._limits.current(task.name)
+        if override is None and self._declared is None:
+            return None  # the common case: no limit on this task
+        rate = effective_rate(self._declared, override)
         if rate is None:
             return None
         part = payload_field(d.msg.payload, rate.key) if rate.key else None
