@@ -2,9 +2,7 @@
 
 Walks the syntax of every module of ``sluice_worker``: no ``import time`` / ``from time import``, no
 ``asyncio.sleep``, no ``sluice.protocol.now_ms`` (the real wall clock). Exempt: ``demo.py``, the demo
-*tasks* (user code the worker runs, not the worker), and for now ``lifecycle.py`` (its burst-mode
-``IdleWatch`` defaults to ``time.monotonic``; that module is not this change's: it should take the
-runner's clock). Loop-time timeouts (``asyncio.timeout``,
+*tasks* (user code the worker runs, not the worker). Loop-time timeouts (``asyncio.timeout``,
 ``asyncio.wait(timeout=...)``) bound waits on the broker; they read no clock of the worker's.
 """
 
@@ -16,7 +14,7 @@ from pathlib import Path
 import sluice_worker
 
 PACKAGE = Path(sluice_worker.__file__).resolve().parent
-EXEMPT = {"demo.py", "lifecycle.py"}
+EXEMPT = {"demo.py"}
 
 
 def _offences(path: Path, root: Path = PACKAGE) -> list[str]:
