@@ -13,8 +13,8 @@ This module is pure (no broker import) so the contract is testable on its own.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +81,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# the variant nibble of an RFC 4122 UUID (10xx) for each hex digit of random bits
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def new_task_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4, RFC 4122) UUID in its canonical text form: ``str(uuid.uuid4())``, written out
+    from 16 random bytes directly (about 3x faster: it is on the bulk publish path, once per task)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +126,17 @@ class TaskMessage:
         return h
 
 
+# one encoder for every body: ``json.dumps`` with these options builds a new encoder per call (a third of
+# its cost for a small payload); an encoder holds no state between calls
+_BODY = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_body(payload: Mapping[str, Any], max_bytes: int) -> bytes:
     """JSON-encode a payload object, checking the size cap."""
     if not isinstance(payload, Mapping):
         raise NotJSON(f"a payload must be a JSON object, not {type(payload).__name__}")
     try:
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        body = _BODY.encode(payload).encode()
     except (TypeError, ValueError) as e:
         raise NotJSON(f"payload is not JSON-serialisable: {e}") from None
     if len(body) > max_bytes:

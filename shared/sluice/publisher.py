@@ -18,7 +18,8 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from aiormq import spec
 
-from sluice._publish_window import GaveUp, PublishOutcome, PublishReport, PublishWindow
+from sluice._amqp_properties import TaskProperties
+from sluice._publish_window import GaveUp, Outgoing, Prepared, PublishOutcome, PublishReport, PublishWindow
 from sluice.connection import BROKER_ERRORS, connect
 from sluice.errors import (
     BrokerUnavailable,
@@ -31,7 +32,15 @@ from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body, now_ms
 from sluice.settings import Settings
 from sluice.topology import Topology, next_hop
 
-__all__ = ["GaveUp", "PublishOutcome", "PublishReport", "Publisher", "await_confirm", "creatable_queues"]
+__all__ = [
+    "GaveUp",
+    "Prepared",
+    "PublishOutcome",
+    "PublishReport",
+    "Publisher",
+    "await_confirm",
+    "creatable_queues",
+]
 
 PERSISTENT = 2
 
@@ -67,6 +76,7 @@ class Publisher:
         self._conn = connection
         self._own_conn = connection is None
         self._channel: AbstractChannel | None = None
+        self._underlay: aiormq.Channel | None = None  # the channel's current aiormq channel, while open
         self._tasks_ex: AbstractExchange | None = None
         self._dead_ex: AbstractExchange | None = None
         self._queues: set[str] = set()
@@ -90,14 +100,18 @@ class Publisher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._channel is not None:
-            with contextlib.suppress(*BROKER_ERRORS):
-                await self._channel.close()
-            self._channel = None
-        if self._own_conn and self._conn is not None:
-            with contextlib.suppress(*BROKER_ERRORS):
-                await self._conn.close()
-            self._conn = None
+        """Close the channel (and the connection, if it is ours), within ``publish_timeout``: a broker
+        that blocks the connection (a memory or disk alarm) stops reading from it, so its close
+        handshake never completes; past the deadline the connection is left to the process's exit."""
+        channel, self._channel, self._underlay = self._channel, None, None
+        conn, self._conn = (self._conn, None) if self._own_conn else (None, self._conn)
+        with contextlib.suppress(TimeoutError, *BROKER_ERRORS):
+            async with asyncio.timeout(self.settings.publish_timeout):
+                if channel is not None:
+                    with contextlib.suppress(*BROKER_ERRORS):
+                        await channel.close()
+                if conn is not None:
+                    await conn.close()
 
     @property
     def connection(self) -> AbstractRobustConnection:
@@ -160,7 +174,7 @@ class Publisher:
 
     def properties(self, msg: TaskMessage) -> spec.Basic.Properties:
         """The AMQP properties of a task (the contract's, see docs/protocol.md)."""
-        return spec.Basic.Properties(
+        return TaskProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=PERSISTENT,
             message_id=msg.id,
@@ -181,8 +195,11 @@ class Publisher:
             app_id="sluice",
         )
 
-    async def publish(self, msg: TaskMessage, body: bytes | None = None) -> str:
+    async def publish(self, msg: TaskMessage, body: bytes | None = None, *, bounded: bool = True) -> str:
         """Publish one task and wait for its confirm. Returns the task id.
+
+        ``bounded=False``: no deadline of its own on the confirm (a :class:`PublishWindow` bounds all its
+        publishes with one watchdog instead of a timer per publish); the caller must bound the wait.
 
         The hot path talks to the aiormq channel directly: no intermediate message object, and the
         frame is handed to the writer without waiting for the socket drain (the confirm is what counts).
@@ -194,9 +211,11 @@ class Publisher:
         if msg.eta_ms is not None:
             tier = next_hop(msg.eta_ms - now_ms())
             if tier is not None:
-                await self.publish_delayed(body, msg.queue, self.properties(msg), tier)
+                await self.publish_delayed(body, msg.queue, self.properties(msg), tier, bounded=bounded)
                 return msg.id
-        await self.publish_properties(body, msg.queue, self.properties(msg))
+        await self._publish_body(
+            self.topology.tasks_exchange, msg.queue, body, self.properties(msg), bounded=bounded
+        )
         return msg.id
 
     async def publish_properties(
@@ -206,8 +225,32 @@ class Publisher:
         await self._publish_body(self.topology.tasks_exchange, routing_key, body, properties)
 
     async def _publish_body(
-        self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        *,
+        bounded: bool = True,
     ) -> None:
+        channel = self._underlay
+        if channel is None or channel.is_closed:
+            channel = self._underlay = await self._open_underlay()
+        # aiormq's own deadline (it has one around the publish and its confirm anyway): no second timer
+        within = self.settings.publish_timeout
+        pending = channel.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=True,
+            wait=False,
+            timeout=within if bounded else None,
+        )
+        await await_confirm(pending, within, timed=False)
+
+    async def _open_underlay(self) -> aiormq.Channel:
+        """The robust channel's aiormq channel (kept until it closes: a reconnect opens a new one)."""
         if self._channel is None:
             raise BrokerUnavailable("publisher is not open")
         try:
@@ -223,21 +266,16 @@ class Publisher:
             ) from None
         except BROKER_ERRORS as e:
             raise BrokerUnavailable(f"no channel to the broker: {e}") from None
-        # aiormq's own deadline (it has one around the publish and its confirm anyway): no second timer
-        within = self.settings.publish_timeout
-        pending = channel.basic_publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=properties,
-            mandatory=True,
-            wait=False,
-            timeout=within,
-        )
-        await await_confirm(pending, within, timed=False)
+        return channel
 
     async def publish_delayed(
-        self, body: bytes, queue: str, properties: spec.Basic.Properties, tier_ms: int
+        self,
+        body: bytes,
+        queue: str,
+        properties: spec.Basic.Properties,
+        tier_ms: int,
+        *,
+        bounded: bool = True,
     ) -> None:
         """Publish to the delay tier ``tier_ms`` (see :data:`~sluice.topology.DELAY_TIERS_MS`), confirmed:
         the task reaches work queue ``queue`` when the tier's TTL has passed."""
@@ -245,7 +283,7 @@ class Publisher:
             await self.ensure_queue(queue)
         await self.ensure_delays()
         key = self.topology.delay_routing_key(tier_ms, queue)
-        await self._publish_body(self.topology.delay_exchange, key, body, properties)
+        await self._publish_body(self.topology.delay_exchange, key, body, properties, bounded=bounded)
 
     async def publish_raw(self, message: aio_pika.Message, routing_key: str, *, dead: bool = False) -> None:
         """Publish a prepared message to the tasks exchange (or the dead-letter exchange), confirmed."""
@@ -259,7 +297,7 @@ class Publisher:
 
     async def publish_many(
         self,
-        messages: Iterable[TaskMessage] | AsyncIterable[TaskMessage],
+        messages: Iterable[Outgoing] | AsyncIterable[Outgoing],
         on_done: Callable[[PublishOutcome], None] | None = None,
         *,
         ordered: bool = False,
@@ -268,6 +306,8 @@ class Publisher:
         on_outage: Callable[[BaseException | None], None] | None = None,
     ) -> PublishReport:
         """Publish every task with up to ``publish_window`` confirms outstanding; never raises per task.
+
+        A task given as :class:`Prepared` is published with its body as encoded by the caller.
 
         Each outcome (confirmed or not) is passed to ``on_done``: as it completes, or with ``ordered``
         in input order. ``give_up_after`` (seconds) rides through a broker outage: the feed pauses, the

@@ -88,3 +88,21 @@ def test_headers_omit_absent_optionals() -> None:
     assert p.H_IDEMPOTENCY_KEY not in h and p.H_TRACE_ID not in h
     assert h[p.H_VERSION] == p.PROTOCOL_VERSION == 1
     json.dumps(h)  # every header is plain JSON-able data, as the contract says
+
+
+def test_task_ids_are_canonical_random_uuids() -> None:
+    """``new_task_id`` writes the UUID text itself (for speed): it must be what ``str(uuid.uuid4())`` is."""
+    import uuid
+
+    from sluice.protocol import new_task_id
+
+    ids = [new_task_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122
+    # every hex digit shows up in every free position (the bits are random, not a fixed pattern)
+    free = [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]
+    for i in free:
+        assert len({t[i] for t in ids}) == 16, i
+    assert {t[19] for t in ids} == set("89ab")

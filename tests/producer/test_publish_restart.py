@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sluice.topology import Topology
-from support.rabbit_node import RabbitNode
+from support.rabbit_node import RabbitNode, private_node
 from support.workers import SLUICE, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -38,14 +36,8 @@ SUMMARY = re.compile(r"published (\d+), failed (\d+), republished (\d+) in")
 @pytest.fixture(scope="module")
 def node() -> Iterator[RabbitNode]:
     """A RabbitMQ node of this module's own (own name, port, data): stopped and deleted after."""
-    base = Path(
-        tempfile.mkdtemp(prefix="sluice-rabbit-")
-    )  # not under pytest's 0700 tmp: the node runs as rabbitmq
-    try:
-        with RabbitNode.started(base) as n:
-            yield n
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with private_node() as n:
+        yield n
 
 
 def child_env(node: RabbitNode, prefix: str, **extra: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -149,3 +150,15 @@ class RabbitNode:
             proc.wait(timeout=30)
         if self._log is not None:
             self._log.close()
+
+
+@contextlib.contextmanager
+def private_node() -> Iterator[RabbitNode]:
+    """A started node of its own in a fresh directory (not under pytest's 0700 tmp: the node runs as
+    rabbitmq), stopped and its directory deleted after."""
+    base = Path(tempfile.mkdtemp(prefix="sluice-rabbit-"))
+    try:
+        with RabbitNode.started(base) as node:
+            yield node
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -10,6 +10,7 @@ the input.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -346,9 +347,7 @@ def main(args: PublishArgs, settings: Settings) -> int:
             text = inputs.read_file(args.payload_file)
         else:
             where, text = "--payload", args.payload or "{}"
-        item = Item(
-            inputs.build_message(template.spec(inputs.parse_object(text, where), where), rules, where), where
-        )
+        item = inputs.build_item(template.spec(inputs.parse_object(text, where), where), rules, where)
         if args.check:
             return _loop.run(check(args, _iterate([item]), args.count))
 
@@ -357,4 +356,9 @@ def main(args: PublishArgs, settings: Settings) -> int:
 
         total, fixed = args.count, item.msg.queue
     fixed_queue = None if args.stdin and args.envelopes else fixed  # envelope lines name their own queues
+    # A bulk publish keeps about publish_window tasks, futures and frames alive, so the cyclic collector
+    # runs often, and each of its full passes would also walk every object the imports left (typer,
+    # pydantic, aio-pika: ~10^5 of them). Frozen, they are skipped: 5-10 % of the CPU of a 50,000-line
+    # publish (docs/benchmarks.md). Nothing frozen is garbage: it is the loaded code and its constants.
+    gc.freeze()
     return _loop.run(run(args, settings, entries, total, fixed_queue, registry))

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from sluice.errors import BrokerUnavailable, PublishTimeout, SluiceError, UnknownQueue
 from sluice.protocol import TaskMessage
-from sluice.publisher import Publisher, PublishOutcome
+from sluice.publisher import Prepared, Publisher, PublishOutcome
 from sluice.telemetry import NullTelemetry, Telemetry
 from sluice_producer.inputs import Bad, Item
 
@@ -181,7 +181,7 @@ async def publish_stream(
             pass  # the broker is away: publish() declares it, riding through the outage
         return None
 
-    async def feed() -> AsyncGenerator[TaskMessage, None]:
+    async def feed() -> AsyncGenerator[TaskMessage | Prepared, None]:
         nonlocal position
         i = 0
         async for entry in source:
@@ -197,7 +197,7 @@ async def publish_stream(
                 continue
             flying[i] = (at, entry.where, msg.queue)
             i += 1
-            yield msg
+            yield msg if entry.body is None else Prepared(msg, entry.body)
 
     def done(out: PublishOutcome) -> None:
         at, where, queue = flying.pop(out.index)

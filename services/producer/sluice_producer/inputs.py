@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from sluice.errors import ConfigError, NotJSON, ProtocolError, SluiceError, UnknownTask
 from sluice.protocol import TaskMessage, encode_body, new_task_id, now_ms
-from sluice.tasks import Registry
+from sluice.tasks import Registry, Task
 from sluice_producer.models import TaskIn
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "PayloadInvalid",
     "Rules",
     "Template",
+    "build_item",
     "build_message",
     "envelope",
     "expand",
@@ -56,10 +57,12 @@ class PayloadInvalid(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """A checked task, and where it came from (for error messages)."""
+    """A checked task, where it came from (for error messages) and, once checked, its encoded body
+    (the size check encodes it: the publish reuses it instead of encoding it again)."""
 
     msg: TaskMessage
     where: str
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,32 +129,53 @@ def read_ndjson(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def build_message(spec: TaskIn, rules: Rules, where: str) -> TaskMessage:
     """The task message for ``spec``: queue resolved, payload checked against the cap and the model."""
-    known = rules.registry.get(spec.task) if rules.registry is not None else None
+    return build_item(spec, rules, where).msg
+
+
+def build_item(spec: TaskIn, rules: Rules, where: str) -> Item:
+    """:func:`build_message`'s message as an :class:`Item`, with its encoded body."""
+    known = _known(spec.task, rules, where)
+    return _item(spec, _queue(spec, rules, known), known, rules.max_bytes, where, spec.payload)
+
+
+def _known(task: str, rules: Rules, where: str) -> Task | None:
+    known = rules.registry.get(task) if rules.registry is not None else None
     if known is None and rules.strict and rules.registry is not None:
         raise UnknownTask(
-            f"{where}: unknown task {spec.task!r} (strict mode: the producer knows only its --tasks)"
+            f"{where}: unknown task {task!r} (strict mode: the producer knows only its --tasks)"
         )
+    return known
+
+
+def _queue(spec: TaskIn, rules: Rules, known: Task | None) -> str:
+    return spec.queue or (known.queue if known is not None else rules.default_queue)
+
+
+def _item(
+    spec: TaskIn, queue: str, known: Task | None, max_bytes: int, where: str, payload: dict[str, Any]
+) -> Item:
+    """One checked task: ``payload`` against ``known``'s model and the size cap; the rest from ``spec``."""
     if known is not None:
         try:
-            known.parse(spec.payload)
+            known.parse(payload)
         except ValidationError as e:
             raise PayloadInvalid(
                 f"{where}: payload does not fit task {spec.task!r}: {validation_summary(e)}",
                 [dict(err) for err in e.errors(include_url=False)],
             ) from None
     try:
-        encode_body(spec.payload, rules.max_bytes)
+        body = encode_body(payload, max_bytes)
     except ProtocolError as e:
         raise type(e)(f"{where}: {e}") from None
-    queue = spec.queue or (known.queue if known is not None else rules.default_queue)
-    return TaskMessage(
+    msg = TaskMessage(
         task=spec.task,
-        payload=spec.payload,
+        payload=payload,
         queue=queue,
         idempotency_key=spec.idempotency_key,
         trace_id=spec.trace_id,
         eta_ms=None if not spec.delay else now_ms() + round(float(spec.delay) * 1000),
     )
+    return Item(msg, where, body)
 
 
 def envelope(obj: dict[str, Any], defaults: dict[str, Any], where: str) -> TaskIn:
@@ -168,7 +192,7 @@ def expand(items: Iterable[Item], count: int) -> Iterator[Item]:
     for item in items:
         yield item
         for _ in range(count - 1):
-            yield Item(dataclasses.replace(item.msg, id=new_task_id()), item.where)
+            yield Item(dataclasses.replace(item.msg, id=new_task_id()), item.where, item.body)
 
 
 class Template:
@@ -194,39 +218,57 @@ class Template:
             return envelope(obj, self._defaults, where)
         return self._base.model_copy(update={"payload": obj})
 
+    def builder(self, rules: Rules) -> Callable[[dict[str, Any], str], Item]:
+        """``build(obj, where)``: the checked :class:`Item` of one input object. Without envelopes every
+        line shares the task, its queue and its model, resolved here once rather than once per line
+        (the bulk path: no model copy per line either)."""
+        base = self._base
+        if base is None:
+            return lambda obj, where: build_item(self.spec(obj, where), rules, where)
+        try:
+            known = _known(base.task, rules, "stdin")
+        except UnknownTask:  # strict mode and not a known task: every line is refused, naming its line
+            return lambda obj, where: build_item(base, rules, where)
+        queue, max_bytes = _queue(base, rules, known), rules.max_bytes
+        return lambda obj, where: _item(base, queue, known, max_bytes, where, obj)
 
-async def read_lines(stream: BinaryIO, max_line: int) -> AsyncIterator[tuple[int, bytes | None]]:
-    """(line number, line without its newline) for every line of ``stream``; ``None`` for a line
-    longer than ``max_line`` bytes (not kept: memory stays bounded whatever the input).
+
+async def read_lines(stream: BinaryIO, max_line: int) -> AsyncIterator[list[tuple[int, bytes | None]]]:
+    """The lines of ``stream``, one list per chunk read: (line number, line without its newline), and
+    ``None`` for a line longer than ``max_line`` bytes (not kept: memory stays bounded whatever the input).
 
     Each chunk is read in a thread with ``read1`` (what is there, up to :data:`CHUNK` bytes), so a
-    slow writer delays only its own lines and never blocks the event loop.
+    slow writer delays only its own lines and never blocks the event loop. A list per chunk, not a
+    line per step: one generator step for hundreds of lines on the bulk path.
     """
     read = getattr(stream, "read1", stream.read)
     n = 0
     tail = bytearray()
     too_long = False
     while chunk := await _read(read):
+        lines: list[tuple[int, bytes | None]] = []
         start = 0
         while (nl := chunk.find(b"\n", start)) >= 0:
             n += 1
             if too_long:
                 too_long = False
-                yield n, None
+                lines.append((n, None))
             elif tail:
                 tail += chunk[start:nl]
-                yield n, (bytes(tail) if len(tail) <= max_line else None)
+                lines.append((n, bytes(tail) if len(tail) <= max_line else None))
                 tail.clear()
             else:
-                yield n, (chunk[start:nl] if nl - start <= max_line else None)
+                lines.append((n, chunk[start:nl] if nl - start <= max_line else None))
             start = nl + 1
         if not too_long:
             tail += chunk[start:]
             if len(tail) > max_line:
                 too_long = True
                 tail.clear()
+        if lines:
+            yield lines
     if too_long or tail:
-        yield n + 1, None if too_long else bytes(tail)
+        yield [(n + 1, None if too_long else bytes(tail))]
 
 
 async def _read(read: Callable[[int], bytes]) -> bytes:
@@ -245,24 +287,26 @@ async def stdin_entries(
     text longer than its encoded body); a longer one is :class:`Bad` without being held in memory.
     """
     max_line = 4 * rules.max_bytes + 4096
-    async for n, raw in read_lines(stream, max_line):
-        where = f"stdin line {n}"
-        if raw is None:
-            yield Bad(where, NotJSON(f"{where}: longer than {max_line} bytes"))
-            continue
-        try:
-            text = raw.decode("utf-8")
-            if not text.strip():
+    build = template.builder(rules)
+    async for lines in read_lines(stream, max_line):
+        for n, raw in lines:
+            where = f"stdin line {n}"
+            if raw is None:
+                yield Bad(where, NotJSON(f"{where}: longer than {max_line} bytes"))
                 continue
-            item = Item(build_message(template.spec(parse_object(text, where), where), rules, where), where)
-        except UnicodeDecodeError:
-            yield Bad(where, NotJSON(f"{where}: not UTF-8 text"))
-            continue
-        except SluiceError as e:
-            yield Bad(where, e)
-            continue
-        if count == 1:
-            yield item
-        else:
-            for copy in expand((item,), count):
-                yield copy
+            try:
+                text = raw.decode("utf-8")
+                if not text.strip():
+                    continue
+                item = build(parse_object(text, where), where)
+            except UnicodeDecodeError:
+                yield Bad(where, NotJSON(f"{where}: not UTF-8 text"))
+                continue
+            except SluiceError as e:
+                yield Bad(where, e)
+                continue
+            if count == 1:
+                yield item
+            else:
+                for copy in expand((item,), count):
+                    yield copy
