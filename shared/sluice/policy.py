@@ -3,7 +3,8 @@ idempotency (docs/policies.md).
 
 Each is a small frozen dataclass, checked when built, so a bad declaration fails at import, not at the
 first message. :class:`TaskPolicy` bundles them; ``@task(..., rate_limit="100/s", retry=RetryPolicy())``
-builds one. The worker enforces them (``sluice_worker.gate``); nothing here talks to a broker.
+builds one. The worker enforces them (``sluice_worker.policies``, a pipeline of steps); nothing here talks to
+a broker.
 
 Durations and rates are written the way people write them::
 
