@@ -6,6 +6,8 @@ the whole hash at most every ``refresh`` seconds (2 by default) and from then on
 ``sluice limits rm demo.email`` goes back to the declared limit (or none).
 
 The hash is ``{prefix}:limits:{overrides}``; each value is JSON ``{"rate": "50/s", "burst": 10}``.
+:meth:`LimitStore.in_memory` keeps the hash on a :class:`~sluice.resilience.memory.MemoryBackend` instead
+(tests, :mod:`sluice.testing`), under the same key: an override set there is read by every store on it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,47 @@ from redis.exceptions import RedisError
 
 from sluice.errors import ConfigError
 from sluice.policy import RateLimit
-from sluice.resilience import KeySpace
+from sluice.resilience import BackendUnavailable, KeySpace, MemoryBackend
 
 __all__ = ["LimitStore", "effective_rate"]
 
 log = logging.getLogger("sluice.limits")
+
+_FOREVER_MS = 100 * 365 * 86_400_000  # the hash has no TTL on Redis: a century on the in-memory backend
+
+
+class _MemoryHash:
+    """The three hash commands the store sends, on a :class:`MemoryBackend` (one dict at the key)."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
+
+    def _hash(self, key: str) -> dict[str, str]:
+        if not self._backend.available:
+            raise BackendUnavailable("the in-memory backend is set unavailable")
+        found = self._backend.model(key)
+        return found if isinstance(found, dict) else {}
+
+    async def hgetall(self, key: str) -> dict[bytes | str, bytes | str]:
+        out: dict[bytes | str, bytes | str] = {k: v for k, v in self._hash(key).items()}
+        return out
+
+    async def hset(self, key: str, field: str, value: str) -> int:
+        h = self._hash(key)
+        added = int(field not in h)
+        self._backend.keep(key, {**h, field: value}, _FOREVER_MS)
+        return added
+
+    async def hdel(self, key: str, field: str) -> int:
+        h = self._hash(key)
+        if field not in h:
+            return 0
+        rest = {k: v for k, v in h.items() if k != field}
+        if rest:
+            self._backend.keep(key, rest, _FOREVER_MS)
+        else:
+            self._backend.delete(key)
+        return 1
 
 
 def _encode(limit: RateLimit) -> str:
@@ -55,7 +93,7 @@ class LimitStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | _MemoryHash,
         prefix: str,
         *,
         refresh: float = 2.0,
@@ -70,6 +108,18 @@ class LimitStore:
         self._refreshing: asyncio.Future[None] | None = None
         self._warned = False
         self._bad: set[tuple[str, bytes | str]] = set()  # malformed entries already warned about
+
+    @classmethod
+    def in_memory(
+        cls,
+        backend: MemoryBackend,
+        prefix: str,
+        *,
+        refresh: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> LimitStore:
+        """A store whose hash lives on the in-memory ``backend`` (``available = False``: unreadable)."""
+        return cls(_MemoryHash(backend), prefix, refresh=refresh, clock=clock)
 
     async def all(self) -> dict[str, RateLimit]:
         """Every override, by task name (one round trip).
@@ -118,7 +168,7 @@ class LimitStore:
         try:
             self._cache = await self.all()
             self._warned = False
-        except (RedisError, OSError) as e:
+        except (RedisError, OSError, BackendUnavailable) as e:
             if not self._warned:
                 self._warned = True
                 log.warning("cannot read the limit overrides (%s); keeping the last known ones", e)
