@@ -18,6 +18,7 @@ PACKAGES = [
     "sluice.resilience",
     "sluice.resilience.clock",
     "sluice.resilience.memory",
+    "sluice.testing",
     "sluice_worker",
     "sluice_producer",
     "sluice_metrics",
