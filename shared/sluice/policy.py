@@ -21,7 +21,8 @@ from typing import Any
 
 from sluice.errors import ConfigError
 from sluice.protocol import TaskMessage
-from sluice.resilience import BreakerPolicy, RetryPolicy
+from sluice.resilience import BreakerPolicy, Rate, RetryPolicy
+from sluice.resilience.budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW, check_budget
 
 __all__ = [
     "Breaker",
@@ -89,6 +90,8 @@ class RateLimit:
     """``limit`` runs per ``period`` seconds fleet-wide (GCRA), at most ``burst`` at once.
 
     With ``key`` (a payload field, dotted), each value of that field has its own limit (per tenant).
+    ``limit`` and ``period`` are the :class:`~sluice.resilience.Rate` the worker's limiter enforces
+    (:attr:`rate`, checked the same way); ``burst`` is the limiter's ``burst`` (:attr:`effective_burst`).
     """
 
     limit: int
@@ -97,8 +100,7 @@ class RateLimit:
     key: str | None = None
 
     def __post_init__(self) -> None:
-        if self.limit < 1 or not self.period > 0 or not math.isfinite(self.period):
-            raise ConfigError(f"bad rate limit {self.limit}/{self.period}s: need limit >= 1 and period > 0")
+        Rate.check(self.limit, self.period, "rate limit")
         if self.burst is not None and self.burst < 1:
             raise ConfigError(f"bad burst {self.burst}: must be at least 1")
         if self.key is not None:
@@ -112,6 +114,12 @@ class RateLimit:
             raise ConfigError(f"bad rate {spec!r}: use N/unit, e.g. 100/s, 6000/min, 10/5s")
         count = float(m.group(2)) if m.group(2) else 1.0
         return cls(int(m.group(1)), count * _UNITS[m.group(3)], burst, key)
+
+    @property
+    def rate(self) -> Rate:
+        """The limiter's rate: ``limit`` per ``period`` (the one way from this declaration to a
+        :class:`~sluice.resilience.Rate`)."""
+        return Rate(self.limit, self.period)
 
     @property
     def effective_burst(self) -> int:
@@ -200,18 +208,21 @@ class RetryBudgetPolicy:
     refuses goes to the DLQ (reason ``retry_budget_exhausted``, replayable after the outage) instead
     of the delay tiers, so an outage of what the task calls does not become a retry storm. Tasks naming
     the same ``name`` share one budget; without a name the task has its own.
+
+    ``ratio``, ``min_per_second`` and ``window`` are the primitive's, with its defaults and its check
+    (:data:`sluice.resilience.budget.DEFAULT_RATIO` and the others; why 1 per second and not Finagle's 10:
+    :mod:`sluice.resilience.budget`).
     """
 
     name: str | None = None
-    ratio: float = 0.2
-    min_per_second: float = 1.0
-    window: int = 10
+    ratio: float = DEFAULT_RATIO
+    min_per_second: float = DEFAULT_MIN_PER_SECOND
+    window: int = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
         if self.name is not None and (not self.name or "{" in self.name or "}" in self.name):
             raise ConfigError(f"bad retry budget name {self.name!r}")
-        if not self.ratio >= 0 or not self.min_per_second >= 0 or self.window < 1:
-            raise ConfigError("a retry budget needs ratio >= 0, min_per_second >= 0 and window >= 1 s")
+        check_budget(self.ratio, self.min_per_second, self.window)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import BaseModel
 
 from sluice import task
 from sluice.errors import ConfigError, TaskDefinitionError
-from sluice.policy import Breaker, Concurrency, Idempotency, RateLimit, TaskPolicy, parse_duration
+from sluice.policy import (
+    Breaker,
+    Concurrency,
+    Idempotency,
+    RateLimit,
+    RetryBudgetPolicy,
+    TaskPolicy,
+    parse_duration,
+)
 from sluice.protocol import TaskMessage
-from sluice.resilience import RetryPolicy
+from sluice.resilience import FakeClock, MemoryBackend, Rate, RetryBudget, RetryPolicy
 from sluice.topology import next_hop
 
 
@@ -126,3 +136,41 @@ def test_a_long_delay_arrives_within_the_slack() -> None:
             hops += 1
         assert -500 <= left <= 500, (remaining, left)
         assert hops <= 40
+
+
+def test_a_rate_limit_declares_the_limiters_rate() -> None:
+    """One way from the declaration to the primitive: ``RateLimit.rate`` is the ``Rate`` the limiter gets."""
+    declared = RateLimit.parse("6000/min", burst=20, key="tenant")
+    assert declared.rate == Rate(6000, 60.0)
+    assert (declared.rate.units_per_second, declared.rate.interval) == (100.0, 0.01)
+    assert (declared.rate.limit, declared.rate.period) == (declared.limit, declared.period)
+
+
+@pytest.mark.parametrize(
+    ("limit", "period"), [(0, 1.0), (-1, 1.0), (1, 0.0), (1, -2.0), (1, math.inf), (1, math.nan)]
+)
+def test_a_rate_and_a_rate_limit_refuse_the_same_pairs_alike(limit: int, period: float) -> None:
+    with pytest.raises(ConfigError, match=r"^bad rate \S+s: need limit >= 1 and a finite period > 0$"):
+        Rate(limit, period)
+    with pytest.raises(ConfigError, match=r"^bad rate limit \S+s: need limit >= 1 and a finite period > 0$"):
+        RateLimit(limit, period)
+
+
+def test_a_declared_retry_budget_has_the_primitives_defaults() -> None:
+    declared = RetryBudgetPolicy()
+    primitive = RetryBudget(MemoryBackend(clock=FakeClock()), "b")
+    fields = ("ratio", "min_per_second", "window")
+    assert [getattr(declared, f) for f in fields] == [getattr(primitive, f) for f in fields]
+    assert (declared.ratio, declared.min_per_second, declared.window) == (0.2, 1.0, 10)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"ratio": -0.1}, {"ratio": math.nan}, {"min_per_second": -1.0}, {"window": 0}]
+)
+def test_a_retry_budget_and_its_declaration_refuse_the_same_values_alike(bad: dict[str, float]) -> None:
+    message = r"^bad retry budget \(.*\): need ratio >= 0, min_per_second >= 0 and window >= 1 s$"
+    with pytest.raises(ConfigError, match=message):
+        RetryBudget(MemoryBackend(clock=FakeClock()), "b", **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=message):
+        RetryBudgetPolicy(**bad)  # type: ignore[arg-type]
+

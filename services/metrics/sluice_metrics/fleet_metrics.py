@@ -61,7 +61,7 @@ def rate_per_second(text: str) -> float | None:
         rate = parse_rate(text)
     except (ConfigError, ValueError):
         return None
-    return rate.limit / rate.period
+    return rate.rate.units_per_second
 
 
 def _buckets(bounds: tuple[float, ...], h: Hist) -> list[tuple[str, float]]:

@@ -18,7 +18,6 @@ from sluice.resilience import (
     IdempotencyStore,
     KeySpace,
     OutagePolicy,
-    Rate,
     RetryBudget,
 )
 from sluice.resilience.clock import SYSTEM, Clock
@@ -46,7 +45,7 @@ class ResilienceCache:
         if lim is None:
             lim = self.limiters[shape] = GCRALimiter(
                 self.redis,
-                Rate(rate.limit, rate.period),
+                rate.rate,
                 burst=rate.effective_burst,
                 keys=self.keys,
                 coalesce=True,  # concurrent decisions share one pipeline

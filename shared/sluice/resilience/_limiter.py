@@ -54,14 +54,25 @@ class LimiterOptions(TypedDict, total=False):
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """``limit`` units per ``period`` seconds."""
+    """``limit`` units per ``period`` seconds: the rate a limiter enforces.
+
+    A task declares its limit as :class:`sluice.policy.RateLimit` (the same ``limit`` and ``period``, plus
+    ``burst`` and a per-tenant ``key``, which are the limiter's and the worker's business); its
+    :attr:`~sluice.policy.RateLimit.rate` is this rate. Both check the pair with :meth:`Rate.check`.
+    """
 
     limit: int
     period: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.limit < 1 or self.period <= 0:
-            raise ConfigError(f"a rate needs limit >= 1 and period > 0, not {self.limit}/{self.period}")
+        Rate.check(self.limit, self.period, "rate")
+
+    @staticmethod
+    def check(limit: int, period: float, what: str) -> None:
+        """Raise :class:`~sluice.errors.ConfigError` unless ``limit >= 1`` and ``period`` is finite and > 0
+        (``what`` names the value in the message: ``bad rate limit 0/1.0s: ...``)."""
+        if limit < 1 or not period > 0 or not math.isfinite(period):
+            raise ConfigError(f"bad {what} {limit}/{period}s: need limit >= 1 and a finite period > 0")
 
     @classmethod
     def per_second(cls, limit: int) -> Rate:
@@ -78,6 +89,16 @@ class Rate:
     def scaled(self, share: float) -> Rate:
         """A ``share`` of this rate, never below one unit per period."""
         return Rate(max(1, math.floor(self.limit * share)), self.period)
+
+    @property
+    def units_per_second(self) -> float:
+        """Units per second on average (``6000/min`` -> 100.0)."""
+        return self.limit / self.period
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two units at this rate (the GCRA emission interval)."""
+        return self.period / self.limit
 
 
 class Decision(NamedTuple):

@@ -4,6 +4,15 @@ Every first attempt deposits a call; a retry is allowed while the retries of the
 seconds stay within ``ratio`` of the calls in that window plus ``min_per_second`` per second.
 During an outage of the called service every process's retries draw from the same budget, so the
 fleet sends at most ``ratio`` more load, not ``max_attempts`` times the load (a retry storm).
+
+The defaults are defined here once, for this primitive and for the budget a task declares
+(:class:`sluice.policy.RetryBudgetPolicy`, which the worker turns into one of these):
+``ratio`` 0.2 and ``window`` 10 s as in Finagle's RetryBudget, but ``min_per_second`` 1, not Finagle's 10.
+Finagle's floor is per client process and serves retries a caller waits for; this budget is one for the
+whole fleet, and a task fleet's retries go to the delay tiers (nobody waits on them, and a refused one is
+a dead letter to replay after the outage). A floor of 10/s fleet-wide would let a task running at 5/s
+retry at 11/s during an outage, more than twice its load; at 1/s it is 2/s. The floor only has to keep
+a quiet task's occasional retry going (10 in any window of 10 s).
 """
 
 from __future__ import annotations
@@ -20,11 +29,29 @@ from .errors import BackendUnavailable, RetryBudgetExhausted
 from .keys import KeySpace
 from .outage import FailClosed, OutageMonitor, OutagePolicy, OutageStats
 
-__all__ = ["RetryBudget"]
+__all__ = ["DEFAULT_MIN_PER_SECOND", "DEFAULT_RATIO", "DEFAULT_WINDOW", "RetryBudget", "check_budget"]
+
+DEFAULT_RATIO = 0.2  # retries may be 20 % of the first attempts in the window...
+DEFAULT_MIN_PER_SECOND = 1.0  # ...plus this many per second, fleet-wide (see the module's docstring)
+DEFAULT_WINDOW = 10  # seconds
+
+
+def check_budget(ratio: float, min_per_second: float, window: int) -> None:
+    """Raise :class:`~sluice.errors.ConfigError` unless ``ratio >= 0``, ``min_per_second >= 0`` and
+    ``window >= 1`` (the one check of :class:`RetryBudget` and :class:`sluice.policy.RetryBudgetPolicy`)."""
+    if not ratio >= 0 or not min_per_second >= 0 or window < 1:
+        raise ConfigError(
+            f"bad retry budget (ratio {ratio}, min_per_second {min_per_second}, window {window}s): "
+            "need ratio >= 0, min_per_second >= 0 and window >= 1 s"
+        )
 
 
 class RetryBudget:
-    """Retries allowed: ``ratio`` x calls in the last ``window`` seconds + ``min_per_second`` x ``window``."""
+    """Retries allowed: ``ratio`` x calls in the last ``window`` seconds + ``min_per_second`` x ``window``.
+
+    What a task declares is :class:`sluice.policy.RetryBudgetPolicy` (the same fields and defaults, plus
+    the budget's ``name``); the worker builds this primitive from it.
+    """
 
     kind = "budget"
 
@@ -33,17 +60,16 @@ class RetryBudget:
         redis: Backend,
         name: str,
         *,
-        ratio: float = 0.2,
-        min_per_second: float = 10.0,
-        window: int = 10,
+        ratio: float = DEFAULT_RATIO,
+        min_per_second: float = DEFAULT_MIN_PER_SECOND,
+        window: int = DEFAULT_WINDOW,
         keys: KeySpace | None = None,
         timeout: float = 0.5,
         outage: OutagePolicy | None = None,
         clock: Callable[[], float] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if ratio < 0 or min_per_second < 0 or window < 1:
-            raise ConfigError("ratio >= 0, min_per_second >= 0 and window >= 1 s are required")
+        check_budget(ratio, min_per_second, window)
         self.name = name
         self.ratio = ratio
         self.min_per_second = min_per_second

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sluice.limits import LimitStore, effective_rate
 from sluice.policy import RateLimit, payload_field
+from sluice.resilience import GCRALimiter, Rate
 from sluice.resilience.clock import Clock
 from sluice.tasks import Task
 from sluice.telemetry import NullTelemetry, Telemetry
@@ -43,8 +44,12 @@ def batch_size(rate: RateLimit) -> int:
     half the burst. 1 (one unit per decision) below 400 per second. A unit taken ahead is used within
     ``UNIT_HOLD`` or dropped, so the fleet admits at most ``UNIT_HOLD`` seconds of the rate (0.5 %) above
     the GCRA bound in any window, and never more than the limit over time."""
-    per_second = rate.limit / rate.period
-    return max(1, min(MAX_BATCH, rate.effective_burst // 2, int(per_second * UNIT_HOLD)))
+    return _batch(rate.rate, rate.effective_burst)
+
+
+def _batch(rate: Rate, burst: int) -> int:
+    # the limiter's own rate and burst: no Rate built per delivery
+    return max(1, min(MAX_BATCH, burst // 2, int(rate.units_per_second * UNIT_HOLD)))
 
 
 class RateLimitStep(Step):
@@ -93,21 +98,22 @@ class RateLimitStep(Step):
             return None
         part = payload_field(d.msg.payload, rate.key) if rate.key else None
         name = task.name if part is None else f"{task.name}:{part}"
-        wait, waited = await self._take(name, rate)
+        limiter = self._cache.limiter(rate)
+        wait, waited = await self._take(name, limiter)
         if wait is not None:
-            put_off = self._line_up(name, rate, wait)
+            put_off = self._line_up(name, limiter.rate, wait)
             self._telemetry.limit_decision(task.name, False, put_off)
             return Deferred(RATE_LIMITED, put_off)
         self._telemetry.limit_decision(task.name, True, waited or None)
         return None
 
-    async def _take(self, name: str, rate: RateLimit) -> tuple[float | None, float]:
+    async def _take(self, name: str, limiter: GCRALimiter) -> tuple[float | None, float]:
         """Take one unit of the limit ``name``: (``None`` when taken, else seconds to defer by; seconds
         the task waited here for it)."""
-        limiter = self._cache.limiter(rate)
+        rate = limiter.rate
         clock = self._clock
         deadline = clock.monotonic() + self._in_place
-        batch = batch_size(rate)
+        batch = _batch(rate, limiter.burst)
         # a high rate: a few milliseconds' worth of units per decision, shared by the tasks arriving
         if batch > 1 and await self._units.take(name, batch, lambda n: limiter.try_acquire(name, n)):
             return None, 0.0
@@ -144,11 +150,11 @@ class RateLimitStep(Step):
         finally:
             lock.release()
 
-    def _line_up(self, name: str, rate: RateLimit, wait: float) -> float:
+    def _line_up(self, name: str, rate: Rate, wait: float) -> float:
         """Spread this worker's deferrals of one limit at its emission interval, instead of sending them
         all back after the same ``retry_after`` (to be refused again together): far fewer round trips
         through the delay tiers when a backlog meets its limit."""
         now = self._clock.monotonic()
-        slot = max(now + wait, self._slots.get(name, 0.0) + rate.period / rate.limit)
+        slot = max(now + wait, self._slots.get(name, 0.0) + rate.interval)
         self._slots[name] = slot
         return slot - now
