@@ -42,8 +42,12 @@ def test_three_workers_share_50_per_second(
     print(f"{N} tasks in {span:.2f}s, busiest second {busiest}")
     # (N - BURST) / LIMIT = 9.9 s at the limit; deferrals come back in 1 s tiers, so allow some slack above
     assert 9.0 <= span <= 15.0, span
-    # GCRA admits at most BURST + LIMIT * t in any interval t. The times are taken by the handlers, a few
-    # ms after each admission (more on a loaded machine), so a window may catch a few of its neighbours'
-    assert busiest <= LIMIT + BURST + 4, busiest
+    # GCRA admits at most BURST + LIMIT * t in any interval t (the library's tests check that exactly, on
+    # a fake clock). The times here are taken by the handlers after each admission: a worker process
+    # starved of CPU for a while runs what it admitted late and together, so a 1 s window of handler times
+    # spans up to 1 s + that delay of admissions. Allowed: 300 ms (CI runs three workers and the suite on
+    # 2 cores; 60, 64 and 66 were seen under load, 55 or less on a quiet machine). An unlimited or
+    # double-counting limiter puts far more in a second (the span check above bounds the long-run rate).
+    assert busiest <= BURST + LIMIT * 1.3, busiest
     # over the limit is not a failure: no run is a retry, although most tasks were deferred at least once
     assert {attempt for _, attempt, _ in runs} == {1}
