@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
+from sluice._closing import AsyncClosing
 from sluice.connection import BROKER_ERRORS, connect
 from sluice.errors import BrokerUnavailable, SluiceError
 from sluice.protocol import (
@@ -154,7 +154,7 @@ class ReplayReport:
 Selector = Callable[[DeadLetter], bool]
 
 
-class DeadLetterQueue:
+class DeadLetterQueue(AsyncClosing):
     """An async context manager over ``{prefix}.dlq``: its own connection and channels."""
 
     def __init__(self, settings: Settings, *, scan_limit: int = 100_000) -> None:
@@ -178,11 +178,6 @@ class DeadLetterQueue:
             await self.aclose()
             raise BrokerUnavailable(f"cannot open the dead-letter queue: {e}") from None
         return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._publisher is not None:

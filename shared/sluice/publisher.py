@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Iterable
-from types import TracebackType
 from typing import Any, Self, cast
 
 import aio_pika
@@ -19,6 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChanne
 from aiormq import spec
 
 from sluice._amqp_properties import TaskProperties
+from sluice._closing import AsyncClosing
 from sluice._publish_window import GaveUp, Outgoing, Prepared, PublishOutcome, PublishReport, PublishWindow
 from sluice.connection import BROKER_ERRORS, connect
 from sluice.errors import (
@@ -51,7 +51,7 @@ def creatable_queues(settings: Settings, task_queues: Iterable[str] = ()) -> fro
     return frozenset((settings.default_queue, *settings.queues, *task_queues))
 
 
-class Publisher:
+class Publisher(AsyncClosing):
     """An async context manager owning one connection and one confirm-mode channel.
 
     ``creatable``: the work queues this publisher may declare (create). ``None`` (the library's
@@ -93,11 +93,6 @@ class Publisher:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the channel (and the connection, if it is ours), within ``publish_timeout``: a broker

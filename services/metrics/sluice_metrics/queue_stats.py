@@ -17,13 +17,12 @@ import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
 import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from sluice._closing import AsyncClosing
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import ConfigError
 from sluice.settings import Settings
@@ -69,7 +68,7 @@ def delay_queues(settings: Settings) -> tuple[str, ...]:
     return tuple(topo.delay_queue(ms) for ms in DELAY_TIERS_MS)
 
 
-class QueueStatsSource:
+class QueueStatsSource(AsyncClosing):
     """Reads :class:`QueueStats` for a fixed list of queues. An async context manager.
 
     Reads are serialised: two scrapes at once take turns on the one connection.
@@ -102,14 +101,6 @@ class QueueStatsSource:
         for name in names:
             if name not in self._queues and len(self._queues) + len(self._optional) < MAX_QUEUES:
                 self._queues = (*self._queues, name)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection, if any; the next read opens a new one."""

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sluice._closing import AsyncClosing
 from sluice.errors import ConfigError
 
 from ._multi import MultiScript
 from ._scripts import Call, Runner
 from .errors import BackendUnavailable
 
-__all__ = ["Coalescer"]
+__all__ = ["Coalescer", "CoalescingClient"]
 
 
 class Coalescer:
@@ -151,3 +152,18 @@ class Coalescer:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             else:  # queued behind a lone call still on the wire: it flushes them when it returns
                 await asyncio.sleep(0.001)
+
+
+class CoalescingClient(AsyncClosing):
+    """A primitive whose calls go through ``_runner``, batched by ``_coalescer`` when it has one: closing it
+    (``aclose``, or leaving ``async with``) waits for the batches on the wire, then closes the runner."""
+
+    __slots__ = ()
+    _runner: Runner
+    _coalescer: Coalescer | None
+
+    async def aclose(self) -> None:
+        """Wait for the batches still on the wire and hand kept connections back to the client's pool."""
+        if self._coalescer is not None:
+            await self._coalescer.aclose()
+        await self._runner.aclose()

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self, TypedDict, Unpack
+from typing import Any, NamedTuple, Protocol, TypedDict, Unpack
 
 from sluice.errors import ConfigError
 
 from . import _lua
 from ._backend import Backend, clock_of, runner_for
-from ._coalesce import Coalescer
+from ._coalesce import Coalescer, CoalescingClient
 from ._scripts import Call, Script
 from .errors import BackendUnavailable, RateLimited
 from .keys import KeySpace
@@ -122,7 +122,7 @@ def _seconds(us: int) -> float:
     return math.inf if us < 0 else us / 1_000_000
 
 
-class RateLimiterBase(ABC):
+class RateLimiterBase(CoalescingClient):
     """Common machinery; see :class:`GCRALimiter` and :class:`SlidingWindowLimiter`."""
 
     kind = "limit"
@@ -190,20 +190,6 @@ class RateLimiterBase(ABC):
         :class:`BackendUnavailable` when Redis is down under a fail-closed policy.
         """
         return Acquisition(lambda: self._wait(name, cost, max_wait))
-
-    async def aclose(self) -> None:
-        """Wait for batches on the wire and hand kept connections back to the client's pool."""
-        if self._coalescer is not None:
-            await self._coalescer.aclose()
-        await self._runner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     # -- machinery
     async def _wait(self, name: str, cost: int, max_wait: float | None) -> Decision:

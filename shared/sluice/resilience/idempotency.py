@@ -21,14 +21,13 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from sluice.errors import ConfigError
 
 from . import _lua
 from ._backend import Backend, clock_of, runner_for
-from ._coalesce import Coalescer
+from ._coalesce import Coalescer, CoalescingClient
 from ._scripts import Arg, Call
 from .errors import BackendUnavailable, ClaimLost
 from .keys import KeySpace
@@ -78,7 +77,7 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-class IdempotencyStore:
+class IdempotencyStore(CoalescingClient):
     """Claims under ``<prefix>:idem:{<key>}``. Results are bytes, at most ``max_result_bytes``.
 
     ``coalesce``: batch the calls made while others are in flight into one pipeline (default off).
@@ -128,20 +127,6 @@ class IdempotencyStore:
 
     def key(self, key: str) -> str:
         return self._keys.key(self.kind, key)
-
-    async def aclose(self) -> None:
-        """Wait for the batched calls still on the wire; hand kept connections back to the pool."""
-        if self._coalescer is not None:
-            await self._coalescer.aclose()
-        await self._runner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def _run(self, call: Call) -> Any:
         if self._coalescer is not None:
