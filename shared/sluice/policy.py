@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sluice.errors import ConfigError
 from sluice.protocol import TaskMessage
@@ -28,6 +28,7 @@ __all__ = [
     "Breaker",
     "Concurrency",
     "Idempotency",
+    "PolicyOptions",
     "RateLimit",
     "RetryBudgetPolicy",
     "TaskPolicy",
@@ -225,6 +226,23 @@ class RetryBudgetPolicy:
         check_budget(self.ratio, self.min_per_second, self.window)
 
 
+class PolicyOptions(TypedDict, total=False):
+    """The policies ``@task(...)`` takes, in their convenient forms (:meth:`TaskPolicy.build`): a rate as
+    ``"100/s"``, a concurrency as an int, a timeout as ``"30s"``, a breaker by name, ``True`` for the
+    default idempotency or retry budget; or the declarations themselves. Every one defaults to ``None``."""
+
+    rate_limit: str | RateLimit | None
+    concurrency: int | Concurrency | None
+    timeout: float | str | None
+    retry: RetryPolicy | None
+    breaker: str | Breaker | None
+    idempotency: bool | Idempotency | None
+    retry_budget: bool | RetryBudgetPolicy | None
+
+
+_NAMES = tuple(PolicyOptions.__annotations__)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskPolicy:
     """Every policy of one task; ``None`` is "not declared"."""
@@ -242,23 +260,27 @@ class TaskPolicy:
             raise ConfigError(f"bad timeout {self.timeout}: must be > 0 seconds")
 
     @classmethod
-    def build(
-        cls,
-        *,
-        rate_limit: str | RateLimit | None = None,
-        concurrency: int | Concurrency | None = None,
-        timeout: float | str | None = None,
-        retry: RetryPolicy | None = None,
-        breaker: str | Breaker | None = None,
-        idempotency: bool | Idempotency | None = None,
-        retry_budget: bool | RetryBudgetPolicy | None = None,
-    ) -> TaskPolicy:
-        """From the decorator's convenient forms (strings, ints, ``True``)."""
+    def build(cls, **options: Unpack[PolicyOptions]) -> TaskPolicy:
+        """From the decorator's convenient forms (strings, ints, ``True``); an unknown keyword is a
+        ``TypeError``, as in any call."""
+        unknown = options.keys() - PolicyOptions.__optional_keys__
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {min(unknown)!r} (policies: {', '.join(_NAMES)})")
+        rate_limit, concurrency, timeout = (
+            options.get("rate_limit"),
+            options.get("concurrency"),
+            options.get("timeout"),
+        )
+        breaker, idempotency, retry_budget = (
+            options.get("breaker"),
+            options.get("idempotency"),
+            options.get("retry_budget"),
+        )
         return cls(
             rate_limit=None if rate_limit is None else parse_rate(rate_limit),
             concurrency=Concurrency(concurrency) if isinstance(concurrency, int) else concurrency,
             timeout=None if timeout is None else parse_duration(timeout),
-            retry=retry,
+            retry=options.get("retry"),
             breaker=Breaker(breaker) if isinstance(breaker, str) else breaker,
             idempotency=Idempotency() if idempotency is True else (idempotency or None),
             retry_budget=RetryBudgetPolicy() if retry_budget is True else (retry_budget or None),

@@ -16,14 +16,13 @@ import inspect
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Unpack, get_type_hints
 
 from pydantic import BaseModel
 
 from sluice.errors import ConfigError, SluiceError, TaskDefinitionError, UnknownTask
-from sluice.policy import Breaker, Concurrency, Idempotency, RateLimit, RetryBudgetPolicy, TaskPolicy
+from sluice.policy import PolicyOptions, TaskPolicy
 from sluice.protocol import TaskMessage
-from sluice.resilience import RetryPolicy
 from sluice.topology import check_queue_name
 
 __all__ = ["Registry", "Task", "TaskContext", "task"]
@@ -102,13 +101,7 @@ def task(
     name: str | None = None,
     *,
     queue: str = "default",
-    rate_limit: str | RateLimit | None = None,
-    concurrency: int | Concurrency | None = None,
-    timeout: float | str | None = None,
-    retry: RetryPolicy | None = None,
-    breaker: str | Breaker | None = None,
-    idempotency: bool | Idempotency | None = None,
-    retry_budget: bool | RetryBudgetPolicy | None = None,
+    **policies: Unpack[PolicyOptions],
 ) -> Callable[[Callable[..., Any]], Task]:
     """Make a function a sluice task, with optional fleet-wide policies (docs/policies.md).
 
@@ -128,15 +121,7 @@ def task(
     """
     check_queue_name(queue)
     try:
-        policy = TaskPolicy.build(
-            rate_limit=rate_limit,
-            concurrency=concurrency,
-            timeout=timeout,
-            retry=retry,
-            breaker=breaker,
-            idempotency=idempotency,
-            retry_budget=retry_budget,
-        )
+        policy = TaskPolicy.build(**policies)
     except SluiceError as e:
         raise TaskDefinitionError(f"task {name!r}: {e}") from None
 

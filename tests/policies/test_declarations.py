@@ -174,3 +174,10 @@ def test_a_retry_budget_and_its_declaration_refuse_the_same_values_alike(bad: di
     with pytest.raises(ConfigError, match=message):
         RetryBudgetPolicy(**bad)  # type: ignore[arg-type]
 
+
+def test_an_unknown_policy_keyword_is_a_type_error_as_before() -> None:
+    """``@task`` takes the policies as ``**PolicyOptions``: a misspelt one is still refused at once."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rate_limt'"):
+        task("t.typo", rate_limt="5/s")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'retries'"):
+        TaskPolicy.build(retries=3)  # type: ignore[call-arg]

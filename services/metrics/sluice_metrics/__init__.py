@@ -5,8 +5,9 @@ The names below load lazily, so ``import sluice_metrics`` (done by the ``sluice`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sluice.lazy import lazy_names
 
 __all__ = [
     "QueueCollector",
@@ -21,15 +22,15 @@ __all__ = [
 ]
 
 _HOME = {
-    "QueueCollector": "sluice_metrics.collectors",
-    "QueueSnapshot": "sluice_metrics.queue_stats",
-    "QueueStats": "sluice_metrics.queue_stats",
-    "QueueStatsSource": "sluice_metrics.queue_stats",
-    "build_app": "sluice_metrics.app",
-    "listen": "sluice_metrics.service",
-    "queues_to_watch": "sluice_metrics.queue_stats",
-    "run": "sluice_metrics.service",
-    "serve": "sluice_metrics.service",
+    "QueueCollector": "collectors",
+    "QueueSnapshot": "queue_stats",
+    "QueueStats": "queue_stats",
+    "QueueStatsSource": "queue_stats",
+    "build_app": "app",
+    "listen": "service",
+    "queues_to_watch": "queue_stats",
+    "run": "service",
+    "serve": "service",
 }
 
 if TYPE_CHECKING:
@@ -39,7 +40,4 @@ if TYPE_CHECKING:
     from sluice_metrics.service import listen, run, serve
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'sluice_metrics' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
+__getattr__ = lazy_names("sluice_metrics", _HOME)

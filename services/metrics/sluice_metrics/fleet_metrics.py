@@ -8,7 +8,7 @@ budget names (capped per process and in the Redis read).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -73,6 +73,31 @@ def _buckets(bounds: tuple[float, ...], h: Hist) -> list[tuple[str, float]]:
     return out
 
 
+def _counter(
+    name: str, doc: str, labels: list[str], counts: Iterable[tuple[Sequence[str], float]]
+) -> CounterMetricFamily:
+    """A counter family with one sample per (label values, count)."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, n in counts:
+        family.add_metric(list(values), n)
+    return family
+
+
+def _histogram(
+    name: str,
+    doc: str,
+    label: str,
+    hists: Mapping[str, Hist],
+    bounds: tuple[float, ...],
+    label_of: Callable[[str], str] = str,
+) -> HistogramMetricFamily:
+    """A histogram family with one sample per key of ``hists`` (in key order), labelled ``label_of(key)``."""
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for key, h in sorted(hists.items()):
+        family.add_metric([label_of(key)], _buckets(bounds, h), h.sum)
+    return family
+
+
 class FleetCollector(Collector):
     def __init__(self, fleet: Fleet) -> None:
         self._fleet = fleet
@@ -87,31 +112,29 @@ class FleetCollector(Collector):
         totals = table.totals()
         name = fleet.rabbit_name
 
-        published = CounterMetricFamily(
-            "sluice_tasks_published", "tasks producers published (confirmed), by queue", labels=["queue"]
+        yield _counter(
+            "sluice_tasks_published",
+            "tasks producers published (confirmed), by queue",
+            ["queue"],
+            (((name(q),), n) for q, n in sorted(totals.published.items())),
         )
-        for q, n in sorted(totals.published.items()):
-            published.add_metric([name(q)], n)
-        completed = CounterMetricFamily(
+        yield _counter(
             "sluice_tasks_completed",
             f"deliveries workers carried out, by task and outcome ({', '.join(OUTCOMES)})",
-            labels=["task", "outcome"],
+            ["task", "outcome"],
+            sorted(totals.done.items()),
         )
-        for (task, outcome), n in sorted(totals.done.items()):
-            completed.add_metric([task, outcome], n)
-        run = HistogramMetricFamily(
-            "sluice_task_run_seconds", "seconds a task's handler ran", labels=["task"]
+        yield _histogram(
+            "sluice_task_run_seconds", "seconds a task's handler ran", "task", totals.run, RUN_BUCKETS
         )
-        for task, h in sorted(totals.run.items()):
-            run.add_metric([task], _buckets(RUN_BUCKETS, h), h.sum)
-        wait = HistogramMetricFamily(
+        yield _histogram(
             "sluice_task_queue_wait_seconds",
             "seconds from a task's creation to its start, by queue",
-            labels=["queue"],
+            "queue",
+            totals.wait,
+            WAIT_BUCKETS,
+            name,
         )
-        for q, h in sorted(totals.wait.items()):
-            wait.add_metric([name(q)], _buckets(WAIT_BUCKETS, h), h.sum)
-        yield from (published, completed, run, wait)
 
         yield GaugeMetricFamily(
             "sluice_tasks_in_progress",
@@ -132,17 +155,17 @@ class FleetCollector(Collector):
         for kind, n in sorted(kinds.items()):
             alive.add_metric([kind], n)
         yield alive
-        snapshots = CounterMetricFamily(
-            "sluice_metrics_snapshots", "telemetry snapshots received, by result", labels=["result"]
+        yield _counter(
+            "sluice_metrics_snapshots",
+            "telemetry snapshots received, by result",
+            ["result"],
+            [
+                (("accepted",), table.accepted),
+                (("stale",), table.stale),
+                (("invalid",), table.invalid),
+                (("reset",), table.resets),
+            ],
         )
-        for result, n in (
-            ("accepted", table.accepted),
-            ("stale", table.stale),
-            ("invalid", table.invalid),
-            ("reset", table.resets),
-        ):
-            snapshots.add_metric([result], n)
-        yield snapshots
 
         age = GaugeMetricFamily(
             "sluice_queue_oldest_age_seconds",
@@ -161,24 +184,25 @@ class FleetCollector(Collector):
                         "sluice_dlq_messages", "messages in the dead-letter queue", value=stats.messages
                     )
 
-        decisions = CounterMetricFamily(
+        yield _counter(
             "sluice_rate_limit_decisions",
             "rate-limit decisions, by limit and decision",
-            labels=["limit", "decision"],
+            ["limit", "decision"],
+            sorted(totals.limits.items()),
         )
-        for (limit, decision), n in sorted(totals.limits.items()):
-            decisions.add_metric([limit, decision], n)
-        lwait = HistogramMetricFamily(
-            "sluice_rate_limit_wait_seconds", "seconds a rate limit made a task wait", labels=["limit"]
+        yield _histogram(
+            "sluice_rate_limit_wait_seconds",
+            "seconds a rate limit made a task wait",
+            "limit",
+            totals.limit_wait,
+            WAIT_BUCKETS,
         )
-        for limit, h in sorted(totals.limit_wait.items()):
-            lwait.add_metric([limit], _buckets(WAIT_BUCKETS, h), h.sum)
-        budget = CounterMetricFamily(
-            "sluice_retry_budget_refusals", "retries a retry budget refused, by budget", labels=["budget"]
+        yield _counter(
+            "sluice_retry_budget_refusals",
+            "retries a retry budget refused, by budget",
+            ["budget"],
+            (((b,), n) for b, n in sorted(totals.budget_refused.items())),
         )
-        for b, n in sorted(totals.budget_refused.items()):
-            budget.add_metric([b], n)
-        yield from (decisions, lwait, budget)
 
         redis = fleet.redis
         yield GaugeMetricFamily(

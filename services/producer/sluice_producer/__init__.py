@@ -6,8 +6,9 @@ imports FastAPI or aio-pika.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sluice.lazy import lazy_names
 
 if TYPE_CHECKING:
     from sluice_producer.app import create_app
@@ -45,8 +46,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sluice_producer' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"sluice_producer.{module}"), name)
+__getattr__ = lazy_names("sluice_producer", _HOME)

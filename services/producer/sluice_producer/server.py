@@ -4,6 +4,7 @@ the graceful shutdown (stop accepting, finish in-flight requests, close the publ
 from __future__ import annotations
 
 import logging
+from typing import Required, TypedDict, Unpack
 
 import uvicorn
 
@@ -13,7 +14,7 @@ from sluice.tasks import Registry
 from sluice_producer._auth import Tokens
 from sluice_producer.app import create_app
 
-__all__ = ["serve", "serve_async"]
+__all__ = ["ServeOptions", "serve", "serve_async"]
 
 log = logging.getLogger("sluice.producer")
 
@@ -51,16 +52,17 @@ async def serve_async(
         sock.close()
 
 
-def serve(
-    settings: Settings,
-    registry: Registry | None,
-    *,
-    host: str,
-    port: int,
-    strict: bool = False,
-    max_batch: int = 10_000,
-    auth: Tokens | None = None,
-) -> None:
-    """Serve until SIGTERM or SIGINT (uvloop when available)."""
+class ServeOptions(TypedDict, total=False):
+    """The keywords :func:`serve` passes on to :func:`serve_async` (its signature says the defaults)."""
+
+    host: Required[str]
+    port: Required[int]
+    strict: bool
+    max_batch: int
+    auth: Tokens | None
+
+
+def serve(settings: Settings, registry: Registry | None, **options: Unpack[ServeOptions]) -> None:
+    """:func:`serve_async` in the service runtime, until SIGTERM or SIGINT (uvloop when available)."""
     setup_logging(settings.log_level)
-    run(serve_async(settings, registry, host=host, port=port, strict=strict, max_batch=max_batch, auth=auth))
+    run(serve_async(settings, registry, **options))

@@ -7,8 +7,9 @@ imports ``sluice_worker.cli``) does not load the AMQP stack.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sluice.lazy import lazy_names
 
 if TYPE_CHECKING:
     from sluice_worker.failures import RetryOrDeadLetter, TaskTimeout
@@ -72,8 +73,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'sluice_worker' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"sluice_worker.{mod}"), name)
+__getattr__ = lazy_names("sluice_worker", _WHERE)
