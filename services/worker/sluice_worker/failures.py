@@ -28,9 +28,18 @@ from sluice.resilience import RandomSource, next_delay
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.tasks import Task
 from sluice_worker._wall import wall_ms
-from sluice_worker.outcome import HANDLER_ERROR, DeadLettered, Outcome, Retry, describe, truncate_detail
+from sluice_worker.outcome import (
+    HANDLER_ERROR,
+    OUTCOME_TYPES,
+    UNSUPPORTED_OUTCOME,
+    DeadLettered,
+    Outcome,
+    Retry,
+    describe,
+    truncate_detail,
+)
 
-__all__ = ["RetryOrDeadLetter", "TaskTimeout", "error_headers", "traceback_tail"]
+__all__ = ["RetryOrDeadLetter", "TaskTimeout", "error_headers", "settled", "traceback_tail"]
 
 TRACEBACK_MAX_BYTES = 4096
 _TRACEBACK_LINES = 12
@@ -103,3 +112,16 @@ def error_headers(error: BaseException) -> dict[str, str]:
         H_ERROR_MESSAGE: truncate_detail(str(error)),
         H_TRACEBACK: traceback_tail(error),
     }
+
+
+def settled(outcome: object) -> Outcome:
+    """What a delivery comes to, for whoever carries it out (the session, ``sluice.testing``): the
+    runner's outcome as is; a ``GeneratorExit`` that came out of the runner instead (a future the handler
+    awaited failed with it: asyncio threw it into the caller's frame, closing the runner's coroutines on
+    the way) is that handler's failure; any other object (a foreign FailurePolicy's) is dead-lettered as
+    ``unsupported_outcome``, so the message is kept."""
+    if type(outcome) in OUTCOME_TYPES:
+        return outcome  # type: ignore[return-value]
+    if isinstance(outcome, GeneratorExit):
+        return DeadLettered(HANDLER_ERROR, describe(outcome), error_headers(outcome))
+    return DeadLettered(UNSUPPORTED_OUTCOME, repr(outcome))

@@ -31,19 +31,16 @@ from sluice.topology import Topology
 from sluice_worker._acks import AckTracker
 from sluice_worker.dead_publish import DeadLetterPublisher
 from sluice_worker.delays import DelayPublisher
-from sluice_worker.failures import error_headers
+from sluice_worker.failures import settled
 from sluice_worker.invoke import cancelled_from_outside
 from sluice_worker.log_throttle import LogThrottle
 from sluice_worker.outcome import (
     ACK,
-    HANDLER_ERROR,
-    UNSUPPORTED_OUTCOME,
     DeadLettered,
     Deferred,
     Outcome,
     Retry,
     Skipped,
-    describe,
 )
 from sluice_worker.recording import DeliveryRecorder
 from sluice_worker.runner import Runner
@@ -148,21 +145,15 @@ class Session:
                 try:
                     p = dm.header.properties
                     try:
-                        outcome = await run(dm.body, p.headers, p.message_id, bool(dm.redelivered))
-                    except GeneratorExit as e:
-                        # a future the handler awaited failed with GeneratorExit: asyncio threw it into
-                        # this frame, closing the runner's coroutines on the way (so no outcome came
-                        # back); it is that handler's failure
-                        outcome = DeadLettered(HANDLER_ERROR, describe(e), error_headers(e))
+                        outcome = settled(await run(dm.body, p.headers, p.message_id, bool(dm.redelivered)))
+                    except GeneratorExit as e:  # see settled()
+                        outcome = settled(e)
                     if outcome is ACK or type(outcome) is Skipped:
                         acks.finish(tag)
                         self._finished()
                     elif isinstance(outcome, (Deferred, Retry)):
                         await self._republish(queue, dm, tag, outcome)
                     elif isinstance(outcome, DeadLettered):
-                        await self._dead_letter(queue, dm, tag, outcome)
-                    else:  # an object a foreign FailurePolicy returned: keep the message, in the DLQ
-                        outcome = DeadLettered(UNSUPPORTED_OUTCOME, repr(outcome))
                         await self._dead_letter(queue, dm, tag, outcome)
                 except asyncio.CancelledError:
                     if cancelled_from_outside():

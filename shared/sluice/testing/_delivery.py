@@ -26,17 +26,13 @@ from sluice.topology import Topology
 from sluice_worker._wall import wall_ms
 from sluice_worker.dead_publish import dead_copy
 from sluice_worker.delays import copy_for, republish
-from sluice_worker.failures import error_headers
+from sluice_worker.failures import settled
 from sluice_worker.outcome import (
     ACK,
-    HANDLER_ERROR,
-    UNSUPPORTED_OUTCOME,
     DeadLettered,
     Deferred,
-    Outcome,
     Retry,
     Skipped,
-    describe,
 )
 from sluice_worker.runner import Runner
 
@@ -50,9 +46,9 @@ async def deliver(
     its record and its dead letter, if it got one."""
     headers = m.headers
     try:
-        outcome: Outcome = await runner.run(m.body, headers, m.message_id, False)
-    except GeneratorExit as e:  # a future the handler awaited failed with it
-        outcome = DeadLettered(HANDLER_ERROR, describe(e), error_headers(e))
+        outcome = settled(await runner.run(m.body, headers, m.message_id, False))
+    except GeneratorExit as e:  # as in the session: see settled()
+        outcome = settled(e)
     delivered = cast(DeliveredMessage, Delivered.of(m))
     dead: DeadLetter | None = None
     if outcome is ACK or type(outcome) is Skipped:
@@ -63,9 +59,7 @@ async def deliver(
         wait = 0.0 if out.tier_ms is None else out.tier_ms / 1000
         props = properties_of(copy.message_id, copy.headers)
         broker.put(Message(copy.body, props, m.queue, clock.monotonic() + wait))
-    else:
-        if not isinstance(outcome, DeadLettered):  # a foreign FailurePolicy's object
-            outcome = DeadLettered(UNSUPPORTED_OUTCOME, repr(outcome))
+    elif isinstance(outcome, DeadLettered):
         copy = dead_copy(delivered, m.queue, outcome, wall_ms(clock))
         dead = DeadLetter.from_message(cast(AbstractIncomingMessage, copy), topology)
     attempt, task = headers.get(H_ATTEMPT), headers.get(H_TASK)
