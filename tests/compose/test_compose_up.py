@@ -285,7 +285,9 @@ def test_a_broker_restart_and_a_cut_off_worker(stack: Stack) -> None:
     # connection held to the others and the worker reconnects. Bounded by a few heartbeat intervals.
     publish(stack, "c:after", range(300), seconds=0.05)
     try:
-        eventually("300 runs after the reconnect", all_ran(stack, "c:after", 300), 300)
+        # 600 s: one CI run (2026-12-02 03:05) had not run all 300 after 300 s, while others took far less;
+        # how many had run is not known (the check answers a bool). A real loss still fails here.
+        eventually("300 runs after the reconnect", all_ran(stack, "c:after", 300), 600)
 
         def three_consumers() -> bool:
             rows = [
