@@ -196,8 +196,21 @@ def runs(stack: Stack, key: str) -> dict[int, int]:
     return {int(k): int(v) for k, v in stack.redis().hgetall(key).items()}
 
 
-def all_ran(stack: Stack, key: str, n: int) -> Callable[[], bool]:
-    return lambda: len(runs(stack, key)) == n
+class Ran:
+    """How many of ``n`` tasks have run: true once all have, and a failed wait shows the count."""
+
+    def __init__(self, count: int, n: int) -> None:
+        self.count, self.n = count, n
+
+    def __bool__(self) -> bool:
+        return self.count == self.n
+
+    def __repr__(self) -> str:
+        return f"{self.count} of {self.n} ran"
+
+
+def all_ran(stack: Stack, key: str, n: int) -> Callable[[], Ran]:
+    return lambda: Ran(len(runs(stack, key)), n)
 
 
 def test_every_service_healthy_and_1000_tasks_run(stack: Stack) -> None:
@@ -297,7 +310,16 @@ def test_a_broker_restart_and_a_cut_off_worker(stack: Stack) -> None:
 
         eventually("the cut-off worker consumes again (3 consumers)", three_consumers, 300)
     except AssertionError:
+        # what the broker held when the wait failed: ready and unacked per queue, and its consumers
+        try:
+            held = stack.rabbitmqctl(
+                "list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers"
+            )
+        except Exception as e:  # the broker cannot say: keep the logs anyway
+            held = f"list_queues failed: {e}"
+        print(held)
         logs = stack.compose("logs", "--no-color", "--tail", "300", timeout=120, check=False).stdout
+        logs = f"{held}\n{logs}"
         (Path(os.environ.get("TMPDIR", "/tmp")) / f"{stack.project}-broker-test.log").write_text(logs)
         raise
 
