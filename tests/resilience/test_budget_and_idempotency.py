@@ -39,6 +39,15 @@ async def test_budget_allows_a_fraction_of_recent_calls_plus_a_floor(store: Stor
     assert 0 < await store.pttl(budget.key) <= 5_000
 
 
+async def test_a_refused_retry_on_a_new_budget_leaves_no_key_without_a_ttl(store: Store) -> None:
+    """A budget that never saw a call refuses a retry once its floor is spent; the bookkeeping it writes
+    for that refusal must expire like the rest (it once stayed forever: a hash with no TTL per name)."""
+    budget = RetryBudget(store.client, "fresh", ratio=0.0, min_per_second=0.0, window=5, keys=store.keys)
+    assert (await budget._call("retry", 0, now_us=T0))[0] == 0
+    left = await store.pttl(budget.key)
+    assert left == -2 or 0 < left <= 6_000, left  # no key at all, or one that expires (-1: kept forever)
+
+
 async def test_spend_raises_when_the_budget_is_spent(store: Store) -> None:
     budget = RetryBudget(store.client, "svc", ratio=0.0, min_per_second=0.2, window=5, keys=store.keys)
     await budget.spend()  # 0.2/s x 5 s: one retry

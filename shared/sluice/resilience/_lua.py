@@ -263,7 +263,10 @@ for i = 1, #counts, 2 do
   calls = calls + (tonumber(counts[i]) or 0)
   retries = retries + (tonumber(counts[i + 1]) or 0)
 end
-if retries + 1 > tonumber(ARGV[5]) * calls + tonumber(ARGV[6]) * win then return {0, retries, calls, now} end
+if retries + 1 > tonumber(ARGV[5]) * calls + tonumber(ARGV[6]) * win then
+  keep(KEYS[1], win * 1000000)  -- prune may have just created the hash (its 'last' field)
+  return {0, retries, calls, now}
+end
 redis.call('HINCRBY', KEYS[1], 'r:' .. s, 1)
 keep(KEYS[1], win * 1000000)
 return {1, retries + 1, calls, now}
