@@ -39,6 +39,7 @@ from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.settings import Settings
 
 __all__ = [
+    "CANCELLED",
     "DEAD_LETTERED",
     "DEDUPLICATED_METRIC",
     "DEFERRED",
@@ -71,7 +72,7 @@ SNAPSHOT_VERSION: Final = 1
 # failed for good (dead-lettered); it failed and was scheduled again; the message could not run at all
 # (bad message, unknown task, bad payload: dead-lettered); skipped as a duplicate; put off by a rate or
 # concurrency limit / an open breaker / anything else (a delayed task's hop, a duplicate still running,
-# Redis down).
+# Redis down); cancelled (sluice task cancel: before it ran or while it ran).
 SUCCESS: Final = "success"
 FAILED: Final = "failed"
 RETRIED: Final = "retried"
@@ -80,6 +81,7 @@ DEDUPLICATED_METRIC: Final = "deduplicated"
 DEFERRED_LIMIT: Final = "deferred_limit"
 DEFERRED_BREAKER: Final = "deferred_breaker"
 DEFERRED: Final = "deferred"
+CANCELLED: Final = "cancelled"
 OUTCOMES: Final = (
     SUCCESS,
     FAILED,
@@ -89,6 +91,7 @@ OUTCOMES: Final = (
     DEFERRED_LIMIT,
     DEFERRED_BREAKER,
     DEFERRED,
+    CANCELLED,
 )
 _OUTCOME_SET: Final = frozenset(OUTCOMES)
 # histogram bucket upper bounds, seconds

@@ -48,11 +48,13 @@ def test_each_outcome_type_names_its_metric() -> None:
         *(model.Deferred(r, 1.0) for r, m in model.REASONS.items() if m.startswith("deferred")),
         model.Retry(1.0, 2, 0),
         *(model.DeadLettered(r, "x") for r, m in model.REASONS.items() if m in ("failed", "dead_lettered")),
+        model.CANCELLED_QUEUED,
+        model.CANCELLED_RUNNING,
     ]
     assert {type(o) for o in samples} == set(model.OUTCOME_TYPES)
     for o in samples:
         assert o.metric in OUTCOMES, o
-        assert dataclasses.is_dataclass(o) and type(o).__dataclass_params__.frozen, o  # type: ignore[attr-defined]
+        assert dataclasses.is_dataclass(o) and type(o).__dataclass_params__.frozen, o  # type: ignore[union-attr]
         reason = getattr(o, "reason", None)
         if reason is not None:
             assert model.REASONS[reason] == o.metric, o
@@ -60,3 +62,5 @@ def test_each_outcome_type_names_its_metric() -> None:
     assert model.DeadLettered(model.INVALID_PAYLOAD, "").metric == "dead_lettered"
     assert not model.DeadLettered(model.INVALID_PAYLOAD, "").ran, "a message that never ran has no run time"
     assert model.DeadLettered(model.RETRY_BUDGET_EXHAUSTED, "").metric == "failed"
+    assert model.CANCELLED_QUEUED.metric == model.CANCELLED_RUNNING.metric == "cancelled"
+    assert not model.CANCELLED_QUEUED.ran and model.CANCELLED_RUNNING.ran

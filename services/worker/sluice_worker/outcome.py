@@ -10,6 +10,8 @@ outcome                what the consumer does                                  `
 :class:`Deferred`      a confirmed copy to a delay tier, then ack; no attempt  by its reason: see below
 :class:`Retry`         a confirmed copy for the next attempt, then ack         ``retried``
 :class:`DeadLettered`  a confirmed copy to the DLQ with the reason, then ack   ``dead_lettered`` or ``failed``
+:class:`Cancelled`     ack (the task was cancelled: never run again, retried   ``cancelled``
+                       or dead-lettered)
 =====================  =====================================================  ===========================
 
 Every reason the worker gives is a constant here, and :data:`REASONS` maps each to its metric (a
@@ -19,8 +21,9 @@ one whose handler failed for good ``failed``). The metric names are :data:`sluic
 the vocabulary of the snapshots; ``tests/worker/test_outcome_model.py`` checks that the model, that
 tuple and docs/metrics.md name the same outcomes and reasons. How a :class:`Deferred` or :class:`Retry`
 travels (its delay tier, its headers) is :mod:`sluice_worker.delays`' business, computed where it is
-published. A ``Cancelled`` outcome (a task revoked before it ran) would be one more class here and one
-more metric in ``OUTCOMES``; nothing else names outcomes.
+published. A :class:`Cancelled` task (``sluice task cancel``, a cancel rule) is acked: before it ran (the
+cancel step found it in the worker's local view of live cancels) or while it ran (its ``async`` handler
+was cancelled, :mod:`sluice_worker.policies.cancel`); nothing else names outcomes.
 
 A :class:`FailurePolicy` decides what a handler's exception becomes; the default dead-letters it.
 """
@@ -34,6 +37,7 @@ from typing import Any, ClassVar, Final, Protocol, TypeAlias
 from sluice.errors import MessageTooLarge, MissingHeader, NotJSON, UnknownTask
 from sluice.protocol import TaskMessage
 from sluice.tasks import Task
+from sluice.telemetry import CANCELLED as CANCELLED_METRIC
 from sluice.telemetry import (
     DEAD_LETTERED,
     DEDUPLICATED_METRIC,
@@ -49,6 +53,9 @@ __all__ = [
     "ACK",
     "BACKEND_UNAVAILABLE",
     "BREAKER_OPEN",
+    "CANCELLED",
+    "CANCELLED_QUEUED",
+    "CANCELLED_RUNNING",
     "CONCURRENCY",
     "DEDUPLICATED",
     "DETAIL_MAX_BYTES",
@@ -65,6 +72,7 @@ __all__ = [
     "RETRY_BUDGET_EXHAUSTED",
     "UNSUPPORTED_OUTCOME",
     "Ack",
+    "Cancelled",
     "DeadLetterOnError",
     "DeadLettered",
     "Deferred",
@@ -101,6 +109,8 @@ CONCURRENCY: Final = "concurrency"
 BREAKER_OPEN: Final = "breaker_open"
 IN_PROGRESS: Final = "in_progress"  # its idempotency key is claimed by a run elsewhere
 BACKEND_UNAVAILABLE: Final = "backend_unavailable"  # Redis cannot decide its policy (fail closed)
+# cancelled (sluice task cancel, DELETE /v1/tasks/{id}, a cancel rule): acked, never retried
+CANCELLED: Final = "cancelled"
 # not a reason of the model: the consumer's guard against an object a foreign FailurePolicy returned
 UNSUPPORTED_OUTCOME: Final = "unsupported_outcome"
 
@@ -122,6 +132,7 @@ REASONS: Final[Mapping[str, str]] = {
     RETRY: RETRIED,
     **_SKIPS,
     **_DEFERRALS,
+    CANCELLED: CANCELLED_METRIC,
 }
 
 
@@ -201,8 +212,25 @@ class DeadLettered:
         return self.reason not in MESSAGE_PROBLEMS
 
 
-Outcome: TypeAlias = Ack | Skipped | Deferred | Retry | DeadLettered
-OUTCOME_TYPES: Final = (Ack, Skipped, Deferred, Retry, DeadLettered)
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The task was cancelled: acknowledge the delivery; it is never retried nor dead-lettered.
+    ``ran``: its handler was running when the cancel came (an ``async`` handler cancelled, or a
+    plain function that failed after the cancel): its time is a run time."""
+
+    ran: bool = False
+    metric: ClassVar[str] = CANCELLED_METRIC
+    reason: ClassVar[str] = CANCELLED
+
+
+# found cancelled before its handler ran (wherever it was: queue, delay tier, retry)
+CANCELLED_QUEUED: Final = Cancelled()
+# cancelled while its handler ran
+CANCELLED_RUNNING: Final = Cancelled(ran=True)
+
+
+Outcome: TypeAlias = Ack | Skipped | Deferred | Retry | DeadLettered | Cancelled
+OUTCOME_TYPES: Final = (Ack, Skipped, Deferred, Retry, DeadLettered, Cancelled)
 
 
 def metrics() -> frozenset[str]:

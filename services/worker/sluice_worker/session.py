@@ -36,6 +36,7 @@ from sluice_worker.invoke import cancelled_from_outside
 from sluice_worker.log_throttle import LogThrottle
 from sluice_worker.outcome import (
     ACK,
+    Cancelled,
     DeadLettered,
     Deferred,
     Outcome,
@@ -56,6 +57,7 @@ _ACK_INTERVAL = 0.005
 # finished deliveries held behind a running one (no multiple-ack can cover them) are acked on their own
 # once this many seconds passed without another delivery finishing (or once a batch of them waits)
 _HELD_FOR = 2.0
+_ACK_ONLY = (Skipped, Cancelled)  # outcomes carried out by the ack alone (besides ACK)
 _CANCEL_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BROKER_ERRORS)
 
 
@@ -148,7 +150,7 @@ class Session:
                         outcome = settled(await run(dm.body, p.headers, p.message_id, bool(dm.redelivered)))
                     except GeneratorExit as e:  # see settled()
                         outcome = settled(e)
-                    if outcome is ACK or type(outcome) is Skipped:
+                    if outcome is ACK or type(outcome) in _ACK_ONLY:
                         acks.finish(tag)
                         self._finished()
                     elif isinstance(outcome, (Deferred, Retry)):

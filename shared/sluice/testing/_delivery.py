@@ -1,6 +1,6 @@
 """One delivery in the harness: through the real runner, its outcome carried out as the worker's session does.
 
-- ``Ack`` and ``Skipped``: nothing more (the ack);
+- ``Ack``, ``Skipped`` and ``Cancelled``: nothing more (the ack);
 - ``Deferred`` and ``Retry``: the worker's own copy (:func:`sluice_worker.delays.republish` chooses
   its delay tier and headers at the clock's time, :func:`sluice_worker.delays.copy_for` makes it) goes
   back to the in-memory broker, due when its tier would return it;
@@ -29,6 +29,7 @@ from sluice_worker.delays import copy_for, republish
 from sluice_worker.failures import settled
 from sluice_worker.outcome import (
     ACK,
+    Cancelled,
     DeadLettered,
     Deferred,
     Retry,
@@ -51,7 +52,7 @@ async def deliver(
         outcome = settled(e)
     delivered = cast(DeliveredMessage, Delivered.of(m))
     dead: DeadLetter | None = None
-    if outcome is ACK or type(outcome) is Skipped:
+    if outcome is ACK or type(outcome) in (Skipped, Cancelled):
         pass
     elif isinstance(outcome, (Deferred, Retry)):
         out = republish(outcome, wall_ms(clock))

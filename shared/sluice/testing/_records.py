@@ -2,8 +2,8 @@
 
 A :class:`DeliveryRecord` is one delivery and the outcome the real runner decided for it (the worker's
 one outcome model, :mod:`sluice_worker.outcome`); a :class:`TaskHistory` is every delivery of one task
-id, in order. ``kind`` names an outcome in five words: ``acked``, ``skipped``, ``deferred``,
-``retried``, ``dead_lettered``; ``metric`` is the worker's telemetry name of it (``success``,
+id, in order. ``kind`` names an outcome in six words: ``acked``, ``skipped``, ``deferred``,
+``retried``, ``dead_lettered``, ``cancelled``; ``metric`` is the worker's telemetry name of it (``success``,
 ``deferred_limit``, ``failed``...), the vocabulary of ``sluice_worker_tasks_total``.
 
 A wait longer than a delay tier takes several hops (a 30 s retry waits 16 s, then 8, 4 and 2: each
@@ -19,15 +19,25 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sluice.deadletters import DeadLetter
-from sluice_worker.outcome import ETA, Ack, DeadLettered, Deferred, Outcome, Retry, Skipped
+from sluice_worker.outcome import ETA, Ack, Cancelled, DeadLettered, Deferred, Outcome, Retry, Skipped
 
-__all__ = ["ACKED", "DEAD_LETTERED", "DEFERRED", "RETRIED", "SKIPPED", "DeliveryRecord", "TaskHistory"]
+__all__ = [
+    "ACKED",
+    "CANCELLED",
+    "DEAD_LETTERED",
+    "DEFERRED",
+    "RETRIED",
+    "SKIPPED",
+    "DeliveryRecord",
+    "TaskHistory",
+]
 
 ACKED: Final = "acked"
 SKIPPED: Final = "skipped"
 DEFERRED: Final = "deferred"
 RETRIED: Final = "retried"
 DEAD_LETTERED: Final = "dead_lettered"
+CANCELLED: Final = "cancelled"
 
 _KINDS: Final[Mapping[type, str]] = {
     Ack: ACKED,
@@ -35,6 +45,7 @@ _KINDS: Final[Mapping[type, str]] = {
     Deferred: DEFERRED,
     Retry: RETRIED,
     DeadLettered: DEAD_LETTERED,
+    Cancelled: CANCELLED,
 }
 
 
@@ -54,7 +65,7 @@ class DeliveryRecord:
 
     @property
     def kind(self) -> str:
-        """``acked``, ``skipped``, ``deferred``, ``retried`` or ``dead_lettered``."""
+        """``acked``, ``skipped``, ``deferred``, ``retried``, ``dead_lettered`` or ``cancelled``."""
         return _KINDS[type(self.outcome)]
 
     @property
