@@ -18,7 +18,15 @@ The tree::
     │       ├── PublishNacked       the broker refused it (nack, or reject-publish overflow)
     │       ├── PublishReturned     unroutable: no queue is bound for its routing key
     │       └── PublishTimeout      no confirm within the publish timeout
-    └── ResilienceError             see sluice.resilience.errors for its subtree
+    ├── ResilienceError             see sluice.resilience.errors for its subtree
+    └── HandleError                 task handles (status, wait, cancel, unique enqueue)
+        ├── TrackingUnavailable     Redis unreachable: the state is unavailable, not "unknown"
+        ├── WaitTimeout             the task did not end within the wait
+        ├── TaskFailed              it ended failed (carries the TaskStatus)
+        ├── TaskDead                it ended dead, in the DLQ (carries the TaskStatus)
+        ├── TaskCancelled           it ended cancelled (carries the TaskStatus)
+        └── ResultTooLarge          a result over its max_bytes
+                                    (the subtree is defined in sluice.handles.errors)
 
 :class:`ConfigError` also derives from the built-in ``ValueError``: the resilience primitives and their
 policies (``Rate``, ``GCRALimiter``, ``BreakerPolicy``, ``RetryPolicy``, the backoffs, ``KeySpace``, ...)
@@ -35,6 +43,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "ConfigError",
+    "HandleError",
     "MessageTooLarge",
     "MissingHeader",
     "NotJSON",
@@ -134,3 +143,7 @@ class PublishTimeout(PublishError):
 
 class ResilienceError(SluiceError):
     """Root of the resilience primitives' errors (sluice.resilience.errors)."""
+
+
+class HandleError(SluiceError):
+    """Root of the task handles' errors (sluice.handles.errors)."""

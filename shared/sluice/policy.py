@@ -1,5 +1,5 @@
 """What a task declares about how the fleet runs it: rate limit, concurrency, timeout, retry, breaker,
-idempotency (docs/policies.md).
+idempotency (docs/policies.md), and whether its state and result are tracked (docs/tasks.md).
 
 Each is a small frozen dataclass, checked when built, so a bad declaration fails at import, not at the
 first message. :class:`TaskPolicy` bundles them; ``@task(..., rate_limit="100/s", retry=RetryPolicy())``
@@ -30,6 +30,7 @@ __all__ = [
     "Idempotency",
     "PolicyOptions",
     "RateLimit",
+    "ResultPolicy",
     "RetryBudgetPolicy",
     "TaskPolicy",
     "parse_duration",
@@ -226,6 +227,22 @@ class RetryBudgetPolicy:
         check_budget(self.ratio, self.min_per_second, self.window)
 
 
+@dataclass(frozen=True, slots=True)
+class ResultPolicy:
+    """Store the handler's return value (its return annotation is the schema) for ``ttl`` seconds after the
+    task ends, if its JSON is at most ``max_bytes`` (a bigger one is refused: recorded as the task's
+    ``result_error``, the task still succeeded). Declaring a result implies tracking."""
+
+    ttl: float = 86400.0
+    max_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ttl, bool) or not (isinstance(self.ttl, int | float) and 0 < self.ttl < math.inf):
+            raise ConfigError(f"bad result ttl {self.ttl!r}: must be a finite number of seconds > 0")
+        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1:
+            raise ConfigError(f"bad result max_bytes {self.max_bytes!r}: must be an integer >= 1")
+
+
 class PolicyOptions(TypedDict, total=False):
     """The policies ``@task(...)`` takes, in their convenient forms (:meth:`TaskPolicy.build`): a rate as
     ``"100/s"``, a concurrency as an int, a timeout as ``"30s"``, a breaker by name, ``True`` for the
@@ -238,6 +255,8 @@ class PolicyOptions(TypedDict, total=False):
     breaker: str | Breaker | None
     idempotency: bool | Idempotency | None
     retry_budget: bool | RetryBudgetPolicy | None
+    track: bool | None
+    result: bool | ResultPolicy | None
 
 
 _NAMES = tuple(PolicyOptions.__annotations__)
@@ -245,7 +264,8 @@ _NAMES = tuple(PolicyOptions.__annotations__)
 
 @dataclass(frozen=True, slots=True)
 class TaskPolicy:
-    """Every policy of one task; ``None`` is "not declared"."""
+    """Every policy of one task; ``None`` is "not declared". ``track``: the worker records the task's state
+    (``result`` implies it)."""
 
     rate_limit: RateLimit | None = None
     concurrency: Concurrency | None = None
@@ -254,10 +274,16 @@ class TaskPolicy:
     breaker: Breaker | None = None
     idempotency: Idempotency | None = None
     retry_budget: RetryBudgetPolicy | None = None
+    track: bool = False
+    result: ResultPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"bad timeout {self.timeout}: must be > 0 seconds")
+        if self.result is not None and not isinstance(self.result, ResultPolicy):
+            raise ConfigError(f"bad result {self.result!r}: use True or a ResultPolicy")
+        if self.result is not None and not self.track:
+            object.__setattr__(self, "track", True)  # a stored result needs the task's record
 
     @classmethod
     def build(cls, **options: Unpack[PolicyOptions]) -> TaskPolicy:
@@ -284,11 +310,23 @@ class TaskPolicy:
             breaker=Breaker(breaker) if isinstance(breaker, str) else breaker,
             idempotency=Idempotency() if idempotency is True else (idempotency or None),
             retry_budget=RetryBudgetPolicy() if retry_budget is True else (retry_budget or None),
+            track=bool(options.get("track")),
+            result=_result(options.get("result")),
         )
 
     @property
     def empty(self) -> bool:
         return self == _EMPTY
+
+
+def _result(result: bool | ResultPolicy | None) -> ResultPolicy | None:
+    if result is True:
+        return ResultPolicy()
+    if result is None or result is False:
+        return None
+    if not isinstance(result, ResultPolicy):
+        raise ConfigError(f"bad result {result!r}: use True or a ResultPolicy")
+    return result
 
 
 _EMPTY = TaskPolicy()

@@ -33,12 +33,16 @@ __all__ = [
     "H_ERROR_TYPE",
     "H_ETA",
     "H_FIRST_FAILURE_AT",
+    "H_GENERATION",
     "H_IDEMPOTENCY_KEY",
     "H_LAST_FAILURE_AT",
     "H_QUEUE",
     "H_TASK",
     "H_TRACEBACK",
     "H_TRACE_ID",
+    "H_TRACK",
+    "H_UNIQUE_KEY",
+    "H_UNIQUE_RELEASE",
     "H_VERSION",
     "PROTOCOL_VERSION",
     "TaskMessage",
@@ -62,6 +66,11 @@ H_IDEMPOTENCY_KEY = "x-sluice-idempotency-key"  # str
 H_TRACE_ID = "x-sluice-trace-id"  # str
 H_ETA = "x-sluice-eta"  # int, ms since the epoch: do not run before (delayed publish, retry, deferral)
 H_FIRST_FAILURE_AT = "x-sluice-first-failure-at"  # int, ms since the epoch of the first failed attempt
+# task handles (docs/tasks.md)
+H_TRACK = "x-sluice-track"  # int 1: the publisher asked for the task's state to be recorded
+H_GENERATION = "x-sluice-generation"  # int, absent = 0: +1 per DLQ replay (the ordering of state writes)
+H_UNIQUE_KEY = "x-sluice-unique-key"  # str: the unique key the task holds (released when it ends)
+H_UNIQUE_RELEASE = "x-sluice-unique-release"  # str: success | end | ttl, when the key is released
 
 # headers the worker adds when it dead-letters a task
 H_DEAD_REASON = "x-sluice-dead-reason"  # str: not_json, too_large, bad_headers, unknown_task, ...

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
         None, description="a file of bearer tokens, one a line (for secrets mounts); adds to api_tokens"
     )
 
+    # task handles (docs/tasks.md)
+    track_all: bool = Field(
+        False, description="record the state of every task, not only those declared or published with track"
+    )
+    track_ttl: float = Field(
+        86400.0, gt=0, description="seconds a tracked task's record (and result) is kept after it ends"
+    )
+
     metrics_enabled: bool = Field(
         True,
         description="workers and producers send a telemetry snapshot to the metrics exchange every second",

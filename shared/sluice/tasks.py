@@ -6,7 +6,8 @@ the :class:`Task` objects it finds in them into a :class:`Registry`.
 
 A handler takes, in any order and each optional, one argument annotated with a pydantic model (the
 payload) and one annotated with :class:`TaskContext`. It may be ``async def`` (run on the event loop)
-or a plain function (run in a thread pool so it never blocks the loop).
+or a plain function (run in a thread pool so it never blocks the loop). Its return annotation is the schema
+of its result when the task stores one (``result=``): :attr:`Task.result_adapter`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Unpack, get_type_hints
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from sluice.errors import ConfigError, SluiceError, TaskDefinitionError, UnknownTask
 from sluice.policy import PolicyOptions, TaskPolicy
@@ -36,10 +37,18 @@ class TaskContext:
 
     message: TaskMessage
     redelivered: bool = False
+    #: the worker's "was this task cancelled?" (a local lookup), for :attr:`cancelled`
+    cancel_check: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     @property
     def task_id(self) -> str:
         return self.message.id
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the task was cancelled while it runs: a plain (thread-pool) handler checks it and
+        returns early; an ``async`` handler is cancelled by the worker instead (``CancelledError``)."""
+        return self.cancel_check is not None and self.cancel_check()
 
     @property
     def attempt(self) -> int:
@@ -58,6 +67,8 @@ class Task:
     # positional layout of the call: "payload" / "context" per parameter
     _params: tuple[str, ...] = field(default=(), repr=False)
     policy: TaskPolicy = field(default_factory=TaskPolicy)
+    #: the result's schema (the return annotation; ``Any`` without one) when the task stores a result
+    result_adapter: TypeAdapter[Any] | None = field(default=None, repr=False, compare=False)
 
     def parse(self, payload: Mapping[str, Any]) -> BaseModel | None:
         """Validate a payload against the handler's model; raises pydantic.ValidationError."""
@@ -73,11 +84,26 @@ class Task:
         return self.fn(*args, **kwargs)
 
 
-def _layout(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel] | None, tuple[str, ...]]:
+def _hints(fn: Callable[..., Any], name: str) -> dict[str, Any]:
     try:
-        hints = get_type_hints(fn)
+        return get_type_hints(fn)
     except Exception as e:
         raise TaskDefinitionError(f"task {name!r}: cannot resolve the annotations: {e}") from None
+
+
+def _result_adapter(fn: Callable[..., Any], name: str) -> TypeAdapter[Any]:
+    """The result's schema: the return annotation (``Any`` when there is none), built once."""
+    hint = _hints(fn, name).get("return", Any)
+    try:
+        return TypeAdapter(hint)
+    except Exception as e:
+        raise TaskDefinitionError(
+            f"task {name!r}: its return annotation cannot be a result schema: {e}"
+        ) from None
+
+
+def _layout(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel] | None, tuple[str, ...]]:
+    hints = _hints(fn, name)
     model: type[BaseModel] | None = None
     params: list[str] = []
     for p in inspect.signature(fn).parameters.values():
@@ -117,7 +143,9 @@ def task(
     ``breaker``: the name of a shared circuit breaker (or a :class:`~sluice.policy.Breaker`);
     ``idempotency``: ``True`` (key from the message header) or an :class:`~sluice.policy.Idempotency`;
     ``retry_budget``: ``True`` (a fleet budget named after the task) or a
-    :class:`~sluice.policy.RetryBudgetPolicy`: retries refused by it go to the DLQ.
+    :class:`~sluice.policy.RetryBudgetPolicy`: retries refused by it go to the DLQ;
+    ``track``: record the task's state (``sluice task status``); ``result``: ``True`` or a
+    :class:`~sluice.policy.ResultPolicy`: store the return value too (implies ``track``).
     """
     check_queue_name(queue)
     try:
@@ -138,6 +166,7 @@ def task(
             is_async=inspect.iscoroutinefunction(fn),
             _params=params,
             policy=policy,
+            result_adapter=None if policy.result is None else _result_adapter(fn, tname),
         )
 
     return wrap

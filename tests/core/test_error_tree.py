@@ -23,9 +23,12 @@ from typing import Any
 import click
 import pytest
 import typer
+from redis.asyncio import Redis
 
 from sluice.errors import ConfigError, SluiceError
-from sluice.policy import Concurrency, RateLimit, parse_duration
+from sluice.handles import CancelWatch, TaskHandles, Tracker
+from sluice.handles._keys import HandleKeys
+from sluice.policy import Concurrency, RateLimit, ResultPolicy, TaskPolicy, parse_duration
 from sluice.resilience import (
     BreakerPolicy,
     CircuitBreaker,
@@ -274,6 +277,13 @@ BAD: list[tuple[str, Callable[[], object]]] = [
     ("RateLimit.parse", lambda: RateLimit.parse("often")),
     ("parse_duration", lambda: parse_duration("soon")),
     ("Concurrency(0)", lambda: Concurrency(0)),
+    ("ResultPolicy(ttl=0)", lambda: ResultPolicy(ttl=0)),
+    ("ResultPolicy(max_bytes=0)", lambda: ResultPolicy(max_bytes=0)),
+    ("TaskPolicy(result=...)", lambda: TaskPolicy(result="yes")),  # type: ignore[arg-type]
+    ("HandleKeys with braces", lambda: HandleKeys("a{b}")),
+    ("TaskHandles ttl=0", lambda: TaskHandles(Redis(), ttl=0)),
+    ("Tracker ttl=0", lambda: Tracker(Redis(), worker="h:1", ttl=0)),
+    ("CancelWatch resync=0", lambda: CancelWatch(Redis(), resync=0)),
 ]
 
 

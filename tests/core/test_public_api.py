@@ -18,6 +18,8 @@ PACKAGES = [
     "sluice.resilience",
     "sluice.resilience.clock",
     "sluice.resilience.memory",
+    "sluice.handles",
+    "sluice.handles.errors",
     "sluice.testing",
     "sluice_worker",
     "sluice_producer",
@@ -42,3 +44,12 @@ def test_every_error_derives_from_the_root() -> None:
 
     for n in errors.__all__:
         assert issubclass(getattr(errors, n), errors.SluiceError)
+
+
+def test_handle_errors_derive_from_the_root() -> None:
+    from sluice import errors, handles
+
+    for n in ("HandleError", "TrackingUnavailable", "WaitTimeout", "TaskFailed", "TaskDead", "TaskCancelled"):
+        assert issubclass(getattr(handles, n), errors.HandleError)
+    assert issubclass(handles.ResultTooLarge, errors.SluiceError)
+    assert handles.HandleError is errors.HandleError

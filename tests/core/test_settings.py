@@ -33,6 +33,8 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         ("prefix", "a b"),
         ("queue_type", "stream"),
         ("prefetch", 0),
+        ("track_ttl", 0),
+        ("track_all", "sometimes"),
     ],
 )
 def test_bad_values_are_refused(field: str, value: object) -> None:
@@ -47,3 +49,13 @@ def test_secrets_are_masked() -> None:
     assert shown["redis_url"] == "redis://:***@r:6379/1"
     assert "s3cret" not in str(shown) and "pw@" not in str(shown)
     assert mask_url("redis://r:6379/0") == "redis://r:6379/0"
+
+
+def test_tracking_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(__import__("os").environ):
+        if k.startswith("SLUICE_"):
+            monkeypatch.delenv(k)
+    assert (Settings().track_all, Settings().track_ttl) == (False, 86400.0)
+    monkeypatch.setenv("SLUICE_TRACK_ALL", "true")
+    monkeypatch.setenv("SLUICE_TRACK_TTL", "3600")
+    assert (Settings().track_all, Settings().track_ttl) == (True, 3600.0)

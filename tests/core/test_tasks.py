@@ -122,3 +122,70 @@ def test_from_modules_errors_are_config_errors() -> None:
         Registry.from_modules(["no_such_module_xyz"])
     with pytest.raises(ConfigError, match="defines no sluice task"):
         Registry.from_modules(["json"])
+
+
+class Sum(BaseModel):
+    total: int
+
+
+def test_track_and_result_declarations() -> None:
+    from typing import Any
+
+    from sluice.policy import ResultPolicy
+
+    @task("t.plain")
+    async def plain() -> int:
+        return 1
+
+    @task("t.tracked", track=True)
+    async def tracked() -> int:
+        return 1
+
+    @task("t.result", result=True)
+    async def with_result() -> Sum:
+        return Sum(total=3)
+
+    @task("t.untyped", result=ResultPolicy(ttl=60, max_bytes=100))
+    def untyped():  # type: ignore[no-untyped-def]
+        return {"any": [1, 2]}
+
+    assert (plain.policy.track, plain.policy.result, plain.result_adapter) == (False, None, None)
+    assert plain.policy.empty
+    assert tracked.policy.track and tracked.policy.result is None and tracked.result_adapter is None
+    assert with_result.policy.track and with_result.policy.result == ResultPolicy()  # result implies track
+    assert with_result.result_adapter is not None
+    assert with_result.result_adapter.dump_json(Sum(total=3)) == b'{"total":3}'
+    assert untyped.policy.result == ResultPolicy(ttl=60, max_bytes=100)
+    adapter: Any = untyped.result_adapter
+    assert adapter is not None and adapter.dump_json({"any": [1, 2]}) == b'{"any":[1,2]}'
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"result": {"ttl": 0}},
+        {"result": {"max_bytes": 0}},
+        {"result": {"ttl": float("inf")}},
+        {"result": "yes"},
+    ],
+    ids=["ttl=0", "max_bytes=0", "ttl=inf", "a string"],
+)
+def test_bad_result_declarations_are_refused(options: dict[str, object]) -> None:
+    from sluice.policy import ResultPolicy
+
+    def declare() -> None:
+        built = {k: ResultPolicy(**v) if isinstance(v, dict) else v for k, v in options.items()}
+        task("t.bad", **built)(lambda: None)  # type: ignore[arg-type]
+
+    with pytest.raises((ConfigError, TaskDefinitionError)):
+        declare()
+
+
+def test_context_cancelled() -> None:
+    msg = TaskMessage(task="t", payload={})
+    assert TaskContext(msg).cancelled is False
+    flag = [False]
+    ctx = TaskContext(msg, cancel_check=lambda: flag[0])
+    assert not ctx.cancelled
+    flag[0] = True
+    assert ctx.cancelled

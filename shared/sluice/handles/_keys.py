@@ -1,0 +1,59 @@
+"""Where the task handles keep their state (``prefix`` is ``settings.prefix``).
+
+* ``<prefix>:task:{<id>}``: hash, the task's record (state, attempt, gen, rank, task, queue, published,
+  started, finished, worker, reason, next, etype, emsg, result, result_error, cancel, unique,
+  unique_release); ``<prefix>:task:{<id>}:h``: list, its history (JSON entries, capped). Both expire
+  ``track_ttl`` after a terminal state, and a week after any other write (nothing grows without bound).
+* ``<prefix>:cancels``: sorted set, member = task id, score = the cancel's expiry (ms);
+  ``<prefix>:cancel-rules``: hash, task name -> JSON ``{"before_ms", "expires_ms"}``;
+  channel ``<prefix>:cancel`` (message: the id, or ``rule:<task>``).
+* channel ``<prefix>:ended`` (message: the id of a task that reached a terminal state).
+* ``<prefix>:unique:{<key>}``: string, the id holding the unique key (PX ttl).
+
+The ``{...}`` parts are Redis Cluster hash tags: a script touches the keys of one task id (or of one
+unique key) only, so each runs in one slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sluice.errors import ConfigError
+
+__all__ = ["HandleKeys"]
+
+
+@dataclass(frozen=True, slots=True)
+class HandleKeys:
+    prefix: str = "sluice"
+
+    def __post_init__(self) -> None:
+        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
+            raise ConfigError(f"key prefix must be non-empty and free of braces: {self.prefix!r}")
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{{{task_id}}}"
+
+    def history(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{{{task_id}}}:h"
+
+    def unique(self, key: str) -> str:
+        if not key:
+            raise ConfigError("a unique key must not be empty")
+        return f"{self.prefix}:unique:{{{key}}}"
+
+    @property
+    def cancels(self) -> str:
+        return f"{self.prefix}:cancels"
+
+    @property
+    def cancel_rules(self) -> str:
+        return f"{self.prefix}:cancel-rules"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    @property
+    def ended_channel(self) -> str:
+        return f"{self.prefix}:ended"

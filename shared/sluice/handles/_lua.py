@@ -1,0 +1,173 @@
+"""The task handles' Lua scripts: one script per write, so each write is one atomic step in one slot.
+
+Conventions (as in ``sluice.resilience._lua``): ``ARGV[1]`` is the clock override in ms; the library
+sends ``""`` and the script reads Redis' ``TIME`` (a test may send a number). Every key a script
+touches is in ``KEYS`` and shares one hash tag; every write sets a TTL.
+"""
+
+from __future__ import annotations
+
+from sluice.resilience._scripts import Script
+
+__all__ = ["CANCEL_MARK", "CANCEL_RULE", "CANCEL_SET", "REPLAY", "UNIQUE_CLAIM", "UNIQUE_RELEASE", "WRITE"]
+
+_NOW = """
+local function now_ms()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+_HISTORY = """
+local function remember(key, cap, state, now, attempt, detail, ttl)
+  redis.call('RPUSH', key, cjson.encode({state, now, attempt, detail}))
+  redis.call('LTRIM', key, -cap, -1)
+  redis.call('PEXPIRE', key, ttl)
+end
+"""
+_TERMINAL = """
+local terminal = {succeeded = true, failed = true, dead = true, cancelled = true}
+"""
+
+# KEYS: record, history. ARGV: now, state, gen, attempt, rank, ttl_ms, history cap, channel ('' none), id,
+# detail, stamp ('started', 'finished' or ''), n, then n field/value pairs to set ('' deletes), then
+# field/value pairs set only when absent (the task's name, queue, ...). Reply: 1 applied, 0 ignored.
+WRITE = Script(
+    "handles-write",
+    _NOW
+    + _HISTORY
+    + """
+local v = redis.call('HMGET', KEYS[1], 'gen', 'attempt', 'rank')
+local g, a, r = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+local ng, na, nr = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = tonumber(ARGV[12])
+for i = 13 + 2 * n, #ARGV, 2 do
+  if ARGV[i + 1] ~= '' then redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if g then
+  if ng < g then return 0 end
+  if ng == g and (r >= 4 or na < a or (na == a and nr < r)) then return 0 end
+end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'gen', ng, 'attempt', na, 'rank', nr)
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], ARGV[11], now) end
+for i = 13, 12 + 2 * n, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local ttl = tonumber(ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ttl)
+remember(KEYS[2], tonumber(ARGV[7]), ARGV[2], now, na, ARGV[10], ttl)
+if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
+return 1
+""",
+)
+
+# KEYS: record, history. ARGV: now, ttl_ms (terminal), history cap, ended channel, id.
+# Reply: the state found ('unknown' for none). Queued, deferred, retrying or unknown -> cancelled;
+# running -> cancel flag set (the worker finishes it); terminal -> unchanged.
+CANCEL_MARK = Script(
+    "handles-cancel-mark",
+    _NOW
+    + _HISTORY
+    + _TERMINAL
+    + """
+local v = redis.call('HMGET', KEYS[1], 'state', 'gen', 'attempt')
+local st = v[1]
+if st and terminal[st] then return st end
+local now = now_ms()
+local attempt = tonumber(v[3]) or 0
+local cap = tonumber(ARGV[3])
+if st == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 1 then left = tonumber(ARGV[2]) end
+  remember(KEYS[2], cap, 'running', now, attempt, 'cancel requested', left)
+  return st
+end
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'rank', 4, 'cancel', '1', 'finished', now,
+  'gen', tonumber(v[2]) or 0, 'attempt', attempt)
+redis.call('HDEL', KEYS[1], 'next')
+redis.call('PEXPIRE', KEYS[1], ttl)
+remember(KEYS[2], cap, 'cancelled', now, attempt, 'cancelled while ' .. (st or 'unknown'), ttl)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return st or 'unknown'
+""",
+)
+
+# KEYS: cancels (sorted set). ARGV: now, ttl_ms, cancel channel, ids... Reply: the cancels' expiry (ms).
+CANCEL_SET = Script(
+    "handles-cancel-set",
+    _NOW
+    + """
+local now = now_ms()
+local exp = now + tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], 'GT', exp, ARGV[i]) end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 1000)
+for i = 4, #ARGV do redis.call('PUBLISH', ARGV[3], ARGV[i]) end
+return exp
+""",
+)
+
+# KEYS: cancel rules (hash). ARGV: now, ttl_ms, cancel channel, task, before_ms. Reply: the rule's expiry.
+CANCEL_RULE = Script(
+    "handles-cancel-rule",
+    _NOW
+    + """
+local now = now_ms()
+local exp = now + tonumber(ARGV[2])
+local before = tonumber(ARGV[5])
+local last = exp
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local rule = cjson.decode(all[i + 1])
+  if rule.expires_ms <= now then redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] == ARGV[4] then before = math.max(before, rule.before_ms)
+  elseif rule.expires_ms > last then last = rule.expires_ms end
+end
+redis.call('HSET', KEYS[1], ARGV[4], string.format('{"before_ms":%d,"expires_ms":%d}', before, exp))
+redis.call('PEXPIREAT', KEYS[1], math.floor(last) + 1000)
+redis.call('PUBLISH', ARGV[3], 'rule:' .. ARGV[4])
+return exp
+""",
+)
+
+# KEYS: record, history. ARGV: now, ttl_ms, history cap. Reply: the new generation.
+REPLAY = Script(
+    "handles-replay",
+    _NOW
+    + _HISTORY
+    + """
+local ng = (tonumber(redis.call('HGET', KEYS[1], 'gen')) or 0) + 1
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'gen', ng, 'attempt', 1, 'rank', 0)
+redis.call('HDEL', KEYS[1], 'started', 'finished', 'next', 'reason', 'result', 'result_error', 'cancel')
+redis.call('PEXPIRE', KEYS[1], ttl)
+remember(KEYS[2], tonumber(ARGV[3]), 'queued', now, 1, 'replayed (generation ' .. ng .. ')', ttl)
+return ng
+""",
+)
+
+# KEYS: unique key. ARGV: task id, ttl_ms. Reply: nil when the key is now the id's, else the holder's id.
+UNIQUE_CLAIM = Script(
+    "handles-unique-claim",
+    """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+""",
+)
+
+# KEYS: unique key. ARGV: task id. Reply: 1 released, 0 held by another id (or free).
+UNIQUE_RELEASE = Script(
+    "handles-unique-release",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""",
+)

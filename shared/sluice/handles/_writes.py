@@ -1,0 +1,66 @@
+"""The script calls of the state writes: one ``WRITE`` call per transition (see :mod:`.state` for the
+ordering rule the script applies)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sluice.resilience._scripts import Arg, Call
+
+from . import _lua
+from ._keys import HandleKeys
+from .state import RANK, State
+
+__all__ = ["HISTORY_CAP", "LIVE_TTL", "ms", "write_call"]
+
+#: History entries kept per task (the oldest are dropped).
+HISTORY_CAP = 50
+#: Seconds a record of a task that has not ended is kept after its last write (a safety net: a task that
+#: never ends, e.g. its queue was deleted, does not stay in Redis forever).
+LIVE_TTL = 7 * 86400.0
+
+
+def ms(seconds: float) -> int:
+    """Seconds as whole milliseconds (at least 1: Redis refuses a zero TTL)."""
+    return max(1, round(seconds * 1000))
+
+
+def write_call(
+    keys: HandleKeys,
+    task_id: str,
+    state: State,
+    *,
+    generation: int,
+    attempt: int,
+    ttl: float,
+    detail: str | None = None,
+    fields: Mapping[str, str | bytes] | None = None,
+    info: Mapping[str, str | None] | None = None,
+) -> Call:
+    """The ``WRITE`` call recording ``state``: ``fields`` are set ("" deletes one), ``info`` fields only
+    where absent (the task's name, queue, publish time: the same for every write). A terminal state
+    stamps ``finished`` and is published on the ended channel; ``running`` stamps ``started``."""
+    rank = RANK[state]
+    terminal = rank == 4
+    stamp = "finished" if terminal else "started" if state is State.RUNNING else ""
+    fields = fields or {}
+    args: list[Arg] = [
+        "",
+        state.value,
+        generation,
+        attempt,
+        rank,
+        ms(ttl),
+        HISTORY_CAP,
+        keys.ended_channel if terminal else "",
+        task_id,
+        detail or "",
+        stamp,
+        len(fields),
+    ]
+    for name, value in fields.items():
+        args += (name, value)
+    for name, maybe in (info or {}).items():
+        if maybe is not None:
+            args += (name, maybe)
+    return (_lua.WRITE, [keys.task(task_id), keys.history(task_id)], args)

@@ -1,0 +1,266 @@
+""":class:`Tracker`: the worker's write path for task states, batched across concurrent tasks, failing open.
+
+One per worker process. ``running``, ``deferred`` and ``retrying`` are fire-and-forget (queued for the
+next batch, never awaited); ``ended`` is awaited before the ack (so a waiter woken by the end's
+notification reads the final state) but never raises. Each transition is one ``WRITE`` script call
+(see :mod:`sluice.handles.state` for the ordering it enforces); calls made while others are in flight
+share one pipeline (:class:`~sluice.resilience._coalesce.Coalescer`): one round trip per batch, not per
+task. ``ended`` with a unique key adds a release call to the same batch.
+
+Redis down: the writes fail, are counted (``stats``) and logged once per outage; while it is down only
+one write per second tries Redis, the others are dropped at once (counted), so tracked tasks run at
+full speed and the caller never sees an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sluice.errors import ConfigError
+from sluice.resilience._coalesce import Coalescer, CoalescingClient
+from sluice.resilience._scripts import Call, ScriptRunner
+from sluice.resilience.clock import SYSTEM, Clock
+from sluice.resilience.outage import FailOpen, OutageMonitor
+
+from . import _lua
+from ._keys import HandleKeys
+from ._writes import LIVE_TTL, write_call
+from .state import TERMINAL, ErrorInfo, State
+from .status import UniqueRelease
+
+__all__ = ["Tracker", "TrackerStats"]
+
+_log = logging.getLogger("sluice.handles")
+
+
+@dataclass(slots=True)
+class TrackerStats:
+    """Counters of one Tracker: ``writes`` sent, of which ``applied`` and ``ignored`` (older than the
+    stored state), ``failed`` (Redis did not answer) and ``dropped`` (not sent: Redis was down)."""
+
+    writes: int = 0
+    applied: int = 0
+    ignored: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+    @property
+    def failures(self) -> int:
+        """Writes that did not reach Redis (failed or dropped)."""
+        return self.failed + self.dropped
+
+
+class Tracker(CoalescingClient):
+    """State writes for the tasks a worker runs. ``worker`` ("host:pid") is recorded with each write;
+    ``ttl`` is how long an ended task's record is kept (``result_ttl``, if given, instead when a result is
+    stored); ``telemetry``, if given, is called with ``"applied"``, ``"ignored"``, ``"failed"`` or
+    ``"dropped"`` for each write."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str = "sluice",
+        *,
+        worker: str,
+        clock: Clock = SYSTEM,
+        ttl: float = 86400.0,
+        result_ttl: float | None = None,
+        telemetry: Callable[[str], None] | None = None,
+        logger: logging.Logger | None = None,
+        timeout: float = 0.5,
+    ) -> None:
+        if not ttl > 0 or (result_ttl is not None and not result_ttl > 0):
+            raise ConfigError("ttl and result_ttl must be positive")
+        self._keys = HandleKeys(prefix)
+        self._clock = clock
+        self.worker = worker
+        self.ttl = ttl
+        self.result_ttl = result_ttl
+        self.stats = TrackerStats()
+        self._telemetry = telemetry
+        self._runner = ScriptRunner(redis, timeout=timeout)
+        self._batches = self._coalescer = Coalescer(self._runner, max_inflight=2)
+        self._outage = OutageMonitor("Tracker", FailOpen(), clock=clock.monotonic, logger=logger or _log)
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    @property
+    def in_outage(self) -> bool:
+        return self._outage.stats.in_outage
+
+    def running(
+        self,
+        msg_id: str,
+        *,
+        task: str,
+        queue: str,
+        attempt: int,
+        generation: int = 0,
+        published_ms: int | None = None,
+    ) -> None:
+        """The delivery was admitted and its handler starts (write it after the steps that may defer)."""
+        info = {"task": task, "queue": queue, "published": _opt(published_ms)}
+        fields = {"worker": self.worker, "reason": "", "next": ""}
+        self._fire(self._write(msg_id, State.RUNNING, attempt, generation, self.worker, fields, info))
+
+    def deferred(
+        self,
+        msg_id: str,
+        *,
+        attempt: int,
+        generation: int = 0,
+        reason: str,
+        next_run_ms: int | None,
+        task: str | None = None,
+        queue: str | None = None,
+        published_ms: int | None = None,
+    ) -> None:
+        """Sent back for later without spending an attempt (rate limit, breaker, concurrency, eta)."""
+        fields = {"worker": self.worker, "reason": reason, "next": _opt(next_run_ms) or ""}
+        info = {"task": task, "queue": queue, "published": _opt(published_ms)}
+        self._fire(self._write(msg_id, State.DEFERRED, attempt, generation, reason, fields, info))
+
+    def retrying(
+        self,
+        msg_id: str,
+        *,
+        attempt: int,
+        generation: int = 0,
+        error: ErrorInfo,
+        next_run_ms: int | None,
+        task: str | None = None,
+        queue: str | None = None,
+        published_ms: int | None = None,
+    ) -> None:
+        """Attempt ``attempt`` failed with ``error``; the next one runs at ``next_run_ms``."""
+        fields = {
+            "worker": self.worker,
+            "etype": error.type,
+            "emsg": error.message,
+            "next": _opt(next_run_ms) or "",
+            "reason": "",
+        }
+        info = {"task": task, "queue": queue, "published": _opt(published_ms)}
+        detail = f"{error.type}: {error.message[:200]}"
+        self._fire(self._write(msg_id, State.RETRYING, attempt, generation, detail, fields, info))
+
+    async def ended(
+        self,
+        msg_id: str,
+        *,
+        state: State,
+        attempt: int,
+        generation: int = 0,
+        error: ErrorInfo | None = None,
+        reason: str | None = None,
+        result_json: bytes | None = None,
+        result_error: str | None = None,
+        unique_key: str | None = None,
+        unique_release: UniqueRelease | str = "end",
+        ttl: float | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        published_ms: int | None = None,
+    ) -> None:
+        """The terminal write (+ its notification, TTL and the unique key's release), awaited; never raises
+        but the caller's own cancellation. ``ttl`` overrides the record's time to live for this task."""
+        if state not in TERMINAL:
+            raise ConfigError(f"ended() takes a terminal state, not {state}")
+        fields = {
+            "worker": self.worker,
+            "reason": reason or "",
+            "next": "",
+            "result": b"" if result_json is None else result_json,
+            "result_error": result_error or "",
+        }
+        if error is not None:
+            fields["etype"], fields["emsg"] = error.type, error.message
+        if ttl is None:
+            ttl = self.result_ttl if result_json is not None and self.result_ttl is not None else self.ttl
+        detail = reason or (error.type if error is not None else None)
+        info = {"task": task, "queue": queue, "published": _opt(published_ms)}
+        calls = [self._write(msg_id, state, attempt, generation, detail, fields, info, ttl)]
+        if unique_key and (
+            unique_release == "end" or (unique_release == "success" and state is State.SUCCEEDED)
+        ):
+            calls.append((_lua.UNIQUE_RELEASE, [self._keys.unique(unique_key)], [msg_id]))
+        if not self._outage.should_try():
+            self._drop(len(calls))
+            return
+        futures = [self._submit(call) for call in calls]
+        await asyncio.wait(futures)
+
+    def _write(
+        self,
+        msg_id: str,
+        state: State,
+        attempt: int,
+        generation: int,
+        detail: str | None,
+        fields: dict[str, Any],
+        info: dict[str, str | None],
+        ttl: float = LIVE_TTL,
+    ) -> Call:
+        return write_call(
+            self._keys,
+            msg_id,
+            state,
+            generation=generation,
+            attempt=attempt,
+            ttl=ttl,
+            detail=detail,
+            fields=fields,
+            info=info,
+        )
+
+    def _fire(self, call: Call) -> None:
+        if not self._outage.should_try():
+            self._drop(1)
+            return
+        self._submit(call)
+
+    def _submit(self, call: Call) -> asyncio.Future[Any]:
+        self.stats.writes += 1
+        fut = self._batches.submit(call)
+        self._pending.add(fut)
+        fut.add_done_callback(self._done)
+        return fut
+
+    def _drop(self, n: int) -> None:
+        self.stats.dropped += n
+        self._outage.fell_back()
+        for _ in range(n):
+            self._count("dropped")
+
+    def _done(self, fut: asyncio.Future[Any]) -> None:
+        self._pending.discard(fut)
+        exc: BaseException | None = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self.stats.failed += 1
+            self._outage.failed(exc)
+            self._count("failed")
+            return
+        self._outage.succeeded()
+        if fut.result() == 0:
+            self.stats.ignored += 1
+            self._count("ignored")
+        else:
+            self.stats.applied += 1
+            self._count("applied")
+
+    def _count(self, what: str) -> None:
+        if self._telemetry is not None:
+            self._telemetry(what)
+
+    async def aclose(self) -> None:
+        """Send what is queued and wait for it (bounded by the write timeout), then let go of connections."""
+        await super().aclose()
+
+
+def _opt(value: int | None) -> str | None:
+    return None if value is None else str(value)
