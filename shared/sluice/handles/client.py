@@ -4,7 +4,8 @@ CLI use it too).
 
 Costs (round trips to Redis per call):
 
-* ``status``: 1 (``MULTI HGETALL LRANGE EXEC``, pipelined).
+* ``status``: 1 (``MULTI HGETALL LRANGE EXEC``, pipelined); reads asked for while one is on the wire
+  share the next round trip (:mod:`._reads`), so many waiters use one or two connections.
 * ``wait`` / ``result`` on a task that has ended: 1 (the status read). On one that has not: a status
   read, then nothing until the task's end is published on ``<prefix>:ended`` (one subscription per
   ``TaskHandles``, opened by the first wait and shared by every waiter), then a status read; with a
@@ -19,7 +20,6 @@ never guessed as ``unknown``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -28,13 +28,14 @@ from redis.asyncio import Redis
 
 from sluice._closing import AsyncClosing
 from sluice.errors import ConfigError
-from sluice.resilience._scripts import _UNREACHABLE, Arg, Call, ScriptRunner
+from sluice.resilience._scripts import Arg, Call, ScriptRunner
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.resilience.errors import BackendUnavailable
 
 from . import _lua
-from ._codec import decode_status, text
+from ._codec import text
 from ._keys import HandleKeys
+from ._reads import StatusReads
 from ._waiters import Waiters
 from ._writes import HISTORY_CAP, LIVE_TTL, ms, write_call
 from .errors import ResultTooLarge, TaskCancelled, TaskDead, TaskFailed, TrackingUnavailable, WaitTimeout
@@ -74,6 +75,7 @@ class TaskHandles(AsyncClosing):
         self._timeout = timeout
         self._fallback = fallback
         self._runner = ScriptRunner(redis, timeout=timeout)
+        self._reads = StatusReads(redis, self.keys, timeout=timeout)
         self._waiters = Waiters(redis, self.keys.ended_channel, clock=clock, logger=logger or _log)
 
     @property
@@ -83,16 +85,7 @@ class TaskHandles(AsyncClosing):
 
     async def status(self, task_id: str) -> TaskStatus:
         """The task's status (``unknown`` if never seen or expired). One round trip."""
-        keys = self.keys
-        try:
-            async with asyncio.timeout(self._timeout):
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.hgetall(keys.task(task_id))
-                    pipe.lrange(keys.history(task_id), 0, -1)
-                    raw, history = await pipe.execute()
-        except _UNREACHABLE as exc:
-            raise TrackingUnavailable(f"task status unavailable: redis did not answer: {exc!r}") from exc
-        return decode_status(task_id, raw, history)
+        return await self._reads.read(task_id)
 
     async def wait(self, task_id: str, timeout: float) -> TaskStatus:  # noqa: ASYNC109 (the bound is the API)
         """Until the task ends or ``timeout`` seconds pass; the last status read (ended or not)."""
