@@ -1,8 +1,9 @@
 """Status reads, batched: the reads asked for while one is on the wire go together in the next pipeline.
 
-A read is ``HGETALL`` of the record and ``LRANGE`` of its history; a batch of them is one
-``MULTI ... EXEC`` (one round trip, one connection, one consistent snapshot). A read asked for when
-nothing is on the wire goes at once, alone: one round trip. So 200 waiters woken together cost a few
+A read is ``HGETALL`` of the record and ``LRANGE`` of its history, in ``MULTI ... EXEC`` (one round trip,
+one consistent snapshot of the two keys, which share a slot). A batch of reads of several ids is one
+plain pipeline of those pairs (one round trip; on Redis Cluster the client splits it by node, which a
+transaction across slots could not be). A read asked for when nothing is on the wire goes at once, alone. So 200 waiters woken together cost a few
 round trips on one or two connections, not 200 connections of the client's pool.
 """
 
@@ -89,7 +90,7 @@ class StatusReads:
         self.batches += 1
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._redis.pipeline(transaction=True) as pipe:
+                async with self._redis.pipeline(transaction=len(ids) == 1) as pipe:
                     for task_id in ids:
                         pipe.hgetall(keys.task(task_id))
                         pipe.lrange(keys.history(task_id), 0, -1)
