@@ -1,4 +1,5 @@
-"""The producer service: ``sluice publish`` and the ``sluice producer`` HTTP API.
+"""The producer service: ``sluice publish``, the ``sluice producer`` HTTP API, and :class:`Enqueuer`
+(publishing with task handles from Python: ``track``, ``unique_key``).
 
 The public names are loaded on first use, so ``sluice --help`` (which imports :mod:`.cli`) never
 imports FastAPI or aio-pika.
@@ -13,6 +14,7 @@ from sluice.lazy import lazy_names
 if TYPE_CHECKING:
     from sluice_producer.app import create_app
     from sluice_producer.bulk import publish_all
+    from sluice_producer.handled import Enqueued, Enqueuer, HandledMessage, handled
     from sluice_producer.link import BrokerLink, BrokerState
     from sluice_producer.models import BatchAccepted, BatchIn, BatchNotConfirmed, TaskAccepted, TaskIn
     from sluice_producer.server import serve, serve_async
@@ -23,9 +25,13 @@ __all__ = [
     "BatchNotConfirmed",
     "BrokerLink",
     "BrokerState",
+    "Enqueued",
+    "Enqueuer",
+    "HandledMessage",
     "TaskAccepted",
     "TaskIn",
     "create_app",
+    "handled",
     "publish_all",
     "serve",
     "serve_async",
@@ -36,6 +42,10 @@ _HOME = {
     "publish_all": "bulk",
     "BrokerLink": "link",
     "BrokerState": "link",
+    "Enqueued": "handled",
+    "Enqueuer": "handled",
+    "HandledMessage": "handled",
+    "handled": "handled",
     "BatchAccepted": "models",
     "BatchIn": "models",
     "BatchNotConfirmed": "models",

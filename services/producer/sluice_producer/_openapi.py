@@ -2,8 +2,8 @@
 
 FastAPI derives the document from the pydantic models, which cannot know one server's configuration.
 :func:`refine` adds it: the queues a task may name (an enum of the configured ones), the task names
-in strict mode, the batch size limit, the payload model of every task the producer knows, and the
-bearer security scheme with the 401 answer when auth is on.
+in strict mode, the batch size limit, the payload model of every task the producer knows, that the
+``unique_*`` options need a ``unique_key``, and the bearer security scheme with the 401 answer when auth is on.
 """
 
 from __future__ import annotations
@@ -44,8 +44,14 @@ def refine(
     if strict:
         props["task"] = {**props["task"], "enum": sorted(registry)}
     rules = _payload_rules(registry, schemas)
-    if rules:
-        task_in["allOf"] = rules
+    # unique_for and unique_release only with a unique_key (the server refuses them without one)
+    rules.append(
+        {
+            "if": {"properties": {"unique_key": {"type": "null"}}},
+            "then": {"properties": {"unique_for": {"type": "null"}, "unique_release": {"type": "null"}}},
+        }
+    )
+    task_in["allOf"] = rules
     batch = schemas["BatchIn"]["properties"]["tasks"]
     batch["maxItems"] = max_batch
     if auth:

@@ -28,10 +28,12 @@ from sluice.tasks import Registry
 from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_producer import _loop, inputs
 from sluice_producer.bulk import Failure, StreamReport, publish_stream
+from sluice_producer.handled import HandleOps
 from sluice_producer.inputs import Bad, Item, Rules, Template
 from sluice_producer.known import known_registry
 
-SHOW_FAILURES = 5  # failures listed one per line on stderr; the rest are counted
+SHOW_FAILURES = 5  # failures (and duplicates) listed one per line on stderr; the rest are counted
+KEEP_DUPLICATES = 1000  # duplicates listed in --json's duplicate_of; the rest are counted
 FLUSH_EVERY = 0.2  # seconds: confirmed ids reach stdout at least this often
 
 
@@ -54,6 +56,10 @@ class PublishArgs:
     give_up_after: float = 60.0
     check: bool = False
     create_queue: bool = False
+    track: bool = False
+    unique_key: str | None = None
+    unique_for: float | None = None
+    unique_release: str | None = None
 
 
 class _Progress:
@@ -152,6 +158,7 @@ class _Reporter:
         self._bar = bar
         self._give_up_after = give_up_after
         self._first = True
+        self._duplicates: list[dict[str, str]] = []
         self._shown = 0
         self._since = 0.0
         if as_json:
@@ -163,6 +170,20 @@ class _Reporter:
             self._first = False
         else:
             self._out.write(task_id + "\n")
+        self._bar.advance()
+
+    def duplicate(self, where: str, existing: str) -> None:
+        """Not published: ``existing`` holds the unique key. Its id goes to stdout (the task to follow)."""
+        if self._json:
+            if len(self._duplicates) < KEEP_DUPLICATES:
+                self._duplicates.append({"where": where, "duplicate_of": existing})
+        else:
+            self._out.write(existing + "\n")
+            if len(self._duplicates) < SHOW_FAILURES:
+                self._duplicates.append({"where": where, "duplicate_of": existing})
+                sys.stderr.write(
+                    f"sluice: {where}: not published, duplicate of {existing} (unique key held)\n"
+                )
         self._bar.advance()
 
     def failed(self, failure: Failure) -> None:
@@ -192,6 +213,8 @@ class _Reporter:
                 "invalid": report.invalid,
                 "not_confirmed": report.not_confirmed,
                 "republished": report.republished,
+                "duplicates": report.duplicates,
+                "duplicate_of": self._duplicates,
                 "gave_up": report.gave_up,
                 "elapsed_s": round(elapsed, 3),
                 "rate_per_s": round(rate, 1),
@@ -209,11 +232,12 @@ class _Reporter:
             )
         elif report.not_confirmed:
             sys.stderr.write(f"sluice: error: {report.not_confirmed} tasks not confirmed\n")
-        if report.published == report.failed == 0:
+        if report.published == report.failed == report.duplicates == 0:
             sys.stderr.write("published 0, failed 0: no tasks in the input\n")
             return
+        dups = f", duplicates {report.duplicates}" if report.duplicates else ""
         sys.stderr.write(
-            f"published {report.published}, failed {report.failed}, republished {report.republished} "
+            f"published {report.published}, failed {report.failed}, republished {report.republished}{dups} "
             f"in {elapsed:.2f}s ({rate:,.0f}/s)\n"
         )
 
@@ -252,6 +276,7 @@ async def run(
     async with (
         SnapshotPublisher(settings, telemetry),
         Publisher(settings, name="sluice-publish", creatable=creatable) as publisher,
+        HandleOps(settings) as ops,  # Redis only for tasks with --track / --unique-key (or in envelopes)
     ):
         if fixed_queue is not None:  # every task goes there: an unknown queue refuses the run up front
             try:
@@ -265,7 +290,9 @@ async def run(
             sink = _Reporter(out, args.as_json, bar, args.give_up_after)
             flusher = asyncio.create_task(_flush_every(out))
             try:
-                report = await publish_stream(publisher, entries(), sink, give_up_after=args.give_up_after)
+                report = await publish_stream(
+                    publisher, entries(), sink, give_up_after=args.give_up_after, ops=ops
+                )
             finally:
                 flusher.cancel()
         for queue, n in report.per_queue.items():
@@ -328,6 +355,10 @@ def main(args: PublishArgs, settings: Settings) -> int:
         "idempotency_key": args.idempotency_key,
         "trace_id": args.trace_id,
         "delay": args.delay,
+        "track": args.track or None,
+        "unique_key": args.unique_key,
+        "unique_for": args.unique_for,
+        "unique_release": args.unique_release,
     }
     template = Template(defaults, args.envelopes)
     if args.stdin:

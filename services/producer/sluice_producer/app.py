@@ -1,10 +1,12 @@
 """The producer HTTP API: a FastAPI app built by :func:`create_app` (no app object exists at import).
 
-Status codes: 202 confirmed by the broker; 400 malformed JSON; 413 body or payload over the cap;
+Status codes: 202 confirmed by the broker; 200 not published, a duplicate (its ``unique_key`` is held by
+the task named in ``duplicate_of``); 400 malformed JSON; 413 body or payload over the cap;
 401 without a configured bearer token (when auth is on); 422 invalid request or payload, or a queue
 this producer may not create and that does not exist; 503 with ``Retry-After`` when the broker is
-down, blocked by an alarm, or did not confirm within ``publish_timeout``. docs/producer.md is the
-reference.
+down, blocked by an alarm, or did not confirm within ``publish_timeout``, or (for a ``unique_key``, and
+``GET``/``DELETE /v1/tasks/{id}``, see :mod:`.tasks_api`) when Redis cannot be reached. docs/producer.md
+is the reference.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from sluice.errors import BrokerError, MessageTooLarge, PublishTimeout, SluiceError, UnknownQueue
+from sluice.handles import TaskHandles, TrackingUnavailable
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher, creatable_queues
 from sluice.settings import Settings
@@ -28,20 +31,24 @@ from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_producer import _openapi
 from sluice_producer._auth import BearerAuth, Tokens
 from sluice_producer._limits import BodyLimit
-from sluice_producer.bulk import count_published, publish_all
+from sluice_producer.bulk import count_published, publish_claimed
+from sluice_producer.handled import HandleOps
 from sluice_producer.inputs import PayloadInvalid, Rules, build_message
 from sluice_producer.known import check_payload, known_registry
 from sluice_producer.link import BrokerLink, PublisherFactory
 from sluice_producer.models import (
     BatchAccepted,
+    BatchDuplicate,
     BatchFailure,
     BatchIn,
     BatchNotConfirmed,
     ErrorOut,
     HealthOut,
     TaskAccepted,
+    TaskDuplicate,
     TaskIn,
 )
+from sluice_producer.tasks_api import DEFAULT_MAX_WAIT, task_router
 
 __all__ = ["create_app"]
 
@@ -93,12 +100,17 @@ def create_app(
     max_batch: int = 10_000,
     max_batch_bytes: int = 64 * 1024 * 1024,
     auth: Tokens | None = None,
+    max_wait: float = DEFAULT_MAX_WAIT,
 ) -> FastAPI:
     """The producer app. Its lifespan connects to RabbitMQ in the background (``app.state.link``).
 
     ``registry``: the tasks it knows (default: the built-in demo tasks, see :mod:`.known`); their
     payloads are validated and their queues may be created, with the default queue and
     ``SLUICE_QUEUES``. ``auth``: the bearer tokens to require (see :func:`._auth.resolve`), or None.
+    ``max_wait``: the longest long poll of ``GET /v1/tasks/{id}?wait=S``, seconds.
+
+    Redis (``settings.redis_url``) is used only by task handles: a ``unique_key`` or ``track`` publish and
+    the ``/v1/tasks/{id}`` endpoints; its client connects on first use.
     """
     if registry is None:
         registry = known_registry()
@@ -106,6 +118,11 @@ def create_app(
     link = BrokerLink(settings, creatable, publisher_factory)
     rules = Rules(settings.max_message_bytes, settings.default_queue, registry, strict)
     telemetry = telemetry_for(settings, "producer")  # published counts, one snapshot a second
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    handles = TaskHandles(redis, settings.prefix, ttl=settings.track_ttl)
+    ops = HandleOps(settings, handles)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -115,6 +132,9 @@ def create_app(
                 yield
             finally:
                 runner.cancel()
+                await ops.aclose()
+                await handles.aclose()
+                await redis.aclose()
 
     app = FastAPI(
         title="sluice producer",
@@ -123,6 +143,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.link = link
+    app.state.handles = handles
     app.add_middleware(
         BodyLimit,
         limits={
@@ -163,6 +184,12 @@ def create_app(
     async def _invalid(_: Request, exc: _Invalid) -> JSONResponse:
         return JSONResponse(
             {"detail": jsonable_encoder(exc.errors[:_MAX_LISTED_ERRORS])}, status_code=exc.status
+        )
+
+    @app.exception_handler(TrackingUnavailable)
+    async def _no_tracking(_: Request, exc: TrackingUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"task tracking unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
         )
 
     @app.exception_handler(_Unavailable)
@@ -232,20 +259,43 @@ def create_app(
         },
     }
 
-    @app.post("/v1/tasks", status_code=202, response_model=TaskAccepted, responses=error_responses)
-    async def publish_task(body: TaskIn) -> TaskAccepted:
+    duplicate_response: dict[int | str, dict[str, Any]] = {
+        200: {
+            "model": TaskDuplicate,
+            "description": "not published: a task with the same unique_key is queued, deferred or "
+            "running (its id in id and duplicate_of)",
+        },
+    }
+
+    @app.post(
+        "/v1/tasks",
+        status_code=202,
+        response_model=TaskAccepted,
+        responses={**duplicate_response, **error_responses},
+    )
+    async def publish_task(body: TaskIn) -> Any:
         """Publish one task; answers once RabbitMQ confirmed it (persistent, in its queue)."""
         (msg,) = check([body], ["body"])
         publisher = await ready_publisher()
         await known_queues(publisher, [msg], ["body"])
+        existing = await ops.claim(msg)  # a unique_key decided in Redis before the publish
+        if existing is not None:
+            dup = TaskDuplicate(id=existing, duplicate_of=existing, task=msg.task, queue=msg.queue)
+            return JSONResponse(dup.model_dump(), status_code=200)
         try:
             async with asyncio.timeout(settings.publish_timeout):
                 await publisher.publish(msg)
         except TimeoutError:
+            await ops.release(msg)
             err = PublishTimeout(f"no confirm within {settings.publish_timeout:g}s")
             raise _Unavailable(f"task {msg.id} not confirmed: {err}", 5) from None
         except BrokerError as e:
+            await ops.release(msg)
             raise _Unavailable(f"task {msg.id} not confirmed: {e}", 5) from None
+        except BaseException:  # the caller went away mid-publish: the key must not stay taken
+            await ops.release(msg)
+            raise
+        await ops.marked([msg])
         telemetry.published(msg.queue)
         return TaskAccepted(id=msg.id, task=msg.task, queue=msg.queue)
 
@@ -258,13 +308,15 @@ def create_app(
             503: {
                 "model": BatchNotConfirmed,
                 "description": "some tasks were not confirmed (listed in failed; the others were); "
-                "or the broker is down or blocked (then nothing was published)",
+                "or the broker is down or blocked (then nothing was published); or Redis cannot be "
+                "reached for a unique_key (nothing published)",
             },
         },
     )
     async def publish_batch(body: BatchIn) -> Any:
         """Publish many tasks: all validated first (nothing is published if one is invalid), then
-        published with many confirms in flight."""
+        published with many confirms in flight. A task whose unique_key is held is not published: it is
+        listed in duplicates, and its entry of ids is the holder's id."""
         if len(body.tasks) > max_batch:
             raise _Invalid(
                 422,
@@ -279,19 +331,23 @@ def create_app(
         messages = check(body.tasks, ["body", "tasks"])
         publisher = await ready_publisher()
         await known_queues(publisher, messages, ["body", "tasks"])
-        outcomes = await publish_all(publisher, messages)
+        outcomes, held = await publish_claimed(publisher, messages, ops)
         count_published(telemetry, messages, outcomes)
+        ids = [held.get(i, m.id) for i, m in enumerate(messages)]
+        duplicates = [BatchDuplicate(index=i, duplicate_of=held[i]) for i in sorted(held)]
         failed = [o for o in outcomes if o.error is not None]
-        ids = [m.id for m in messages]
         if not failed:
-            return BatchAccepted(ids=ids)
+            return BatchAccepted(ids=ids, duplicates=duplicates)
         report = BatchNotConfirmed(
             detail=f"{len(failed)} of {len(messages)} tasks not confirmed: {failed[0].error}",
             ids=ids,
             confirmed=[o.index for o in outcomes if o.error is None],
             failed=[BatchFailure(index=o.index, id=o.task_id, error=str(o.error)) for o in failed],
+            duplicates=duplicates,
         )
         return JSONResponse(report.model_dump(), status_code=503, headers={"Retry-After": "5"})
+
+    app.include_router(task_router(handles, max_wait=max_wait))
 
     @app.get("/healthz", response_model=HealthOut)
     async def healthz() -> HealthOut:

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sluice.errors import BrokerUnavailable, PublishTimeout, SluiceError, UnknownQueue
+from sluice.handles import TrackingUnavailable
 from sluice.protocol import TaskMessage
 from sluice.publisher import Prepared, Publisher, PublishOutcome
 from sluice.telemetry import NullTelemetry, Telemetry
+from sluice_producer.handled import HandledMessage, HandleOps
 from sluice_producer.inputs import Bad, Item
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "StreamReport",
     "count_published",
     "publish_all",
+    "publish_claimed",
     "publish_stream",
 ]
 
@@ -72,6 +75,49 @@ async def publish_all(
             )
         )
     return [o for o in outcomes if o is not None]
+
+
+async def publish_claimed(
+    publisher: Publisher, messages: Sequence[TaskMessage], ops: HandleOps
+) -> tuple[list[PublishOutcome], dict[int, str]]:
+    """:func:`publish_all` for tasks that may have handle options: unique keys claimed first, in order (a
+    key given twice publishes the first), duplicates not published; a claim released when its task is
+    not confirmed; confirmed tracked tasks marked queued. Returns the outcomes of the published tasks
+    (indexes of ``messages``) and the duplicates (index -> the holder's id). Redis down while claiming:
+    the claims made are released and :class:`TrackingUnavailable` is raised (nothing published)."""
+    held: dict[int, str] = {}
+    at: list[int] = []  # published index -> index in messages
+    try:
+        for i, msg in enumerate(messages):
+            existing = await ops.claim(msg)
+            if existing is None:
+                at.append(i)
+            else:
+                held[i] = existing
+    except BaseException:
+        for i in at:
+            await ops.release(messages[i])
+        raise
+    sending = [messages[i] for i in at]
+    settled: set[int] = set()
+
+    def done(out: PublishOutcome) -> None:
+        settled.add(out.index)
+        if out.error is None:
+            ops.confirmed(sending[out.index])
+        else:
+            ops.failed(sending[out.index])
+
+    try:
+        outcomes = await publish_all(publisher, sending, done)
+    except BaseException:  # cancelled: what was not settled may not hold its key
+        for i, msg in enumerate(sending):
+            if i not in settled:
+                ops.failed(msg)
+        raise
+    finally:
+        await asyncio.shield(ops.flush())
+    return [PublishOutcome(at[o.index], o.task_id, o.error) for o in outcomes], held
 
 
 def _declare_error(publisher: Publisher, queue: str, e: BaseException) -> SluiceError:
@@ -123,6 +169,7 @@ class Sink(Protocol):
     """Where :func:`publish_stream` reports, as it goes."""
 
     def confirmed(self, task_id: str) -> None: ...
+    def duplicate(self, where: str, existing: str) -> None: ...
     def failed(self, failure: Failure) -> None: ...
     def outage(self, error: BaseException | None) -> None: ...
 
@@ -133,6 +180,7 @@ class StreamReport:
     invalid: int = 0  # inputs refused by a check (not published)
     not_confirmed: int = 0  # published but not confirmed, or not attempted after giving up
     republished: int = 0
+    duplicates: int = 0  # not published: their unique key is held by another task
     gave_up: bool = False
     failures: list[Failure] = field(default_factory=list)  # the first KEEP_FAILURES
     per_queue: dict[str, int] = field(default_factory=dict)  # confirmed tasks per queue
@@ -148,16 +196,23 @@ async def publish_stream(
     sink: Sink,
     *,
     give_up_after: float,
+    ops: HandleOps | None = None,
 ) -> StreamReport:
     """Publish every :class:`Item` of ``entries``; report each outcome to ``sink`` in input order.
 
     Bad entries and tasks for a queue that is neither creatable nor on the broker are reported as
     failures and not published. State: the tasks in flight (``publish_window``) and the first
     :data:`KEEP_FAILURES` failures.
+
+    ``ops``: tasks with handle options (:class:`HandledMessage`) have their unique key claimed before
+    they are published (a duplicate is reported to ``sink.duplicate`` and not published, a claim that
+    cannot be decided is a failure), released if not confirmed, and are marked queued once confirmed
+    (batched; flushed before this returns).
     """
     report = StreamReport()
     source = aiter(entries)
-    flying: dict[int, tuple[int, str, str]] = {}  # publish index -> (position, where, queue)
+    # publish index -> (position, where, queue, the message if it has handle options)
+    flying: dict[int, tuple[int, str, str, HandledMessage | None]] = {}
     refused: dict[str, UnknownQueue] = {}
     position = 0
 
@@ -195,12 +250,29 @@ async def publish_stream(
                 report.invalid += 1
                 fail(entry.where, None, e, at)
                 continue
-            flying[i] = (at, entry.where, msg.queue)
+            handled = msg if ops is not None and isinstance(msg, HandledMessage) else None
+            if handled is not None and ops is not None:
+                try:
+                    existing = await ops.claim(handled)
+                except TrackingUnavailable as e:
+                    report.invalid += 1
+                    fail(entry.where, None, e, at)
+                    continue
+                if existing is not None:
+                    report.duplicates += 1
+                    sink.duplicate(entry.where, existing)
+                    continue
+            flying[i] = (at, entry.where, msg.queue, handled)
             i += 1
             yield msg if entry.body is None else Prepared(msg, entry.body)
 
     def done(out: PublishOutcome) -> None:
-        at, where, queue = flying.pop(out.index)
+        at, where, queue, handled = flying.pop(out.index)
+        if handled is not None and ops is not None:
+            if out.error is None:
+                ops.confirmed(handled)
+            else:
+                ops.failed(handled)
         if out.error is None:
             report.published += 1
             report.per_queue[queue] = report.per_queue.get(queue, 0) + 1
@@ -216,6 +288,8 @@ async def publish_stream(
         )
     finally:
         await fed.aclose()
+        if ops is not None:
+            await ops.flush()
     report.republished = result.republished
     report.gave_up = result.gave_up
     if result.gave_up:  # the rest of the input is read, counted and reported, never sent

@@ -41,7 +41,7 @@ def publish(
         False,
         "--envelopes",
         help='each input object is an envelope {"task", "payload", "queue", "idempotency_key", "trace_id", '
-        '"delay"}',
+        '"delay", "track", "unique_key", "unique_for", "unique_release"}',
     ),
     count: int = typer.Option(1, "--count", "-n", help="publish every payload N times (ids differ)"),
     queue: str | None = typer.Option(
@@ -91,6 +91,32 @@ def publish(
         help="may create a queue that does not exist (default: only the default queue, SLUICE_QUEUES and "
         "the --tasks queues)",
     ),
+    track: bool = typer.Option(
+        False, "--track", help="track every task: `sluice task status ID` / `wait ID` follow it (Redis)"
+    ),
+    unique_key: str | None = typer.Option(
+        None,
+        "--unique-key",
+        metavar="K",
+        help="publish only if no task with key K is queued, deferred or running; else print that "
+        "task's id (exit 0). Implies --track",
+        show_default=False,
+    ),
+    unique_for: str | None = typer.Option(
+        None,
+        "--unique-for",
+        metavar="D",
+        help="with --unique-key: hold the key at most D (30s, 10m, 1h; default 1d)",
+        show_default=False,
+    ),
+    unique_release: str | None = typer.Option(
+        None,
+        "--unique-release",
+        metavar="WHEN",
+        help="with --unique-key: free the key when the task ends (end, the default), only on success "
+        "(success), or only after --unique-for (ttl)",
+        show_default=False,
+    ),
 ) -> None:
     """Publish tasks to RabbitMQ, each confirmed by the broker; print their ids on stdout."""
     if count < 1:
@@ -112,6 +138,7 @@ def publish(
         raise typer.BadParameter(f"bad task name {task!r}: use 1-200 of A-Z a-z 0-9 _ - . :")
     if strict and not tasks:
         raise typer.BadParameter("--strict needs --tasks")
+    unique_seconds = _unique_options(unique_key, unique_for, unique_release)
 
     from sluice.settings import Settings
     from sluice.topology import check_queue_name
@@ -147,10 +174,43 @@ def publish(
         give_up_after=give_up_after,
         check=check,
         create_queue=create_queue,
+        track=track,
+        unique_key=unique_key,
+        unique_for=unique_seconds,
+        unique_release=unique_release,
     )
     code = _publish_cmd.main(args, Settings())
     if code:
         raise typer.Exit(code)
+
+
+_RELEASES = ("success", "end", "ttl")
+_MAX_UNIQUE_FOR = 30 * 86400.0
+
+
+def _unique_options(key: str | None, hold: str | None, release: str | None) -> float | None:
+    """The --unique-* options checked; --unique-for in seconds."""
+    if key is None:
+        for name, v in (("--unique-for", hold), ("--unique-release", release)):
+            if v is not None:
+                raise typer.BadParameter(f"{name} needs --unique-key")
+        return None
+    if not 0 < len(key) <= 512:
+        raise typer.BadParameter("--unique-key: 1-512 characters")
+    if release is not None and release not in _RELEASES:
+        raise typer.BadParameter(f"--unique-release {release!r}: use one of {', '.join(_RELEASES)}")
+    if hold is None:
+        return None
+    from sluice.errors import ConfigError
+    from sluice.policy import parse_duration
+
+    try:
+        seconds = parse_duration(hold)
+    except ConfigError as e:
+        raise typer.BadParameter(f"--unique-for: {e}") from None
+    if not 0 < seconds <= _MAX_UNIQUE_FOR:
+        raise typer.BadParameter(f"--unique-for {hold}: more than 0, at most 30 days")
+    return seconds
 
 
 def producer(
@@ -168,8 +228,12 @@ def producer(
         False, "--strict", help="with --tasks: answer 422 to task names not defined there"
     ),
     max_batch: int = typer.Option(10_000, "--max-batch", help="most tasks in one batch request"),
+    max_wait: float = typer.Option(
+        60.0, "--max-wait", metavar="SECONDS", help="longest long poll of GET /v1/tasks/{id}?wait=S"
+    ),
 ) -> None:
-    """Run the producer HTTP service (POST /v1/tasks, /v1/tasks/batch; GET /healthz, /readyz).
+    """Run the producer HTTP service (POST /v1/tasks, /v1/tasks/batch; GET and DELETE /v1/tasks/{id};
+    GET /healthz, /readyz).
 
     Bearer-token auth (SLUICE_API_TOKENS, SLUICE_API_TOKEN_FILE) is on when tokens are configured or
     the bind address is not loopback; without a token it then refuses to start (exit 1).
@@ -180,6 +244,8 @@ def producer(
         raise typer.BadParameter(f"--port {port}: must be 1-65535")
     if max_batch < 1:
         raise typer.BadParameter(f"--max-batch {max_batch}: must be at least 1")
+    if not 0 < max_wait <= 3600:
+        raise typer.BadParameter(f"--max-wait {max_wait}: more than 0, at most 3600 seconds")
     from sluice.settings import Settings
     from sluice_producer import _auth
     from sluice_producer.known import known_registry
@@ -197,6 +263,7 @@ def producer(
         strict=strict,
         max_batch=max_batch,
         auth=auth,
+        max_wait=max_wait,
     )
 
 

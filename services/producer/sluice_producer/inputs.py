@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from sluice.errors import ConfigError, NotJSON, ProtocolError, SluiceError, UnknownTask
 from sluice.protocol import TaskMessage, encode_body, new_task_id, now_ms
 from sluice.tasks import Registry, Task
+from sluice_producer.handled import handled
 from sluice_producer.models import TaskIn
 
 __all__ = [
@@ -175,6 +176,14 @@ def _item(
         trace_id=spec.trace_id,
         eta_ms=None if not spec.delay else now_ms() + round(float(spec.delay) * 1000),
     )
+    if spec.track or spec.unique_key is not None:  # a plain task is never wrapped (the bulk path)
+        msg = handled(
+            msg,
+            track=spec.track,
+            unique_key=spec.unique_key,
+            unique_for=spec.unique_for,
+            unique_release=spec.unique_release or "end",
+        )
     return Item(msg, where, body)
 
 

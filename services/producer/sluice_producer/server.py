@@ -13,6 +13,7 @@ from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice_producer._auth import Tokens
 from sluice_producer.app import create_app
+from sluice_producer.tasks_api import DEFAULT_MAX_WAIT
 
 __all__ = ["ServeOptions", "serve", "serve_async"]
 
@@ -28,11 +29,12 @@ async def serve_async(
     strict: bool = False,
     max_batch: int = 10_000,
     auth: Tokens | None = None,
+    max_wait: float = DEFAULT_MAX_WAIT,
 ) -> None:
     """Serve until SIGTERM or SIGINT. ``auth``: from :func:`sluice_producer._auth.resolve` (which
     refuses a non-loopback bind address without tokens), or None for no authentication."""
     sock = listen(host, port)  # first: a taken port is one line and exit 1, before anything starts
-    app = create_app(settings, registry, strict=strict, max_batch=max_batch, auth=auth)
+    app = create_app(settings, registry, strict=strict, max_batch=max_batch, auth=auth, max_wait=max_wait)
     if auth is None:
         log.info("producer API on %s:%d without authentication", host, port)
     else:
@@ -60,6 +62,7 @@ class ServeOptions(TypedDict, total=False):
     strict: bool
     max_batch: int
     auth: Tokens | None
+    max_wait: float
 
 
 def serve(settings: Settings, registry: Registry | None, **options: Unpack[ServeOptions]) -> None:
