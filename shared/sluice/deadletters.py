@@ -5,6 +5,14 @@ Browsing takes messages with ``basic.get`` without acking them and gives back wh
 with the attempt count reset and waits for the broker's confirm *before* it acks (removes) the dead
 copy: a crash in the middle leaves the dead letter in place, so the worst case is a duplicate (which an
 idempotency key absorbs), never a loss.
+
+A tracked task (its dead letter has ``x-sluice-track``, or Redis holds a record of its id) becomes
+``queued`` again when it is replayed (:meth:`sluice.handles.TaskHandles.replayed`: generation + 1, history
+kept), before its copy is published; the copy carries the new generation in ``x-sluice-generation``, so the
+worker's writes for it count over the dead ones (docs/tasks.md). Cost: one status read (when the header
+does not say it is tracked) and one write per replayed dead letter; none for a dry run. Redis down: the
+replay goes on (fail open), the copy's generation is the dead letter's + 1 when its header says it is
+tracked, and the report lists it in ``untracked``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from sluice._closing import AsyncClosing
 from sluice.connection import BROKER_ERRORS, connect
 from sluice.errors import BrokerUnavailable, SluiceError
+from sluice.handles import State, TaskHandles, TrackingUnavailable
 from sluice.protocol import (
     H_ATTEMPT,
     H_DEAD_AT,
@@ -29,10 +38,12 @@ from sluice.protocol import (
     H_ERROR_TYPE,
     H_ETA,
     H_FIRST_FAILURE_AT,
+    H_GENERATION,
     H_LAST_FAILURE_AT,
     H_QUEUE,
     H_TASK,
     H_TRACEBACK,
+    H_TRACK,
     TaskMessage,
 )
 from sluice.publisher import Publisher
@@ -149,16 +160,26 @@ class ReplayReport:
     replayed: list[DeadLetter] = field(default_factory=list)
     skipped_no_queue: list[DeadLetter] = field(default_factory=list)
     failed: list[tuple[DeadLetter, SluiceError]] = field(default_factory=list)
+    # replayed, but their tracking record could not be set back to queued (Redis unavailable)
+    untracked: list[tuple[DeadLetter, SluiceError]] = field(default_factory=list)
 
 
 Selector = Callable[[DeadLetter], bool]
 
 
 class DeadLetterQueue(AsyncClosing):
-    """An async context manager over ``{prefix}.dlq``: its own connection and channels."""
+    """An async context manager over ``{prefix}.dlq``: its own connection and channels.
 
-    def __init__(self, settings: Settings, *, scan_limit: int = 100_000) -> None:
+    ``handles``: the task handles replays update (default: made on first need, on a Redis client of its
+    own from ``settings.redis_url``, closed with this object).
+    """
+
+    def __init__(
+        self, settings: Settings, *, scan_limit: int = 100_000, handles: TaskHandles | None = None
+    ) -> None:
         self.settings = settings
+        self._handles = handles
+        self._redis: Any = None  # the client made for the handles, if this object made them
         self.topology = Topology.from_settings(settings)
         self.scan_limit = scan_limit
         self._conn: AbstractRobustConnection | None = None
@@ -180,6 +201,11 @@ class DeadLetterQueue(AsyncClosing):
         return self
 
     async def aclose(self) -> None:
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            if self._handles is not None:
+                await self._handles.aclose()
+            await redis.aclose()
         if self._publisher is not None:
             await self._publisher.aclose()
             self._publisher = None
@@ -244,7 +270,7 @@ class DeadLetterQueue(AsyncClosing):
                     keep.append(m)
                     continue
                 try:
-                    await self._republish(d)
+                    await self._republish(d, report)
                 except SluiceError as e:
                     report.failed.append((d, e))
                     keep.append(m)
@@ -259,13 +285,41 @@ class DeadLetterQueue(AsyncClosing):
             await self._give_back(keep)
         return report
 
-    async def _republish(self, d: DeadLetter) -> None:
+    def _task_handles(self) -> TaskHandles:
+        if self._handles is None:
+            from redis.asyncio import Redis
+
+            self._redis = Redis.from_url(
+                self.settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0
+            )
+            self._handles = TaskHandles(self._redis, self.settings.prefix, ttl=self.settings.track_ttl)
+        return self._handles
+
+    async def _replayed(self, d: DeadLetter, report: ReplayReport) -> int | None:
+        """The tracked task queued again: its new generation; None if it is not tracked."""
+        by_header = H_TRACK in d.headers or H_GENERATION in d.headers
+        handles = self._task_handles()
+        try:
+            if not by_header and (await handles.status(d.id)).state is State.UNKNOWN:
+                return None
+            return await handles.replayed(d.id)
+        except TrackingUnavailable as e:
+            report.untracked.append((d, e))
+            if not by_header:
+                return None
+            gen = d.headers.get(H_GENERATION)
+            return (gen if isinstance(gen, int) and not isinstance(gen, bool) else 0) + 1
+
+    async def _republish(self, d: DeadLetter, report: ReplayReport) -> None:
         if self._publisher is None:
             self._publisher = Publisher(self.settings, connection=self._conn, name="sluice-dlq-replay")
             await self._publisher.__aenter__()
         headers = {k: v for k, v in d.headers.items() if k not in _DROP_ON_REPLAY}
         replays = headers.get(H_REPLAYS)
         headers[H_REPLAYS] = (replays if isinstance(replays, int) else 0) + 1
+        generation = await self._replayed(d, report)
+        if generation is not None:
+            headers[H_GENERATION] = generation
         msg = TaskMessage(task=d.task or "", payload={}, id=d.id, queue=d.queue or "", attempt=1)
         props = self._publisher.properties(msg)
         props.headers = {**headers, H_ATTEMPT: 1}

@@ -266,6 +266,7 @@ def replay(
                     "replayed": [d.id for d in report.replayed],
                     "skipped_no_queue": [d.id for d in report.skipped_no_queue],
                     "failed": [{"id": d.id, "error": str(e)} for d, e in report.failed],
+                    "untracked": [{"id": d.id, "error": str(e)} for d, e in report.untracked],
                 }
             )
         )
@@ -276,6 +277,8 @@ def replay(
             typer.echo(f"skipped {d.id}: no task or queue recorded, cannot route it", err=True)
         for d, e in report.failed:
             typer.echo(f"failed {d.id}: {e} (left in the DLQ)", err=True)
+    for d, e in report.untracked:
+        typer.echo(f"warning: {d.id} replayed, but its tracked status is not queued again: {e}", err=True)
     if report.failed or report.skipped_no_queue:
         raise typer.Exit(1)
 

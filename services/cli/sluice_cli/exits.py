@@ -34,6 +34,11 @@ EXITS: dict[str, str] = {
     "limits ls": "0 listed; 1 Redis cannot be reached",
     "limits set": "0 set; 1 Redis cannot be reached",
     "limits rm": "0 removed (also when there was none); 1 Redis cannot be reached",
+    "task status": "0 shown (also a task in state unknown); 1 Redis cannot be reached",
+    "task wait": "0 the task succeeded; 1 it failed, is dead or was cancelled, or Redis cannot be reached; "
+    "3 timed out (--timeout) before it ended",
+    "task cancel": "0 every cancel recorded (a task that had ended is left as it was, and said); 1 Redis "
+    "cannot be reached",
 }
 
 

@@ -19,7 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from sluice.errors import SluiceError
-from sluice_cli import config_cmd, dlq_cmd, exits, limits_cmd, status_cmd
+from sluice_cli import config_cmd, dlq_cmd, exits, limits_cmd, status_cmd, task_cmd
 
 try:  # typer >= 0.23 vendors click; older releases use the click package
     from typer._click import exceptions as cx
@@ -52,6 +52,7 @@ def _register() -> None:
     app.add_typer(dlq_cmd.app, name="dlq")
     app.command("status")(status_cmd.status)
     app.add_typer(limits_cmd.app, name="limits")
+    app.add_typer(task_cmd.app, name="task")
     producer_cli.register(app)
     worker_cli.register(app)
     metrics_cli.register(app)
