@@ -7,9 +7,19 @@ touches is in ``KEYS`` and shares one hash tag; every write sets a TTL.
 
 from __future__ import annotations
 
+from sluice.resilience._multi import MultiScript
 from sluice.resilience._scripts import Script
 
-__all__ = ["CANCEL_MARK", "CANCEL_RULE", "CANCEL_SET", "REPLAY", "UNIQUE_CLAIM", "UNIQUE_RELEASE", "WRITE"]
+__all__ = [
+    "CANCEL_MARK",
+    "CANCEL_RULE",
+    "CANCEL_SET",
+    "MULTI",
+    "REPLAY",
+    "UNIQUE_CLAIM",
+    "UNIQUE_RELEASE",
+    "WRITE",
+]
 
 _NOW = """
 local function now_ms()
@@ -171,3 +181,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """,
 )
+
+#: A batch of these (the tracker's writes and releases, the producer's queued records, a cancel) is one
+#: script call on a standalone server (sluice.resilience._multi): one dispatch, one reply.
+MULTI = MultiScript("handles-multi", [WRITE, UNIQUE_RELEASE, CANCEL_SET, CANCEL_MARK])

@@ -216,7 +216,7 @@ class TaskHandles(AsyncClosing):
 
     async def _many(self, calls: Sequence[Call]) -> list[Any]:
         try:
-            replies = await self._runner.run_many(calls)
+            replies = await self._runner.run_many(calls, _lua.MULTI)
         except BackendUnavailable as exc:
             raise TrackingUnavailable(str(exc)) from exc
         for reply in replies:

@@ -4,8 +4,8 @@ One per worker process. ``running``, ``deferred`` and ``retrying`` are fire-and-
 next batch, never awaited); ``ended`` is awaited before the ack (so a waiter woken by the end's
 notification reads the final state) but never raises. Each transition is one ``WRITE`` script call
 (see :mod:`sluice.handles.state` for the ordering it enforces); calls made while others are in flight
-share one pipeline (:class:`~sluice.resilience._coalesce.Coalescer`): one round trip per batch, not per
-task. ``ended`` with a unique key adds a release call to the same batch.
+share one round trip (:class:`~sluice.resilience._coalesce.Coalescer`): one script call for the whole
+batch on a standalone server (:data:`sluice.handles._lua.MULTI`), a pipeline elsewhere. ``ended`` with a unique key adds a release call to the same batch.
 
 Redis down: the writes fail, are counted (``stats``) and logged once per outage; while it is down only
 one write per second tries Redis, the others are dropped at once (counted), so tracked tasks run at
@@ -85,7 +85,7 @@ class Tracker(CoalescingClient):
         self.stats = TrackerStats()
         self._telemetry = telemetry
         self._runner = ScriptRunner(redis, timeout=timeout)
-        self._batches = self._coalescer = Coalescer(self._runner, max_inflight=2)
+        self._batches = self._coalescer = Coalescer(self._runner, max_inflight=2, multi=_lua.MULTI)
         self._outage = OutageMonitor("Tracker", FailOpen(), clock=clock.monotonic, logger=logger or _log)
         self._pending: set[asyncio.Future[Any]] = set()
 
