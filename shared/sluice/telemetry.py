@@ -12,7 +12,9 @@ The worker calls, once per delivery it carries out::
 
     telemetry.task_done(task, outcome, queue=q, run_seconds=r, wait_seconds=w)
 
-with ``outcome`` one of :data:`OUTCOMES`. Task labels are capped at :data:`MAX_TASK_LABELS` distinct
+with ``outcome`` one of :data:`OUTCOMES`, and ``telemetry.handle_event(event)`` for the task handles
+(:data:`HANDLE_EVENTS`: a tracked task ended, a result stored or refused, a state write that did not
+reach Redis; a cancel honoured is the ``cancelled`` outcome). Task labels are capped at :data:`MAX_TASK_LABELS` distinct
 names per process (the rest count as ``_other``), so labels stay bounded whatever the messages say.
 """
 
@@ -46,13 +48,18 @@ __all__ = [
     "DEFERRED_BREAKER",
     "DEFERRED_LIMIT",
     "FAILED",
+    "HANDLE_EVENTS",
     "MAX_TASK_LABELS",
     "OTHER",
     "OUTCOMES",
+    "RESULTS_REFUSED",
+    "RESULTS_STORED",
     "RETRIED",
     "RUN_BUCKETS",
     "SNAPSHOT_VERSION",
     "SUCCESS",
+    "TRACKED",
+    "TRACKING_FAILURES",
     "WAIT_BUCKETS",
     "Histogram",
     "NullTelemetry",
@@ -94,6 +101,15 @@ OUTCOMES: Final = (
     CANCELLED,
 )
 _OUTCOME_SET: Final = frozenset(OUTCOMES)
+# The task handles' counters (docs/metrics.md, sluice_task_handle_events_total): a tracked task ended (its
+# final state written), a result stored, a result refused (too large, not serialisable), a state write
+# that did not reach Redis (tracking fails open: the task ran all the same).
+TRACKED: Final = "tracked"
+RESULTS_STORED: Final = "results_stored"
+RESULTS_REFUSED: Final = "results_refused"
+TRACKING_FAILURES: Final = "tracking_failures"
+HANDLE_EVENTS: Final = (TRACKED, RESULTS_STORED, RESULTS_REFUSED, TRACKING_FAILURES)
+_HANDLE_SET: Final = frozenset(HANDLE_EVENTS)
 # histogram bucket upper bounds, seconds
 RUN_BUCKETS: Final = tuple(m * 10.0**e for e in range(-3, 2) for m in (1, 2.5, 5))  # 1 ms .. 50 s
 WAIT_BUCKETS: Final = (
@@ -161,6 +177,7 @@ class Telemetry:
         self._limits: dict[tuple[str, str], int] = {}
         self._limit_wait: dict[str, Histogram] = {}
         self._budget: dict[str, int] = {}
+        self._handles: dict[str, int] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
 
     # ---- recording (the hot path)
@@ -225,6 +242,12 @@ class Telemetry:
         if budget in self._budget or len(self._budget) < _MAX_NAMES:
             self._budget[budget] = self._budget.get(budget, 0) + 1
 
+    def handle_event(self, event: str, n: int = 1) -> None:
+        """Count ``n`` task-handle events, ``event`` one of :data:`HANDLE_EVENTS`."""
+        if event not in _HANDLE_SET:
+            raise ConfigError(f"unknown task-handle event {event!r}; use one of {', '.join(HANDLE_EVENTS)}")
+        self._handles[event] = self._handles.get(event, 0) + n
+
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         """Report ``read()`` as gauge ``name`` in every snapshot (e.g. ``in_progress``), read once a second."""
         self._gauges[name] = read
@@ -257,6 +280,7 @@ class Telemetry:
             "limits": [[n, d, c] for (n, d), c in self._limits.items()],
             "limit_wait": {n: h.dump() for n, h in self._limit_wait.items()},
             "budget_refused": dict(self._budget),
+            "handles": dict(self._handles),
             "gauges": gauges,
         }
 
@@ -285,6 +309,9 @@ class NullTelemetry:
         pass
 
     def budget_refused(self, budget: str) -> None:
+        pass
+
+    def handle_event(self, event: str, n: int = 1) -> None:
         pass
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:

@@ -48,6 +48,7 @@ from sluice_worker.outcome import FailurePolicy
 from sluice_worker.policies import Policies, redis_for
 from sluice_worker.recording import DeliveryRecorder
 from sluice_worker.runner import Runner
+from sluice_worker.tracking import WorkerHandles
 
 __all__ = ["Burst", "Shutdown", "run", "serve"]
 
@@ -90,8 +91,19 @@ async def serve(
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")
     telemetry = telemetry_for(settings, "worker")  # one snapshot a second to the metrics service
     redis = redis_for(settings)  # task policies (docs/policies.md); not used by tasks that declare none
-    policies = Policies(redis, settings.prefix, telemetry=telemetry, clock=clock)
+    # task handles (docs/tasks.md): the state writes of tracked tasks, the live cancels of every task
+    handles = WorkerHandles(redis, settings, telemetry=telemetry, clock=clock)
+    policies = Policies(
+        redis,
+        settings.prefix,
+        telemetry=telemetry,
+        clock=clock,
+        tracker=handles.tracker,
+        canceller=handles.canceller,
+        track_all=settings.track_all,
+    )
     try:
+        await handles.start()  # the live cancels, before the first delivery (bounded: Redis may be down)
         recorder = DeliveryRecorder(telemetry, names, clock=clock)
         runner = Runner(registry, settings, pool, policy or policies.failures, policies, clock=clock)
         consumer = Consumer(settings, runner, queues, recorder=recorder)
@@ -106,6 +118,7 @@ async def serve(
         # a sync handler still running after the grace period cannot be interrupted; do not wait for it
         pool.shutdown(wait=False, cancel_futures=True)
         await policies.aclose()
+        await handles.aclose()  # the tracker's last writes, then the cancel watch
         await redis.aclose()
     log.info("stopped")
 

@@ -2,9 +2,12 @@
 
 One :class:`Policies` per worker: one Redis client (or any backend of :mod:`sluice.resilience`), the
 deployment's key space, the run-time limit overrides (:class:`~sluice.limits.LimitStore`), the cache of
-resilience objects, the fleet retry budgets, the failure policy, the telemetry and the one
-:class:`~sluice.resilience.clock.Clock` of the worker. :meth:`Policies.pipeline` builds a task's
-:class:`~sluice_worker.policies.pipeline.Pipeline` from its ``TaskPolicy``, once, when the registry loads.
+resilience objects, the fleet retry budgets, the failure policy, the telemetry, the task handles' write
+path (:class:`~sluice.handles.Tracker`) and cancels (:class:`~sluice_worker.policies.cancel.Canceller`
+over the :class:`~sluice.handles.CancelWatch`), and the one :class:`~sluice.resilience.clock.Clock` of
+the worker. :meth:`Policies.pipeline` builds a task's :class:`~sluice_worker.policies.pipeline.Pipeline`
+from its ``TaskPolicy``, once, when the registry loads (and its tracked pipeline, with the tracking
+steps, when the task is tracked or on the first delivery that asks for tracking).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from sluice.handles import Tracker
 from sluice.limits import LimitStore
 from sluice.resilience import Backend, KeySpace
 from sluice.resilience.clock import SYSTEM, Clock
@@ -23,6 +27,7 @@ from sluice_worker._resilience_cache import ResilienceCache
 from sluice_worker._retry_budgets import RetryBudgets
 from sluice_worker.failures import RetryOrDeadLetter
 from sluice_worker.outcome import FailurePolicy
+from sluice_worker.policies.cancel import Canceller
 from sluice_worker.policies.eta import Eta
 from sluice_worker.policies.failure import Failure
 from sluice_worker.policies.pipeline import ORDER, Pipeline
@@ -58,6 +63,9 @@ class Policies:
         in_place: float = IN_PLACE,
         telemetry: Telemetry | NullTelemetry | None = None,
         clock: Clock = SYSTEM,
+        tracker: Tracker | None = None,
+        canceller: Canceller | None = None,
+        track_all: bool = False,
     ) -> None:
         self.redis = redis
         self.keys = KeySpace(prefix)
@@ -72,10 +80,27 @@ class Policies:
         self.in_place = in_place
         self.cache = ResilienceCache(redis, self.keys, clock=clock)
         self.budgets = RetryBudgets(self.cache, clock=clock)
+        # task handles (none without Redis): the state writes of tracked tasks, the live cancels
+        self.tracker = tracker
+        self.canceller = canceller
+        self.track_all = track_all
 
-    def pipeline(self, task: Task, failures: FailurePolicy, invoke: Invoker) -> Pipeline:
-        """``task``'s pipeline: the steps of :data:`~sluice_worker.policies.pipeline.ORDER` it needs."""
-        steps = [step for kind in ORDER if (step := kind.build(task, self, failures)) is not None]
+    def tracks(self, task: Task) -> bool:
+        """Is every delivery of ``task`` tracked (it declares ``track``/``result``, or track_all)?"""
+        p = task.policy
+        return self.tracker is not None and (self.track_all or p.track or p.result is not None)
+
+    def pipeline(
+        self, task: Task, failures: FailurePolicy, invoke: Invoker, *, tracked: bool | None = None
+    ) -> Pipeline:
+        """``task``'s pipeline: the steps of :data:`~sluice_worker.policies.pipeline.ORDER` it needs;
+        the tracking steps when ``tracked`` (``None``: when :meth:`tracks` says so)."""
+        track = self.tracks(task) if tracked is None else tracked and self.tracker is not None
+        steps = [
+            step
+            for kind in ORDER
+            if (track or not kind.tracking) and (step := kind.build(task, self, failures)) is not None
+        ]
         return Pipeline(task, steps, invoke)
 
     async def aclose(self) -> None:

@@ -23,6 +23,7 @@ serves every delivery of its task at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sluice.protocol import TaskMessage
@@ -40,14 +41,19 @@ BACKEND_RETRY = 1.0  # seconds to defer a task whose policy Redis cannot decide 
 
 
 class Delivery:
-    """One delivery on its way through its task's pipeline."""
+    """One delivery on its way through its task's pipeline: its message (and raw ``headers``, for the
+    headers the contract's :class:`~sluice.protocol.TaskMessage` does not carry), what the handler
+    returned (``value``) or failed with (``error``), and whether a cancel came while it ran."""
 
-    __slots__ = ("_held", "called", "error", "msg")
+    __slots__ = ("_held", "called", "cancel_requested", "error", "headers", "msg", "value")
 
-    def __init__(self, msg: TaskMessage) -> None:
+    def __init__(self, msg: TaskMessage, headers: Mapping[str, Any] | None = None) -> None:
         self.msg = msg
+        self.headers = headers
         self.called = False  # the handler was called and answered
         self.error: BaseException | None = None  # what it failed with
+        self.value: Any = None  # what it returned
+        self.cancel_requested = False  # the task was cancelled while its handler ran
         self._held: dict[int, Any] | None = None
 
     def hold(self, step: Step, value: Any) -> None:
@@ -69,6 +75,8 @@ class Step:
     #: does ``after`` have anything to do when the handler returned (the outcome is ``ACK``)? A step
     #: that acts on failures only says no, and a task's successful runs skip its ``after``
     after_on_ack: ClassVar[bool] = True
+    #: a tracking step (:mod:`~sluice_worker.policies.track`): built only for the deliveries tracked
+    tracking: ClassVar[bool] = False
 
     def __init__(self, task: Task) -> None:
         self.task = task

@@ -19,11 +19,12 @@ from sluice_worker.failures import TaskTimeout
 __all__ = ["within"]
 
 
-async def within(task: Task, args: list[Any], seconds: float) -> None:
-    """Await ``task``'s handler with ``args`` for at most ``seconds``; past it, :class:`TaskTimeout`."""
+async def within(task: Task, args: list[Any], seconds: float) -> Any:
+    """Await ``task``'s handler with ``args`` for at most ``seconds`` (what it returned); past it,
+    :class:`TaskTimeout`."""
     try:
         async with asyncio.timeout(seconds) as cm:
-            await task.fn(*args)
+            return await task.fn(*args)
     except TimeoutError:
         if cm.expired():
             raise TaskTimeout(f"task {task.name} ran past its timeout of {seconds:g}s") from None
