@@ -14,12 +14,16 @@ __all__ = [
     "CANCEL_MARK",
     "CANCEL_RULE",
     "CANCEL_SET",
+    "HISTORY_CAP",
     "MULTI",
     "REPLAY",
     "UNIQUE_CLAIM",
     "UNIQUE_RELEASE",
     "WRITE",
 ]
+
+#: History entries kept per task (the oldest are dropped).
+HISTORY_CAP = 50
 
 _NOW = """
 local function now_ms()
@@ -39,36 +43,43 @@ _TERMINAL = """
 local terminal = {succeeded = true, failed = true, dead = true, cancelled = true}
 """
 
-# KEYS: record, history. ARGV: now, state, gen, attempt, rank, ttl_ms, history cap, channel ('' none), id,
-# detail, stamp ('started', 'finished' or ''), n, then n field/value pairs to set ('' deletes), then
-# field/value pairs set only when absent (the task's name, queue, ...). Reply: 1 applied, 0 ignored.
+# KEYS: record, history. ARGV: now, "state gen attempt rank ttl_ms stamp" (stamp: 'started', 'finished'
+# or '-'), id, ended channel ('' none), history detail, fields (JSON object of strings: set, '' deletes),
+# info (JSON object: set only where absent: the task's name, queue, ...), and optionally the result (raw
+# JSON bytes, '' deletes it). Few arguments: packing each one costs the client more than the script's
+# cjson.decode costs Redis. Reply: 1 applied, 0 ignored.
 WRITE = Script(
     "handles-write",
     _NOW
     + _HISTORY
     + """
+local state, sg, sa, sr, sttl, stamp = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)')
+local ng, na, nr = tonumber(sg), tonumber(sa), tonumber(sr)
 local v = redis.call('HMGET', KEYS[1], 'gen', 'attempt', 'rank')
 local g, a, r = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
-local ng, na, nr = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local n = tonumber(ARGV[12])
-for i = 13 + 2 * n, #ARGV, 2 do
-  if ARGV[i + 1] ~= '' then redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
+for name, value in pairs(cjson.decode(ARGV[7])) do redis.call('HSETNX', KEYS[1], name, value) end
 if g then
   if ng < g then return 0 end
   if ng == g and (r >= 4 or na < a or (na == a and nr < r)) then return 0 end
 end
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'gen', ng, 'attempt', na, 'rank', nr)
-if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], ARGV[11], now) end
-for i = 13, 12 + 2 * n, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local set = {'state', state, 'gen', ng, 'attempt', na, 'rank', nr}
+if stamp ~= '-' then set[#set + 1] = stamp; set[#set + 1] = now end
+for name, value in pairs(cjson.decode(ARGV[6])) do
+  if value == '' then redis.call('HDEL', KEYS[1], name)
+  else set[#set + 1] = name; set[#set + 1] = value end
 end
-local ttl = tonumber(ARGV[6])
+if ARGV[8] then
+  if ARGV[8] == '' then redis.call('HDEL', KEYS[1], 'result')
+  else set[#set + 1] = 'result'; set[#set + 1] = ARGV[8] end
+end
+redis.call('HSET', KEYS[1], unpack(set))
+local ttl = tonumber(sttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
-remember(KEYS[2], tonumber(ARGV[7]), ARGV[2], now, na, ARGV[10], ttl)
-if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
+remember(KEYS[2], """
+    + str(HISTORY_CAP)
+    + """, state, now, na, ARGV[5], ttl)
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[3]) end
 return 1
 """,
 )

@@ -3,18 +3,18 @@ ordering rule the script applies)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from sluice.resilience._scripts import Arg, Call
 
 from . import _lua
 from ._keys import HandleKeys
+from ._lua import HISTORY_CAP
 from .state import RANK, State
 
 __all__ = ["HISTORY_CAP", "LIVE_TTL", "ms", "write_call"]
 
-#: History entries kept per task (the oldest are dropped).
-HISTORY_CAP = 50
 #: Seconds a record of a task that has not ended is kept after its last write (a safety net: a task that
 #: never ends, e.g. its queue was deleted, does not stay in Redis forever).
 LIVE_TTL = 7 * 86400.0
@@ -23,6 +23,9 @@ LIVE_TTL = 7 * 86400.0
 def ms(seconds: float) -> int:
     """Seconds as whole milliseconds (at least 1: Redis refuses a zero TTL)."""
     return max(1, round(seconds * 1000))
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def write_call(
@@ -34,33 +37,27 @@ def write_call(
     attempt: int,
     ttl: float,
     detail: str | None = None,
-    fields: Mapping[str, str | bytes] | None = None,
+    fields: Mapping[str, str] | None = None,
     info: Mapping[str, str | None] | None = None,
+    result: bytes | None = None,
 ) -> Call:
     """The ``WRITE`` call recording ``state``: ``fields`` are set ("" deletes one), ``info`` fields only
-    where absent (the task's name, queue, publish time: the same for every write). A terminal state
-    stamps ``finished`` and is published on the ended channel; ``running`` stamps ``started``."""
+    where absent (the task's name, queue, publish time: the same for every write), ``result`` (JSON bytes;
+    ``b""`` deletes it) if given. A terminal state stamps ``finished`` and is published on the ended
+    channel; ``running`` stamps ``started``."""
     rank = RANK[state]
     terminal = rank == 4
-    stamp = "finished" if terminal else "started" if state is State.RUNNING else ""
-    fields = fields or {}
+    stamp = "finished" if terminal else "started" if state is State.RUNNING else "-"
+    present = {} if info is None else {k: v for k, v in info.items() if v is not None}
     args: list[Arg] = [
         "",
-        state.value,
-        generation,
-        attempt,
-        rank,
-        ms(ttl),
-        HISTORY_CAP,
-        keys.ended_channel if terminal else "",
+        f"{state.value} {generation} {attempt} {rank} {ms(ttl)} {stamp}",
         task_id,
+        keys.ended_channel if terminal else "",
         detail or "",
-        stamp,
-        len(fields),
+        _JSON.encode(fields or {}),
+        _JSON.encode(present),
     ]
-    for name, value in fields.items():
-        args += (name, value)
-    for name, maybe in (info or {}).items():
-        if maybe is not None:
-            args += (name, maybe)
+    if result is not None:
+        args.append(result)
     return (_lua.WRITE, [keys.task(task_id), keys.history(task_id)], args)

@@ -85,7 +85,7 @@ class Tracker(CoalescingClient):
         self.stats = TrackerStats()
         self._telemetry = telemetry
         self._runner = ScriptRunner(redis, timeout=timeout)
-        self._batches = self._coalescer = Coalescer(self._runner, max_inflight=2, multi=_lua.MULTI)
+        self._batches = self._coalescer = Coalescer(self._runner, max_inflight=1, multi=_lua.MULTI)
         self._outage = OutageMonitor("Tracker", FailOpen(), clock=clock.monotonic, logger=logger or _log)
         self._pending: set[asyncio.Future[Any]] = set()
 
@@ -175,7 +175,6 @@ class Tracker(CoalescingClient):
             "worker": self.worker,
             "reason": reason or "",
             "next": "",
-            "result": b"" if result_json is None else result_json,
             "result_error": result_error or "",
         }
         if error is not None:
@@ -184,7 +183,8 @@ class Tracker(CoalescingClient):
             ttl = self.result_ttl if result_json is not None and self.result_ttl is not None else self.ttl
         detail = reason or (error.type if error is not None else None)
         info = {"task": task, "queue": queue, "published": _opt(published_ms)}
-        calls = [self._write(msg_id, state, attempt, generation, detail, fields, info, ttl)]
+        result = b"" if result_json is None else result_json
+        calls = [self._write(msg_id, state, attempt, generation, detail, fields, info, ttl, result)]
         if unique_key and (
             unique_release == "end" or (unique_release == "success" and state is State.SUCCEEDED)
         ):
@@ -202,9 +202,10 @@ class Tracker(CoalescingClient):
         attempt: int,
         generation: int,
         detail: str | None,
-        fields: dict[str, Any],
+        fields: dict[str, str],
         info: dict[str, str | None],
         ttl: float = LIVE_TTL,
+        result: bytes | None = None,
     ) -> Call:
         return write_call(
             self._keys,
@@ -216,6 +217,7 @@ class Tracker(CoalescingClient):
             detail=detail,
             fields=fields,
             info=info,
+            result=result,
         )
 
     def _fire(self, call: Call) -> None:
