@@ -88,3 +88,25 @@ async def test_a_batch_is_one_script_call(throwaway_redis: ThrowawayRedis) -> No
             assert {(await handles.status(i)).state for i in ids} == {State.SUCCEEDED}
     finally:
         await client.aclose()
+
+
+async def test_a_tasks_writes_land_in_order(redis: Redis, prefix: str, handles: TaskHandles) -> None:
+    """A task's running and its end go out in order: with two batches on the wire the end could land
+    first and the running write be ignored (its ``started_ms`` and history entry lost)."""
+    ids = [uuid.uuid4().hex for _ in range(2000)]
+    gate = asyncio.Semaphore(16)
+
+    async def run(tracker: Tracker, task_id: str) -> None:
+        async with gate:
+            tracker.running(task_id, task="demo.x", queue="default", attempt=1)
+            await asyncio.sleep(0)
+            await tracker.ended(task_id, state=State.SUCCEEDED, attempt=1)
+
+    async with Tracker(redis, prefix, worker="h:1") as tracker:
+        await asyncio.gather(*(run(tracker, i) for i in ids))
+        await eventually(
+            lambda: tracker.stats.writes == tracker.stats.applied + tracker.stats.ignored, 5, "answers"
+        )
+        assert tracker.stats.ignored == 0
+    statuses = await asyncio.gather(*(handles.status(i) for i in ids))
+    assert all(s.started_ms is not None and len(s.history) == 2 for s in statuses)
