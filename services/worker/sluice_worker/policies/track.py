@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sluice.handles import ErrorInfo, State, Tracker, encode_result
-from sluice.protocol import H_GENERATION, H_UNIQUE_KEY, H_UNIQUE_RELEASE
+from sluice.protocol import H_ATTEMPT, H_GENERATION, H_QUEUE, H_TASK, H_UNIQUE_KEY, H_UNIQUE_RELEASE
 from sluice.resilience.clock import Clock
 from sluice.tasks import Task
 from sluice.telemetry import RESULTS_REFUSED, RESULTS_STORED, TRACKED, NullTelemetry, Telemetry
@@ -58,7 +58,7 @@ from sluice_worker.policies.step import Delivery, Step
 if TYPE_CHECKING:
     from sluice_worker.policies.shared import Policies
 
-__all__ = ["TrackStart", "TrackStep", "generation"]
+__all__ = ["TrackStart", "TrackStep", "dead_on_arrival", "generation"]
 
 log = logging.getLogger("sluice.worker")
 
@@ -74,6 +74,26 @@ def _text(headers: Mapping[str, Any] | None, name: str) -> str | None:
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
     return v if isinstance(v, str) and v else None
+
+
+async def dead_on_arrival(
+    tracker: Tracker, message_id: str, headers: Mapping[str, Any] | None, dead: DeadLettered
+) -> None:
+    """The end of a tracked message that cannot run at all (not JSON, bad headers, unknown task, invalid
+    payload: dead-lettered by the runner before any step): ``dead``, with the reason, awaited."""
+    attempt = headers.get(H_ATTEMPT) if headers else None
+    await tracker.ended(
+        message_id,
+        state=State.DEAD,
+        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 1,
+        generation=generation(headers),
+        error=ErrorInfo(dead.reason, dead.detail),
+        reason=dead.reason,
+        unique_key=_text(headers, H_UNIQUE_KEY),
+        unique_release=_text(headers, H_UNIQUE_RELEASE) or "end",
+        task=_text(headers, H_TASK),
+        queue=_text(headers, H_QUEUE),
+    )
 
 
 def _error(d: Delivery, fallback: str, detail: str = "") -> ErrorInfo:
