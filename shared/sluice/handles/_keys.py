@@ -16,31 +16,35 @@ unique key) only, so each runs in one slot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sluice.errors import ConfigError
+from sluice.resilience.keys import KeySpace
 
 __all__ = ["HandleKeys"]
 
 
 @dataclass(frozen=True, slots=True)
 class HandleKeys:
+    """The layout above under ``prefix`` (checked, and the per-id keys built, by
+    :class:`~sluice.resilience.keys.KeySpace`: the same ``<prefix>:<kind>:{<name>}`` form)."""
+
     prefix: str = "sluice"
+    _space: KeySpace = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
-            raise ConfigError(f"key prefix must be non-empty and free of braces: {self.prefix!r}")
+        object.__setattr__(self, "_space", KeySpace(self.prefix))
 
     def task(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{{{task_id}}}"
+        return self._space.key("task", task_id)
 
     def history(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{{{task_id}}}:h"
+        return self._space.key("task", task_id, "h")
 
     def unique(self, key: str) -> str:
         if not key:
             raise ConfigError("a unique key must not be empty")
-        return f"{self.prefix}:unique:{{{key}}}"
+        return self._space.key("unique", key)
 
     @property
     def cancels(self) -> str:

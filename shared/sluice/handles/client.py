@@ -191,7 +191,10 @@ class TaskHandles(AsyncClosing):
 
     async def replayed(self, task_id: str) -> int:
         """A DLQ replay: the task is ``queued`` again in the next generation (history kept, attempt 1).
-        Answers the new generation (the replayed copy carries it in ``x-sluice-generation``)."""
+        Answers the new generation (the replayed copy carries it in ``x-sluice-generation``).
+
+        A cancel recorded for the id (or a ``cancel_batch`` rule covering its name and publish time) still
+        holds: the replayed copy is acked as cancelled when a worker receives it."""
         keys = self.keys
         args: list[Arg] = ["", ms(LIVE_TTL), HISTORY_CAP]
         return int(await self._run((_lua.REPLAY, [keys.task(task_id), keys.history(task_id)], args)))
