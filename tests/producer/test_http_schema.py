@@ -47,9 +47,12 @@ def work_queues(prefix: str) -> set[str]:
 
 
 @pytest.mark.slow
-async def test_schemathesis_finds_no_disagreement(broker: Broker, tmp_path: Path) -> None:
-    env = {"SLUICE_API_TOKENS": TOKEN, "SLUICE_QUEUES": "a"}
-    args = ("--tasks", "producer_taskdefs", "--max-batch", "20")
+async def test_schemathesis_finds_no_disagreement(
+    broker: Broker, tmp_path: Path, redis_url: str, r: object
+) -> None:  # r: the Redis keys under the test's prefix (task handles) are deleted after it
+    env = {"SLUICE_API_TOKENS": TOKEN, "SLUICE_QUEUES": "a", "SLUICE_REDIS_URL": redis_url}
+    # --max-wait 1: the fuzzer long-polls GET /v1/tasks/{id}?wait=S at the bound for ids that never end
+    args = ("--tasks", "producer_taskdefs", "--max-batch", "20", "--max-wait", "1")
     async with running_producer(broker, tmp_path / "producer.log", *args, env=env) as server:
         st_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
         code, out, err = await run_until_exit(

@@ -16,24 +16,23 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from sluice.errors import BrokerError, MessageTooLarge, PublishTimeout, SluiceError, UnknownQueue
-from sluice.handles import TaskHandles, TrackingUnavailable
+from sluice.handles import TaskHandles
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher, creatable_queues
 from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice.telemetry import SnapshotPublisher, telemetry_for
 from sluice_producer import _openapi
+from sluice_producer._answers import Invalid, Unavailable, errors_of, install_handlers, unknown_queue
 from sluice_producer._auth import BearerAuth, Tokens
 from sluice_producer._limits import BodyLimit
 from sluice_producer.bulk import count_published, publish_claimed
 from sluice_producer.handled import HandleOps
-from sluice_producer.inputs import PayloadInvalid, Rules, build_message
+from sluice_producer.inputs import Rules, build_message
 from sluice_producer.known import check_payload, known_registry
 from sluice_producer.link import BrokerLink, PublisherFactory
 from sluice_producer.models import (
@@ -53,42 +52,6 @@ from sluice_producer.tasks_api import DEFAULT_MAX_WAIT, task_router
 __all__ = ["create_app"]
 
 _ENVELOPE_SLACK = 64 * 1024  # room for the envelope around a payload of the maximum size
-_MAX_LISTED_ERRORS = 100
-
-
-class _Unavailable(Exception):
-    """Answer 503 with Retry-After."""
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
-
-
-class _Invalid(Exception):
-    """Answer 413 or 422 with a list of errors in FastAPI's shape."""
-
-    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
-        super().__init__(status)
-        self.status = status
-        self.errors = errors
-
-
-def _errors_of(e: SluiceError, loc: list[str | int]) -> list[dict[str, Any]]:
-    if isinstance(e, PayloadInvalid):
-        return [{**err, "loc": [*loc, "payload", *err.get("loc", ())]} for err in e.errors]
-    kind = getattr(e, "reason", None) or type(e).__name__
-    return [{"loc": loc, "msg": str(e), "type": kind}]
-
-
-def _unknown_queue(e: UnknownQueue, loc: list[str | int]) -> dict[str, Any]:
-    return {
-        "loc": [*loc, "queue"],
-        "msg": str(e),
-        "type": "unknown_queue",
-        "input": e.queue,
-        "ctx": {"allowed": e.allowed},
-    }
 
 
 def create_app(
@@ -169,34 +132,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        bad_json = [e for e in errors if e.get("type") == "json_invalid"]
-        if bad_json:
-            ctx = bad_json[0].get("ctx") or {}
-            return JSONResponse(
-                {"detail": f"malformed JSON body: {ctx.get('error', 'cannot parse it')}"}, status_code=400
-            )
-        return JSONResponse({"detail": jsonable_encoder(errors[:_MAX_LISTED_ERRORS])}, status_code=422)
-
-    @app.exception_handler(_Invalid)
-    async def _invalid(_: Request, exc: _Invalid) -> JSONResponse:
-        return JSONResponse(
-            {"detail": jsonable_encoder(exc.errors[:_MAX_LISTED_ERRORS])}, status_code=exc.status
-        )
-
-    @app.exception_handler(TrackingUnavailable)
-    async def _no_tracking(_: Request, exc: TrackingUnavailable) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"task tracking unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
-        )
-
-    @app.exception_handler(_Unavailable)
-    async def _unavailable(_: Request, exc: _Unavailable) -> JSONResponse:
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
-        )
+    install_handlers(app)
 
     def check(specs: Sequence[TaskIn], loc: list[str | int]) -> list[TaskMessage]:
         """Every task checked; all errors at once (413 if all are size errors, else 422)."""
@@ -211,15 +147,15 @@ def create_app(
                 messages.append(build_message(spec, rules, where))
             except SluiceError as e:
                 too_large = too_large and isinstance(e, MessageTooLarge)
-                errors.extend(_errors_of(e, item_loc))
+                errors.extend(errors_of(e, item_loc))
         if errors:
-            raise _Invalid(413 if too_large else 422, errors)
+            raise Invalid(413 if too_large else 422, errors)
         return messages
 
     async def ready_publisher() -> Publisher:
         state = await link.state()
         if not state.ready:
-            raise _Unavailable(state.detail, state.retry_after)
+            raise Unavailable(state.detail, state.retry_after)
         return link.publisher()
 
     async def known_queues(
@@ -237,13 +173,13 @@ def create_app(
                 except UnknownQueue as e:
                     refused[msg.queue] = e
                 except TimeoutError:
-                    raise _Unavailable(f"cannot declare queue {msg.queue!r}: no answer in time", 5) from None
+                    raise Unavailable(f"cannot declare queue {msg.queue!r}: no answer in time", 5) from None
                 except BrokerError as e:
-                    raise _Unavailable(str(e), 5) from None
+                    raise Unavailable(str(e), 5) from None
             if msg.queue in refused:
-                errors.append(_unknown_queue(refused[msg.queue], [*loc, i] if len(loc) > 1 else loc))
+                errors.append(unknown_queue(refused[msg.queue], [*loc, i] if len(loc) > 1 else loc))
         if errors:
-            raise _Invalid(422, errors)
+            raise Invalid(422, errors)
 
     error_responses: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorOut, "description": "malformed JSON"},
@@ -288,10 +224,10 @@ def create_app(
         except TimeoutError:
             await ops.release(msg)
             err = PublishTimeout(f"no confirm within {settings.publish_timeout:g}s")
-            raise _Unavailable(f"task {msg.id} not confirmed: {err}", 5) from None
+            raise Unavailable(f"task {msg.id} not confirmed: {err}", 5) from None
         except BrokerError as e:
             await ops.release(msg)
-            raise _Unavailable(f"task {msg.id} not confirmed: {e}", 5) from None
+            raise Unavailable(f"task {msg.id} not confirmed: {e}", 5) from None
         except BaseException:  # the caller went away mid-publish: the key must not stay taken
             await ops.release(msg)
             raise
@@ -318,7 +254,7 @@ def create_app(
         published with many confirms in flight. A task whose unique_key is held is not published: it is
         listed in duplicates, and its entry of ids is the holder's id."""
         if len(body.tasks) > max_batch:
-            raise _Invalid(
+            raise Invalid(
                 422,
                 [
                     {

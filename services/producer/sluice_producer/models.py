@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from sluice_producer._durations import DURATION_PATTERN, delay_seconds
 
@@ -80,7 +89,7 @@ class TaskIn(BaseModel):
         "about +-0.5 s by the delay tiers",
     )
 
-    track: bool = Field(
+    track: StrictBool = Field(
         False,
         description="follow this task by its id: GET /v1/tasks/{id} answers its state, and its result "
         "if the task stores one (header x-sluice-track)",
