@@ -153,6 +153,17 @@ async def test_cli_bad_unique_options_exit_2(args: list[str], broker: Broker) ->
     assert "Traceback" not in r.err
 
 
+async def test_cli_unique_key_with_redis_down_publishes_nothing(broker: Broker) -> None:
+    await broker.declare("default")
+    env = {**_env(broker, "redis://127.0.0.1:1/0")}  # nothing listens on port 1
+    r = await run_cli("publish", "demo.echo", "--unique-key", "k", env=env)
+    assert r.code == 1, r.err
+    assert "sluice: error: --payload: unique key 'k' cannot be decided" in r.err
+    assert "published 0, failed 1" in r.err
+    assert r.out == ""
+    assert await broker.count() == 0
+
+
 @pytest.fixture
 def refusing(unique: str) -> Iterator[str]:
     """The test's (classic) default queue refuses every publish: max-length 0, reject-publish (nack)."""

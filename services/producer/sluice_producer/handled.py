@@ -144,7 +144,10 @@ class HandleOps(AsyncClosing):
         that holds its unique key (do not publish). Raises :class:`TrackingUnavailable`."""
         if not isinstance(msg, HandledMessage) or msg.unique_key is None:
             return None
-        existing = await self.handles.claim_unique(msg.unique_key, msg.id, msg.unique_for)
+        try:
+            existing = await self.handles.claim_unique(msg.unique_key, msg.id, msg.unique_for)
+        except TrackingUnavailable as e:
+            raise TrackingUnavailable(f"unique key {msg.unique_key!r} cannot be decided ({e})") from None
         return None if existing is None or existing == msg.id else existing
 
     async def release(self, msg: TaskMessage) -> None:
