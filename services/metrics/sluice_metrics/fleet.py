@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.settings import Settings
-from sluice.telemetry import OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
+from sluice.telemetry import HANDLE_EVENTS, OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
 from sluice.topology import Topology
 from sluice_metrics.collectors import QueueCollector
 from sluice_metrics.processes import Hist, ProcessTable, Totals
@@ -194,6 +194,7 @@ class Fleet:
                 "published": sum(totals.published.values()),
                 "completed": _by_outcome(totals),
                 "retry_budget_refusals": sum(totals.budget_refused.values()),
+                "task_handles": {e: totals.handles.get(e, 0) for e in HANDLE_EVENTS},
             },
             "rates": {
                 "published": rates["published"],

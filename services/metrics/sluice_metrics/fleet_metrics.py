@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from sluice.errors import ConfigError
 from sluice.policy import parse_rate
 from sluice.resilience import BreakerState
-from sluice.telemetry import OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
+from sluice.telemetry import HANDLE_EVENTS, OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
 from sluice_metrics.fleet import Fleet
 from sluice_metrics.processes import Hist
 
@@ -52,6 +52,7 @@ METRIC_NAMES = (
     "sluice_rate_limit_override_per_second",
     "sluice_breaker_state",
     "sluice_retry_budget_refusals_total",
+    "sluice_task_handle_events_total",
 )
 
 
@@ -202,6 +203,12 @@ class FleetCollector(Collector):
             "retries a retry budget refused, by budget",
             ["budget"],
             (((b,), n) for b, n in sorted(totals.budget_refused.items())),
+        )
+        yield _counter(
+            "sluice_task_handle_events",
+            f"task handles: tracked tasks ended, results stored or refused, state writes lost ({', '.join(HANDLE_EVENTS)})",
+            ["event"],
+            (((e,), n) for e, n in sorted(totals.handles.items())),
         )
 
         redis = fleet.redis

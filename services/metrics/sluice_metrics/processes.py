@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.telemetry import OTHER, OUTCOMES, SNAPSHOT_VERSION
+from sluice.telemetry import HANDLE_EVENTS, OTHER, OUTCOMES, SNAPSHOT_VERSION
 
 __all__ = ["Hist", "ProcessInfo", "ProcessTable", "Totals"]
 
@@ -53,9 +53,10 @@ class Totals:
     limits: dict[tuple[str, str], int] = field(default_factory=dict)  # (limit, allowed|deferred)
     limit_wait: dict[str, Hist] = field(default_factory=dict)
     budget_refused: dict[str, int] = field(default_factory=dict)
+    handles: dict[str, int] = field(default_factory=dict)  # task-handle event (HANDLE_EVENTS)
 
     def _counters(self) -> tuple[dict[Any, int], ...]:
-        return (self.done, self.published, self.limits, self.budget_refused)
+        return (self.done, self.published, self.limits, self.budget_refused, self.handles)
 
     def add(self, other: Totals, sign: int = 1) -> None:
         """Add ``other`` in (``sign=-1``: take out what an earlier ``add`` put in)."""
@@ -96,6 +97,8 @@ class Totals:
                 t.limits[(str(name), str(decision))] = int(n)
         t.limit_wait = _hists(doc.get("limit_wait", {}))
         t.budget_refused = {str(b): int(n) for b, n in doc.get("budget_refused", {}).items()}
+        events = set(HANDLE_EVENTS)
+        t.handles = {str(e): int(n) for e, n in doc.get("handles", {}).items() if e in events}
         return t
 
 
