@@ -85,6 +85,7 @@ def create_app(
 
     redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
     handles = TaskHandles(redis, settings.prefix, ttl=settings.track_ttl)
+    telemetry.gauge("task_waiters", lambda: float(handles.waiters))  # long polls waiting now
     ops = HandleOps(settings, handles)
 
     @asynccontextmanager
