@@ -1,13 +1,15 @@
 """A load process for the multi-process tests (run as a script, not collected by pytest).
 
     python hammer.py gcra URL PREFIX TASKS SECONDS RATE BURST
+    python hammer.py sliding URL PREFIX TASKS SECONDS LIMIT PERIOD_SECONDS
     python hammer.py sem  URL PREFIX TASKS SECONDS LIMIT HOLD_SECONDS
     python hammer.py hold URL PREFIX LIMIT LEASE_SECONDS   (holds one slot until killed)
     python hammer.py breaker-fail URL PREFIX CALLS        (CALLS failing calls through the breaker)
     python hammer.py breaker-trial URL PREFIX TASKS       (prints "ready", waits for a line, then TASKS
                                                            concurrent allow(); prints the trials granted)
 
-Prints one JSON line: the admissions' server timestamps (gcra) or held intervals by Redis' clock (sem).
+Prints one JSON line: the admissions' server timestamps (gcra, sliding: one per unit) or held intervals
+by Redis' clock (sem).
 """
 
 from __future__ import annotations
@@ -27,25 +29,46 @@ from sluice.resilience import (
     GCRALimiter,
     KeySpace,
     Rate,
+    SlidingLogLimiter,
 )
 
 
 async def gcra(url: str, prefix: str, tasks: int, seconds: float, rate: int, burst: int) -> list[int]:
     client = Redis.from_url(url, max_connections=tasks)
     limiter = GCRALimiter(client, Rate.per_second(rate), burst=burst, keys=KeySpace(prefix), timeout=5.0)
+    return await _hammer(client, limiter, tasks, seconds)
+
+
+async def sliding(url: str, prefix: str, tasks: int, seconds: float, limit: int, period: float) -> list[int]:
+    client = Redis.from_url(url, max_connections=tasks)
+    limiter = SlidingLogLimiter(
+        client, Rate(limit, period), keys=KeySpace(prefix), timeout=5.0, coalesce=True
+    )
+    return await _hammer(client, limiter, tasks, seconds, costs=(1, 1, 2, 3))
+
+
+async def _hammer(
+    client: Redis,
+    limiter: GCRALimiter | SlidingLogLimiter,
+    tasks: int,
+    seconds: float,
+    costs: tuple[int, ...] = (1,),
+) -> list[int]:
+    """``tasks`` tasks asking until ``seconds`` pass, half waiting (acquire), half not (try_acquire); the
+    i-th task asks for ``costs[i % len(costs)]`` units each time."""
     stamps: list[int] = []
     end = time.monotonic() + seconds
 
-    async def hammer(waits: bool) -> None:
+    async def hammer(waits: bool, cost: int) -> None:
         while time.monotonic() < end:
             if waits:
-                stamps.append((await limiter.acquire("hot")).server_time_us)
+                stamps.extend([(await limiter.acquire("hot", cost)).server_time_us] * cost)
             else:
-                decision = await limiter.try_acquire("hot")
+                decision = await limiter.try_acquire("hot", cost)
                 if decision.allowed:
-                    stamps.append(decision.server_time_us)
+                    stamps.extend([decision.server_time_us] * cost)
 
-    await asyncio.gather(*(hammer(i % 2 == 0) for i in range(tasks)))
+    await asyncio.gather(*(hammer(i % 2 == 0, costs[i % len(costs)]) for i in range(tasks)))
     await client.aclose()
     return stamps
 
@@ -124,6 +147,8 @@ def main() -> None:
     tasks, seconds, a, b = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
     if mode == "gcra":
         out: object = asyncio.run(gcra(url, prefix, tasks, seconds, a, int(b)))
+    elif mode == "sliding":
+        out = asyncio.run(sliding(url, prefix, tasks, seconds, a, b))
     else:
         out = asyncio.run(sem(url, prefix, tasks, seconds, a, b))
     print(json.dumps(out))

@@ -16,17 +16,20 @@ def test_all_names_exist_and_are_unique() -> None:
     assert missing == []
     public = {name for name in vars(resilience) if not name.startswith("_")}
     modules = {
+        "adaptive",
         "breaker",
         "budget",
         "clock",
         "concurrency",
         "errors",
+        "freeze",
         "gcra",
         "idempotency",
         "keys",
         "memory",
         "outage",
         "retry",
+        "sliding",
     }
     assert public - set(resilience.__all__) - modules - {"window", "annotations"} == set()
 

@@ -22,7 +22,12 @@ LEASE = 30_000_000
 # one step: (what, key number, token number)
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["claim", "complete", "complete_result", "release", "renew", "gcra", "window"]),
+        st.sampled_from(
+            [
+                *("claim", "complete", "complete_result", "release", "renew", "gcra", "window"),
+                *("sliding", "freeze", "gcra_frozen", "window_frozen", "sliding_frozen"),
+            ]
+        ),
         st.integers(0, 2),
         st.integers(0, 2),
     ),
@@ -47,8 +52,19 @@ def _calls(prefix: str, plan: list[tuple[str, int, int]]) -> list[Call]:
             out.append((_lua.CLAIM_RENEW, [key], ["", token, LEASE]))
         elif what == "gcra":
             out.append((_lua.GCRA, [key + ":g"], [NOW, "100000 300000 1 0"]))
-        else:
+        elif what == "window":
             out.append((_lua.WINDOW, [key + ":w"], [NOW, "1000000 3 1 0"]))
+        elif what == "sliding":
+            out.append((_lua.SLIDING_LOG, [key + ":s"], [NOW, "1000000 3 1 0"]))
+        elif what == "freeze":  # freezes key k (token t: how long) for the frozen decisions after it
+            out.append((_lua.FREEZE, [key + ":f"], [NOW, 1_000_000 * t, f"r{t}"]))
+        else:  # a decision reading key k's freeze (two keys, one call)
+            script, part, params = {
+                "gcra_frozen": (_lua.GCRA, ":g", "100000 300000 1 0"),
+                "window_frozen": (_lua.WINDOW, ":w", "1000000 3 1 0"),
+                "sliding_frozen": (_lua.SLIDING_LOG, ":s", "1000000 3 1 0"),
+            }[what]
+            out.append((script, [key + part, key + ":f"], [NOW, params]))
     return out
 
 

@@ -54,6 +54,30 @@ async def test_gcra_bound_holds_across_processes(redis_url: str, keys: KeySpace)
 
 
 @pytest.mark.slow
+async def test_sliding_log_never_holds_more_than_the_limit_in_any_window(
+    redis_url: str, keys: KeySpace
+) -> None:
+    """3 processes x 20 tasks (costs 1 to 3, half waiting, half not) on one 60-per-0.5-s key for 3 s: no
+    closed window of 0.5 s by the admission stamps Redis answered holds more than 60 units."""
+    limit, period = 60, 0.5
+    outputs = await run_hammers(
+        "sliding", redis_url, keys.prefix, str(TASKS), str(SECONDS), str(limit), str(period)
+    )
+    stamps = sorted(t for out in outputs for t in out)  # type: ignore[attr-defined]
+    assert all(len(out) > 0 for out in outputs)  # type: ignore[arg-type]
+    most, lo = 0, 0
+    for hi, t in enumerate(stamps):
+        while stamps[lo] < t - round(period * 1_000_000):
+            lo += 1
+        most = max(most, hi - lo + 1)
+    assert most <= limit
+    assert most >= limit - 3  # the windows were full: the test exercised contention
+    # and the fleet got (nearly) the whole rate: limit per period over the span, the first window included
+    span = (stamps[-1] - stamps[0]) / 1_000_000
+    assert len(stamps) >= 0.9 * limit * span / period
+
+
+@pytest.mark.slow
 async def test_semaphore_never_exceeds_its_limit_across_processes(redis_url: str, keys: KeySpace) -> None:
     limit = 4
     outputs = await run_hammers("sem", redis_url, keys.prefix, "6", "2.0", str(limit), "0.01")

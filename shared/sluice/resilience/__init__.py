@@ -13,12 +13,17 @@ Every primitive also runs without Redis, on the in-memory backend and a clock a 
 (:class:`MemoryBackend`, :class:`FakeClock`; modules ``sluice.resilience.memory`` and ``.clock``):
 
     limiter = GCRALimiter(MemoryBackend(clock=FakeClock()), Rate.per_second(100), burst=20)
+
+For a strict "never more than N in any window" there is :class:`SlidingLogLimiter`; :class:`Freezes`
+stops a name fleet-wide after an upstream's 429 (the limiters honour it in their own script with
+``freeze=``), and :class:`AdaptiveRate` keeps a fleet-wide AIMD rate.
 """
 
 from __future__ import annotations
 
 from ._backend import Backend
 from ._limiter import Acquisition, Decision, Rate
+from .adaptive import AdaptiveRate, AdaptiveState
 from .breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit, breaker_states
 from .budget import RetryBudget
 from .clock import Clock, FakeClock, SystemClock
@@ -34,6 +39,7 @@ from .errors import (
     ResilienceError,
     RetryBudgetExhausted,
 )
+from .freeze import Freeze, Freezes
 from .gcra import GCRALimiter
 from .idempotency import Claimed, ClaimResult, Done, IdempotencyStore, InProgress
 from .keys import KeySpace
@@ -48,10 +54,13 @@ from .retry import (
     RetryPolicy,
     next_delay,
 )
+from .sliding import SlidingLogLimiter
 from .window import SlidingWindowLimiter
 
 __all__ = [
     "Acquisition",
+    "AdaptiveRate",
+    "AdaptiveState",
     "Backend",
     "BackendUnavailable",
     "Backoff",
@@ -73,6 +82,8 @@ __all__ = [
     "FailOpen",
     "FakeClock",
     "FixedBackoff",
+    "Freeze",
+    "Freezes",
     "GCRALimiter",
     "IdempotencyStore",
     "InProgress",
@@ -91,6 +102,7 @@ __all__ = [
     "RetryBudget",
     "RetryBudgetExhausted",
     "RetryPolicy",
+    "SlidingLogLimiter",
     "SlidingWindowLimiter",
     "SystemClock",
     "breaker_states",

@@ -31,6 +31,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 _MAX_LOCAL_NAMES = 10_000
+_FREEZE_KIND = "freeze"  # the key kind of sluice.resilience.freeze.Freezes, whose keys the scripts read
 
 
 class LimiterOptions(TypedDict, total=False):
@@ -112,6 +113,7 @@ class Decision(NamedTuple):
     remaining: int
     server_time_us: int = 0  # Redis' clock at the decision; 0 when the outage policy decided
     degraded: bool = False  # decided by the outage policy, not by Redis
+    frozen: bool = False  # refused by a freeze (``freeze=``): ``retry_after`` is the time it has left
 
 
 class _Model(Protocol):
@@ -146,6 +148,8 @@ class RateLimiterBase(CoalescingClient):
         self._local: dict[str, _Model] = {}
         self._argv: dict[tuple[int, bool], str] = {}
         self._key_head = self.key("-")[:-2]  # "<prefix>:<kind>:{": a key is this + name + "}"
+        self._freeze_head = keys.key(_FREEZE_KIND, "-")[:-2]
+        self._frozen_seen: dict[str, float] = {}  # freeze name -> its end on the local clock, as last seen
 
     # -- what a subclass supplies
     @property
@@ -170,33 +174,42 @@ class RateLimiterBase(CoalescingClient):
     def key(self, name: str) -> str:
         return self._keys.key(self.kind, name)
 
-    async def try_acquire(self, name: str, cost: int = 1) -> Decision:
-        """Take ``cost`` units of ``name`` if they fit now; never waits. One round trip."""
-        return await self._decide(name, cost, peek=False)
+    async def try_acquire(self, name: str, cost: int = 1, *, freeze: str | None = None) -> Decision:
+        """Take ``cost`` units of ``name`` if they fit now; never waits. One round trip.
 
-    async def peek(self, name: str, cost: int = 1) -> Decision:
+        ``freeze`` names a freeze (:class:`~sluice.resilience.Freezes`, usually ``name`` itself) read in
+        the same script: while it holds, the answer is not allowed, ``frozen``, and ``retry_after`` is
+        the time the freeze has left; nothing is taken. On Redis Cluster the freeze's name must carry the
+        same hash tag as ``name`` (it does when it *is* ``name``).
+        """
+        return await self._decide(name, cost, False, freeze)
+
+    async def peek(self, name: str, cost: int = 1, *, freeze: str | None = None) -> Decision:
         """Would ``cost`` units fit now? Takes nothing."""
-        return await self._decide(name, cost, peek=True)
+        return await self._decide(name, cost, True, freeze)
 
     async def reset(self, name: str) -> None:
         """Forget everything about ``name`` (a full bucket again)."""
         self._local.pop(name, None)
         await self._runner.command("DEL", self.key(name))
 
-    def acquire(self, name: str, cost: int = 1, *, max_wait: float | None = None) -> Acquisition:
+    def acquire(
+        self, name: str, cost: int = 1, *, max_wait: float | None = None, freeze: str | None = None
+    ) -> Acquisition:
         """Wait until ``cost`` units of ``name`` are taken; ``await`` it or use ``async with``.
 
         Raises :class:`RateLimited` when ``max_wait`` seconds pass first (or the cost can never fit) and
-        :class:`BackendUnavailable` when Redis is down under a fail-closed policy.
+        :class:`BackendUnavailable` when Redis is down under a fail-closed policy. With ``freeze`` (see
+        :meth:`try_acquire`) a freeze is waited out like a full limit.
         """
-        return Acquisition(lambda: self._wait(name, cost, max_wait))
+        return Acquisition(lambda: self._wait(name, cost, max_wait, freeze))
 
     # -- machinery
-    async def _wait(self, name: str, cost: int, max_wait: float | None) -> Decision:
+    async def _wait(self, name: str, cost: int, max_wait: float | None, freeze: str | None) -> Decision:
         # max_wait runs on the primitive's clock (a FakeClock in tests), like the sleeps between tries
         deadline = None if max_wait is None else self._clock() + max_wait
         while True:
-            decision = await self._decide(name, cost, peek=False)
+            decision = await self._decide(name, cost, False, freeze)
             if decision.allowed:
                 return decision
             if decision.degraded and not self._outage.fail_open:
@@ -211,14 +224,14 @@ class RateLimiterBase(CoalescingClient):
                 wait = min(wait, left)
             await self._sleep(wait)
 
-    async def _decide(self, name: str, cost: int, peek: bool) -> Decision:
+    async def _decide(self, name: str, cost: int, peek: bool, freeze: str | None = None) -> Decision:
         # the hot path: kept flat on purpose (each extra coroutine layer costs about 1 % of a decision)
-        if cost < 0 or not name:
+        if cost < 0 or not name or freeze == "":
             raise ConfigError("cost must not be negative and the name must not be empty")
         outage = self._outage
         if outage.stats.in_outage and not outage.should_try():
-            return self._fallback(name, cost, peek)
-        call = self._make_call(name, cost, peek, "")
+            return self._fallback(name, cost, peek, freeze)
+        call = self._make_call(name, cost, peek, "", freeze)
         try:
             if self._coalescer is not None:
                 reply = await self._coalescer.call(call)
@@ -226,27 +239,44 @@ class RateLimiterBase(CoalescingClient):
                 reply = await self._runner.run(*call)
         except BackendUnavailable as exc:
             outage.failed(exc)
-            return self._fallback(name, cost, peek)
+            return self._fallback(name, cost, peek, freeze)
         if outage.stats.in_outage:
             outage.succeeded()
-        return self._parse(list(map(int, reply.split())))
+        decision = self._parse(list(map(int, reply.split())))
+        if decision.frozen and freeze is not None:
+            self._saw_freeze(freeze, decision.retry_after)
+        return decision
 
-    def _make_call(self, name: str, cost: int, peek: bool, now: int | str) -> Call:
+    def _make_call(self, name: str, cost: int, peek: bool, now: int | str, freeze: str | None = None) -> Call:
         params = self._argv.get((cost, peek))
         if params is None:
             params = self._argv[(cost, peek)] = self._params(cost, peek)
-        return self._script, [self._key_head + name + "}"], [now, params]
+        if freeze is None:
+            return self._script, [self._key_head + name + "}"], [now, params]
+        return self._script, [self._key_head + name + "}", self._freeze_head + freeze + "}"], [now, params]
 
-    async def _call(self, name: str, cost: int, peek: bool, now_us: int) -> list[int]:
+    async def _call(
+        self, name: str, cost: int, peek: bool, now_us: int, freeze: str | None = None
+    ) -> list[int]:
         """The script's reply fields with the server clock overridden by ``now_us``: for tests only."""
-        reply = await self._runner.run(*self._make_call(name, cost, peek, now_us))
+        reply = await self._runner.run(*self._make_call(name, cost, peek, now_us, freeze))
         return list(map(int, reply.split()))
 
-    def _fallback(self, name: str, cost: int, peek: bool) -> Decision:
+    def _saw_freeze(self, freeze: str, left: float) -> None:
+        """Remember a freeze's end on the local clock: honoured by the fail-open policy while Redis is away."""
+        if len(self._frozen_seen) >= _MAX_LOCAL_NAMES:
+            self._frozen_seen.clear()
+        self._frozen_seen[freeze] = self._clock() + left
+
+    def _fallback(self, name: str, cost: int, peek: bool, freeze: str | None = None) -> Decision:
         self._outage.fell_back()
         policy = self._outage.policy
         if isinstance(policy, FailClosed):
             return Decision(False, policy.probe_interval, 0, degraded=True)
+        if freeze is not None:
+            left = self._frozen_seen.get(freeze, -math.inf) - self._clock()
+            if left > 0:
+                return Decision(False, left, 0, degraded=True, frozen=True)
         model = self._local.get(name)
         if model is None:
             if len(self._local) >= _MAX_LOCAL_NAMES:

@@ -8,15 +8,20 @@ Conventions shared by every script:
   generated schedule. The client clock never decides anything.
 * every key a script touches is in ``KEYS`` and carries the same hash tag (see ``keys.py``);
 * every write refreshes a TTL (``keep``), so an abandoned name costs no memory for long;
-* times are microseconds (doubles; exact for integers below 2**53, about 285 years of µs).
+* times are microseconds (doubles; exact for integers below 2**53, about 285 years of µs);
+* a rate-limit script takes an optional second key, a freeze (``freeze.py``): while it holds a time
+  later than now the script refuses without taking anything and answers that time as ``retry_after``,
+  with one more field, ``1`` (frozen), at the end of its reply. Without that key nothing changes.
 """
 
 from __future__ import annotations
 
+from ._lua_base import build as _script
+from ._lua_throttle import AIMD, FREEZE, FREEZE_READ, SLIDING_LOG
 from ._multi import MultiScript
-from ._scripts import Script
 
 __all__ = [
+    "AIMD",
     "BREAKER_ALLOW",
     "BREAKER_RECORD",
     "BUDGET",
@@ -24,54 +29,28 @@ __all__ = [
     "CLAIM_COMPLETE",
     "CLAIM_RELEASE",
     "CLAIM_RENEW",
+    "FREEZE",
+    "FREEZE_READ",
     "GCRA",
     "LEASE_ACQUIRE",
     "LEASE_RENEW",
     "MULTI",
+    "SLIDING_LOG",
     "WINDOW",
 ]
-
-_NOW = """
-local function now_us()
-  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-"""
-_KEEP = """
-local function keep(key, ttl_us)
-  redis.call('PEXPIRE', key, math.ceil(ttl_us / 1000) + 1000)
-end
-"""
-_PRUNE = """
--- drop hash fields named '<x>:<bucket>' whose bucket left the window, once per new bucket
-local function prune(key, bucket, span)
-  if tonumber(redis.call('HGET', key, 'last')) == bucket then return end
-  for _, f in ipairs(redis.call('HKEYS', key)) do
-    local fb = tonumber(string.sub(f, 3))
-    if fb and fb <= bucket - span then redis.call('HDEL', key, f) end
-  end
-  redis.call('HSET', key, 'last', bucket)
-end
-"""
-
-
-def _script(name: str, body: str) -> Script:
-    """The body with the helpers it uses defined before it (and no others: the hot path stays lean)."""
-    helpers = [h for h, fn in ((_NOW, "now_us("), (_KEEP, "keep("), (_PRUNE, "prune(")) if fn in body]
-    return Script(name, "".join(helpers) + body)
-
 
 # The two rate-limit scripts are the hot path: their parameters come as one string and their reply is
 # one status reply of integers ('+1 0 99 ...'), which the client reads in one line, several times
 # faster than an array reply and without the second read a bulk string takes.
 
-# KEYS: tat. ARGV: now, "T tau cost peek" (T: emission interval in µs per unit, tau = burst*T, peek 0/1).
-# Reply: "allowed retry_after_µs(-1: never) remaining reset_after_µs now".
+# KEYS: tat [, freeze]. ARGV: now, "T tau cost peek" (T: emission interval in µs per unit, tau = burst*T,
+# peek 0/1). Reply: "allowed retry_after_µs(-1: never) remaining reset_after_µs now"; frozen: "0 µs_left 0 0 now 1".
 GCRA = _script(
     "gcra",
     """
 local now = now_us()
+local fz = frozen(now)
+if fz then return {ok = string.format('0 %d 0 0 %d 1', math.ceil(fz - now), now)} end
 local a, b, c, peek = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+)')
 local T, tau, cost = tonumber(a), tonumber(b), tonumber(c)
 local tat = tonumber(redis.call('GET', KEYS[1]))
@@ -90,12 +69,15 @@ return {ok = string.format('1 0 %d %d %d', math.floor(diff / T), math.ceil(new_t
 """,
 )
 
-# KEYS: hash {w: window index, c: count in it, p: count in the one before}.
-# ARGV: now, "window_µs limit cost peek". Reply: "allowed retry_after_µs(-1: never) remaining now".
+# KEYS: hash {w: window index, c: count in it, p: count in the one before} [, freeze].
+# ARGV: now, "window_µs limit cost peek". Reply: "allowed retry_after_µs(-1: never) remaining now";
+# frozen: "0 µs_left 0 now 1".
 WINDOW = _script(
     "window",
     """
 local now = now_us()
+local fz = frozen(now)
+if fz then return {ok = string.format('0 %d 0 %d 1', math.ceil(fz - now), now)} end
 local a, b, d, peek = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+)')
 local w, limit, cost = tonumber(a), tonumber(b), tonumber(d)
 local idx = math.floor(now / w)
@@ -329,4 +311,4 @@ return 1
 
 #: Any sequence of the calls a batch carries (rate-limit decisions and claim steps), as one script
 #: call: see ``_multi.py``.
-MULTI = MultiScript("multi", [GCRA, WINDOW, CLAIM, CLAIM_COMPLETE, CLAIM_RELEASE, CLAIM_RENEW])
+MULTI = MultiScript("multi", [GCRA, WINDOW, SLIDING_LOG, CLAIM, CLAIM_COMPLETE, CLAIM_RELEASE, CLAIM_RENEW])

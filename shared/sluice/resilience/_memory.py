@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sluice.errors import ConfigError
 
 from . import _lua
+from ._memory_throttle import frozen_reply, handlers
 from ._reference import BreakerModel, BudgetModel, ClaimModel, GCRAModel, LeaseModel, SlidingWindowModel
 from ._scripts import Arg, Call, Script
 from .errors import BackendUnavailable
@@ -60,6 +61,7 @@ class MemoryRunner:
             _lua.CLAIM_COMPLETE.sha: self._claim_complete,
             _lua.CLAIM_RELEASE.sha: self._claim_release,
             _lua.CLAIM_RENEW.sha: self._claim_renew,
+            **handlers(backend),  # the sliding log, freezes, the adaptive rate
         }
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -118,6 +120,9 @@ class MemoryRunner:
     # -- one handler per script, in the order of _lua.py
     def _gcra(self, keys: Sequence[str], args: Sequence[Arg]) -> str:
         now, (a, b, c, peek) = self._now(args), _text(args[1]).split()
+        frozen = frozen_reply(self.backend, keys, now, 2)
+        if frozen is not None:
+            return frozen
         model = self.backend.model(keys[0]) or GCRAModel(float(a), float(b))
         model.emission_us, model.tau_us = float(a), float(b)
         reply = model.decide(now, int(c), peek == "1")
@@ -127,6 +132,9 @@ class MemoryRunner:
 
     def _window(self, keys: Sequence[str], args: Sequence[Arg]) -> str:
         now, (a, b, c, peek) = self._now(args), _text(args[1]).split()
+        frozen = frozen_reply(self.backend, keys, now, 1)
+        if frozen is not None:
+            return frozen
         model = self.backend.model(keys[0]) or SlidingWindowModel(int(a), int(b))
         model.window_us, model.limit = int(a), int(b)
         reply = model.decide(now, int(c), peek == "1")

@@ -13,6 +13,7 @@ the models: the in-memory backend keeps it, where each script sets it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ __all__ = [
     "GCRAModel",
     "GCRAReply",
     "LeaseModel",
+    "SlidingLogModel",
     "SlidingWindowModel",
     "WindowReply",
 ]
@@ -86,6 +88,35 @@ class SlidingWindowModel:
         if not peek:
             self.index, self.current, self.previous = idx, c + cost, p
         return 1, 0, math.floor(limit - est - cost), now
+
+
+@dataclass(slots=True)
+class SlidingLogModel:
+    """The exact sliding log: one stamp per unit admitted; a unit counts while ``stamp >= t - period``.
+
+    ``t`` is the decision's time: ``now``, but never below the newest stamp (stamps never go back); the
+    log keeps what is within a period of its newest stamp.
+    """
+
+    period_us: int
+    limit: int
+    stamps: list[int] = field(default_factory=list)  # ascending
+
+    def decide(self, now: int, cost: int = 1, peek: bool = False) -> WindowReply:
+        p, limit, stamps = self.period_us, self.limit, self.stamps
+        t, n = now, 0
+        if stamps:
+            t = max(t, stamps[-1])
+            # what left the newest stamp's window goes (no later decision counts it: t never goes below
+            # the newest stamp); n counts this decision's window
+            del stamps[: bisect.bisect_left(stamps, stamps[-1] - p)]
+            n = len(stamps) - bisect.bisect_left(stamps, t - p)
+        if n + cost > limit:
+            retry = stamps[len(stamps) + cost - limit - 1] + p + 1 - t if cost <= limit else -1
+            return 0, retry, max(0, limit - n), t
+        if not peek and cost > 0:
+            stamps.extend([t] * cost)
+        return 1, 0, limit - n - cost, t
 
 
 @dataclass(slots=True)

@@ -1,4 +1,12 @@
-"""GCRA rate limiter: token-bucket semantics (rate, burst, cost per call), one key per name, O(1)."""
+"""GCRA rate limiter: token-bucket semantics (rate, burst, cost per call), one key per name, O(1).
+
+GCRA bounds the *average*, not every window: in any interval of length ``t`` it admits up to
+``burst + rate * t`` units. With the default ``burst = rate.limit`` a "50/s" limit can admit about 100
+units in one second (50 saved up after a pause, then 50 more as the second goes on). It is not "at most
+N in any window of the period" for any burst: with ``burst = 1`` it is still ``N + 1`` in a closed window.
+For an exact "never more than N in any window" (an upstream that counts a sliding window) use
+:class:`~sluice.resilience.SlidingLogLimiter`.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +29,8 @@ class GCRALimiter(RateLimiterBase):
     """At most ``burst`` units at once and ``rate`` units per period on average, across every process.
 
     In any interval of length ``t`` it admits at most ``burst + rate * t`` units, and traffic that
-    keeps to that bound is never refused. ``burst`` defaults to ``rate.limit``.
+    keeps to that bound is never refused. ``burst`` defaults to ``rate.limit``: so one period may see up
+    to about twice ``rate.limit`` (see the module docstring, and ``SlidingLogLimiter`` for a strict window).
 
     ``coalesce=True`` sends the decisions asked for while others are in flight together, in one
     pipeline: more decisions per second than one-by-one round trips allow (a lone call goes at once).
@@ -48,7 +57,7 @@ class GCRALimiter(RateLimiterBase):
         return f"{self._emission!r} {self._tau!r} {cost} {int(peek)}"
 
     def _parse(self, reply: Sequence[int]) -> Decision:
-        return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[4])
+        return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[4], False, len(reply) > 5)
 
     def _local_model(self) -> GCRAModel:
         share = self._outage.local_share

@@ -2,8 +2,11 @@
 
 The estimate is this window's count plus the previous window's count weighted by the part of it
 still inside the sliding window. It is an approximation (it assumes the previous window's calls were
-evenly spread): each fixed window admits at most ``limit``, and any window of the same length at
-most ``2 * limit``; for exact "N in any window" use GCRA with ``burst = N``.
+evenly spread): each fixed window admits at most ``limit``, and any window of the same length up to
+``2 * limit``. For an exact "never more than N in any window" use
+:class:`~sluice.resilience.SlidingLogLimiter` (GCRA is no such thing either, whatever its burst: it
+admits up to ``burst + rate * t`` in a window of length ``t``, about ``2 * N`` per period with the
+default burst).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ __all__ = ["SlidingWindowLimiter"]
 
 
 class SlidingWindowLimiter(RateLimiterBase):
-    """``rate.limit`` units per sliding window of ``rate.period`` seconds, shared by every process."""
+    """About ``rate.limit`` units per sliding window of ``rate.period`` seconds (an estimate: up to twice
+    that in some windows), shared by every process."""
 
     kind = "window"
 
@@ -38,7 +42,7 @@ class SlidingWindowLimiter(RateLimiterBase):
         return f"{self.rate.period_us} {self.rate.limit} {cost} {int(peek)}"
 
     def _parse(self, reply: Sequence[int]) -> Decision:
-        return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[3])
+        return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[3], False, len(reply) > 4)
 
     def _local_model(self) -> SlidingWindowModel:
         share = self._outage.local_share

@@ -1,0 +1,141 @@
+"""The scripts of issue 14's limits: the exact sliding log, freezes and the adaptive (AIMD) rate.
+
+Same conventions as every script (``_lua.py``): ``ARGV[1]`` is the test-only clock override, every key
+is in ``KEYS`` under one hash tag, every write keeps a TTL, times are microseconds.
+"""
+
+from __future__ import annotations
+
+from ._lua_base import build as _script
+
+__all__ = ["AIMD", "FREEZE", "FREEZE_READ", "SLIDING_LOG"]
+
+# KEYS: log (zset: one member '<stamp>:<k>' per unit admitted, scored by its stamp, µs) [, freeze].
+# ARGV: now, "period_µs limit cost peek". Reply: "allowed retry_after_µs(-1: never) remaining stamp";
+# frozen: "0 µs_left 0 now 1". The stamp t is the decision's time: the server clock, never below the
+# newest stamp in the log (so stamps never go back, even if the server clock does; the log keeps what is
+# within a period of its newest stamp). An entry counts while its stamp s >= t - period (a closed
+# window): it leaves at s + period + 1, which is retry_after.
+SLIDING_LOG = _script(
+    "sliding_log",
+    """
+local now = now_us()
+local fz = frozen(now)
+if fz then return {ok = string.format('0 %d 0 %d 1', math.ceil(fz - now), now)} end
+local a, b, c, peek = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+)')
+local p, limit, cost = tonumber(a), tonumber(b), tonumber(c)
+local t = now
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local newest = tonumber(last[2])
+local n = 0
+if newest then
+  if newest > t then t = newest end
+  -- drop what left the window of the newest stamp: no later decision can count it (t never goes below
+  -- the newest stamp); count what is in this decision's window
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', newest - p))
+  n = redis.call('ZCOUNT', KEYS[1], string.format('%d', t - p), '+inf')
+end
+if n + cost > limit then
+  local retry = -1
+  if cost <= limit then
+    -- the in-window entries are the last n: enough of the oldest of them must leave
+    local i = redis.call('ZCARD', KEYS[1]) + cost - limit - 1
+    local e = redis.call('ZRANGE', KEYS[1], i, i, 'WITHSCORES')
+    retry = tonumber(e[2]) + p + 1 - t
+  end
+  return {ok = string.format('0 %d %d %d', retry, math.max(0, limit - n), t)}
+end
+if peek == '0' and cost > 0 then
+  local ts = string.format('%d', t)
+  local k = 0
+  if newest == t then k = redis.call('ZCOUNT', KEYS[1], ts, ts) end
+  local i = 0
+  while i < cost do
+    local args = {}
+    for j = i, math.min(cost, i + 500) - 1 do
+      args[#args + 1] = ts
+      args[#args + 1] = ts .. ':' .. (k + j)
+    end
+    redis.call('ZADD', KEYS[1], unpack(args))
+    i = i + 500
+  end
+  keep(KEYS[1], t + p - now)
+end
+return {ok = string.format('1 0 %d %d', limit - n - cost, t)}
+""",
+)
+
+# KEYS: freeze hash {u: until µs, r: reason, c: freezes counted}. ARGV: now, µs from now, reason.
+# Keeps the later of the two ends (and its reason). Reply: extended (0/1), until µs (0: none), count,
+# reason of the end in force, now.
+FREEZE = _script(
+    "freeze",
+    """
+local now = now_us()
+local u = now + tonumber(ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'u', 'c', 'r')
+local cur, count = tonumber(v[1]), tonumber(v[2]) or 0
+if cur and cur <= now then cur, count = nil, 0 end
+if u <= now or (cur and cur >= u) then
+  if cur then
+    redis.call('HSET', KEYS[1], 'c', count + 1)
+    return {0, cur, count + 1, v[3] or '', now}
+  end
+  return {0, 0, 0, '', now}
+end
+redis.call('HSET', KEYS[1], 'u', string.format('%d', u), 'r', ARGV[3], 'c', count + 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil((u - now) / 1000))
+return {1, u, count + 1, ARGV[3], now}
+""",
+)
+
+# KEYS: freeze hash. ARGV: now. Reply: until µs (0: not frozen), count, reason, now.
+FREEZE_READ = _script(
+    "freeze_read",
+    """
+local now = now_us()
+local v = redis.call('HMGET', KEYS[1], 'u', 'c', 'r')
+local u = tonumber(v[1])
+if not u or u <= now then return {0, 0, '', now} end
+return {u, tonumber(v[2]) or 0, v[3] or '', now}
+""",
+)
+
+# KEYS: hash {r: effective rate (units per period), t: start of the current quiet run µs, c: last cut µs}.
+# ARGV: now, "mode declared floor factor step interval_µs cooldown_µs" (mode 's': a throttle signal,
+# 'r': read only). Quiet intervals since t each add `step` (up to `declared`); a signal restarts the
+# quiet run and, unless the last cut is within `cooldown`, cuts: rate = max(floor, rate * factor).
+# No key: the declared rate. Reply: "rate(%.17g) cut(0/1) now".
+AIMD = _script(
+    "aimd",
+    """
+local now = now_us()
+local mode, a, b, c, d, e, f = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)')
+local top, floor, factor, step = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+local interval, cooldown = tonumber(e), tonumber(f)
+local v = redis.call('HMGET', KEYS[1], 'r', 't', 'c')
+local r, t, cut_at = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+if r == nil or t == nil then r, t, cut_at = top, now, nil end
+if now > t then
+  local k = math.floor((now - t) / interval)
+  if k > 0 then
+    r = r + k * step
+    t = t + k * interval
+  end
+end
+if r > top then r = top end
+if mode == 'r' then return {ok = string.format('%.17g 0 %d', r, now)} end
+local cut = 0
+if cut_at == nil or now - cut_at >= cooldown then
+  r = r * factor
+  if r < floor then r = floor end
+  cut_at, cut = now, 1
+end
+t = now
+redis.call('HSET', KEYS[1], 'r', string.format('%.17g', r), 't', string.format('%d', t), 'c', string.format('%d', cut_at))
+local back = t + math.ceil((top - r) / step) * interval
+if cut_at + cooldown > back then back = cut_at + cooldown end
+keep(KEYS[1], back - now)
+return {ok = string.format('%.17g %d %d', r, cut, now)}
+""",
+)
