@@ -4,6 +4,7 @@
 * :class:`Schedules` -- code-declared schedules (``sluice scheduler --tasks MODULE`` syncs them);
 * :func:`plan` -- what a scheduler fires now (catch-up, backlog, jitter), pure;
 * :class:`ScheduleStore` -- the schedules, their states and the leader lease in Redis;
+* :func:`build`, :func:`row` -- a schedule from command options, and as ``ls`` shows it;
 * :func:`fire_message`, :func:`run_now`, :data:`H_SCHEDULE`, :data:`H_OCCURRENCE` -- what a fire publishes.
 """
 
@@ -15,6 +16,7 @@ from .registry import Schedules, load_modules
 from .spec import DEFAULT_MAX_CATCH_UP, CatchUp, Schedule, check_name, cron, every, parse_catch_up
 from .store import Entry, Lease, ScheduleState, ScheduleStore, SyncReport
 from .timing import BACKLOG_CAP, GRACE_MS, Plan, jitter_ms, next_after, plan
+from .view import build, row
 
 __all__ = [
     "BACKLOG_CAP",
@@ -35,6 +37,7 @@ __all__ = [
     "StoreUnavailable",
     "SyncReport",
     "UnknownSchedule",
+    "build",
     "check_name",
     "cron",
     "every",
@@ -45,5 +48,6 @@ __all__ = [
     "next_after",
     "parse_catch_up",
     "plan",
+    "row",
     "run_now",
 ]
