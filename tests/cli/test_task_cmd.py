@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 
 import pika
 import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
-from test_exit_status import DEAD_REDIS, one_error_line, sluice
+from test_exit_status import DEAD_REDIS, SLUICE, one_error_line, sluice
 
 from sluice import protocol as p
-from sluice.handles import ErrorInfo, State, Tracker
+from sluice.handles import ErrorInfo, State, TaskHandles, Tracker
 
 
 @pytest.fixture
@@ -58,6 +60,52 @@ def test_status_of_a_queued_task(env: dict[str, str]) -> None:
     assert "task: demo.echo" in human.stdout
 
 
+def test_a_tracked_bulk_publish_marks_every_task_queued(
+    env: dict[str, str], redis_url: str, unique: str
+) -> None:
+    """1,200 tasks: the queued marks go in batches of 500 (the last one flushed at the end)."""
+    r = sluice("publish", "demo.echo", "--track", "--count", "1200", env=env)
+    assert r.returncode == 0, r.stderr
+    ids = r.stdout.split()
+    assert len(ids) == 1200
+
+    async def states() -> list[str]:
+        redis = Redis.from_url(redis_url)
+        async with TaskHandles(redis, unique) as handles:
+            got = [str((await handles.status(i)).state) for i in ids]
+        await redis.aclose()
+        return got
+
+    assert set(asyncio.run(states())) == {"queued"}
+
+
+def test_envelopes_carry_their_own_unique_keys(env: dict[str, str]) -> None:
+    lines = [
+        {"task": "demo.echo", "unique_key": "a"},
+        {"task": "demo.echo", "unique_key": "b", "unique_release": "success"},
+        {"task": "demo.echo", "unique_key": "a"},
+        {"task": "demo.echo", "track": True},
+        {"task": "demo.echo", "track": 1},
+    ]
+    stdin = "".join(json.dumps(line) + "\n" for line in lines)
+    r = subprocess.run(
+        [SLUICE, "publish", "--envelopes", "-", "--json"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert r.returncode == 1, r.stderr  # line 5: track must be a boolean
+    doc = json.loads(r.stdout)
+    assert len(doc["ids"]) == 3
+    assert doc["duplicates"] == 1
+    assert doc["duplicate_of"] == [{"where": "stdin line 3", "duplicate_of": doc["ids"][0]}]
+    assert doc["invalid"] == 1
+    states = [json.loads(sluice("task", "status", i, "--json", env=env).stdout)["state"] for i in doc["ids"]]
+    assert states == ["queued"] * 3
+
+
 def test_status_of_an_unknown_id_is_0_and_says_unknown(env: dict[str, str]) -> None:
     r = sluice("task", "status", "never-published", "--json", env=env)
     assert r.returncode == 0, r.stderr
@@ -88,13 +136,7 @@ def test_wait_on_a_succeeded_task_prints_its_result(env: dict[str, str], redis_u
 
 
 def test_wait_is_woken_when_the_task_ends(env: dict[str, str], redis_url: str, unique: str) -> None:
-    import subprocess
-
-    from test_exit_status import SLUICE
-
     task_id = publish_tracked(env)
-    import os
-
     proc = subprocess.Popen(
         [SLUICE, "task", "wait", task_id, "--timeout", "30"],
         stdout=subprocess.PIPE,
