@@ -64,10 +64,12 @@ ALLOWED: dict[tuple[str, str], str] = {
     "turned into BackendUnavailable by ScriptRunner",
     ("services/metrics/sluice_metrics/processes.py", "ValueError"): "raised and caught inside ingest(): an "
     "invalid snapshot is counted, the error never leaves",
-    ("services/producer/sluice_producer/app.py", "_Invalid"): "private to app.py: raised in a request and "
-    "turned into its HTTP answer by the app's own exception handler",
-    ("services/producer/sluice_producer/app.py", "_Unavailable"): "private to app.py: raised in a request "
-    "and turned into its 503 answer by the app's own exception handler",
+    ("services/producer/sluice_producer/app.py", "Invalid"): "the producer's own answer (sluice_producer."
+    "_answers): raised in a request and turned into its 413/422 answer by the app's own exception handler",
+    ("services/producer/sluice_producer/app.py", "Unavailable"): "the producer's own answer (sluice_producer."
+    "_answers): raised in a request and turned into its 503 answer by the app's own exception handler",
+    ("services/producer/sluice_producer/models.py", "ValueError"): "a pydantic model validator of TaskIn "
+    "(unique_for without unique_key): pydantic needs a ValueError to answer 422",
     ("services/worker/sluice_worker/demo.py", "DemoFailure"): "the demo.fail task's own error: what a user's "
     "handler raises, dead-lettered as handler_error",
     ("services/worker/sluice_worker/_acks.py", "ValueError"): "an invariant of the ack bookkeeping (a bug "
