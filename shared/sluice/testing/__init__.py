@@ -22,9 +22,11 @@ from sluice.deadletters import DeadLetter
 from sluice.resilience.clock import FakeClock
 from sluice.resilience.memory import MemoryBackend
 from sluice.testing._broker import Message
+from sluice.testing._cancels import MemoryCancels
 from sluice.testing._harness import MAX_DELIVERIES, MAX_TIME, StillBusy, TestWorker
 from sluice.testing._records import (
     ACKED,
+    CANCELLED,
     DEAD_LETTERED,
     DEFERRED,
     RETRIED,
@@ -35,6 +37,7 @@ from sluice.testing._records import (
 
 __all__ = [
     "ACKED",
+    "CANCELLED",
     "DEAD_LETTERED",
     "DEFERRED",
     "MAX_DELIVERIES",
@@ -45,6 +48,7 @@ __all__ = [
     "DeliveryRecord",
     "FakeClock",
     "MemoryBackend",
+    "MemoryCancels",
     "Message",
     "StillBusy",
     "TaskHistory",

@@ -23,6 +23,7 @@ from sluice.resilience.memory import MemoryBackend
 from sluice.settings import Settings
 from sluice.tasks import Registry, Task
 from sluice.testing._broker import InMemoryBroker, Message, properties_of
+from sluice.testing._cancels import MemoryCancels
 from sluice.testing._delivery import deliver
 from sluice.testing._records import DeliveryRecord, TaskHistory
 from sluice.testing._simulation import SimClock, until_one_done
@@ -57,12 +58,7 @@ def _registry(tasks: Registry | Iterable[Task | ModuleType]) -> Registry:
 
 
 class TestWorker:
-    """A sluice worker in this process, in simulated time (an async context manager)::
-
-        async with TestWorker([charge]) as w:
-            task_id = w.enqueue("billing.charge", {"customer": "c1", "cents": 500})
-            await w.join()
-            assert w.history(task_id).kinds == ["retried", "acked"]
+    """A sluice worker in this process, in simulated time (an async context manager, see the module doc).
 
     ``tasks``: a :class:`~sluice.tasks.Registry`, or tasks and modules of tasks. ``clock``: the fake
     clock (a new one by default); ``backend``: the in-memory resilience backend on that clock (limits,
@@ -99,12 +95,15 @@ class TestWorker:
         self.concurrency = concurrency
         #: run-time rate-limit overrides, as ``sluice limits set`` writes them (read every 2 s)
         self.limits = LimitStore.in_memory(self.backend, self.settings.prefix, clock=self.clock.monotonic)
+        #: the live cancels (:meth:`cancel`), as a worker's cancel watch holds them
+        self.cancels = MemoryCancels()
         self.policies = Policies(
             self.backend,
             self.settings.prefix,
             limits=self.limits,
             failures=RetryOrDeadLetter(rng if rng is not None else random.Random(0), clock=self.clock),
             clock=self.clock,
+            canceller=self.cancels.canceller,
         )
         self._failures = failures
         self.broker = InMemoryBroker()
@@ -184,6 +183,11 @@ class TestWorker:
         """Put any message on a work queue, as a foreign producer might (not JSON, headers missing...)."""
         q = queue or self.settings.default_queue
         self.broker.put(Message(body, properties_of(message_id, headers), q, self.fake.monotonic()))
+
+    def cancel(self, *task_ids: str) -> None:
+        """As ``sluice task cancel ID...`` (a batch by name: ``w.cancels.cancel_batch(task, before_ms)``)."""
+        for task_id in task_ids:
+            self.cancels.cancel(task_id)
 
     # ---- running
     async def join(self, *, max_deliveries: int = MAX_DELIVERIES, max_time: float = MAX_TIME) -> None:
@@ -293,5 +297,5 @@ class TestWorker:
         return Counter(d.metric for d in self.deliveries if task is None or d.task == task)
 
     def kinds(self, task: str | None = None) -> Counter[str]:
-        """Deliveries by kind (``acked``, ``skipped``, ``deferred``, ``retried``, ``dead_lettered``)."""
+        """Deliveries by kind (``acked``, ``skipped``, ``deferred``, ``retried``, ``dead_lettered``, ``cancelled``)."""
         return Counter(d.kind for d in self.deliveries if task is None or d.task == task)

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from sluice.handles import CancelWatch
 from sluice.tasks import Task
 from sluice_worker.outcome import ACK, CANCELLED_QUEUED, CANCELLED_RUNNING, FailurePolicy, Outcome
 from sluice_worker.policies.step import Delivery, Step
@@ -39,17 +39,26 @@ from sluice_worker.policies.step import Delivery, Step
 if TYPE_CHECKING:
     from sluice_worker.policies.shared import Policies
 
-__all__ = ["CancelStep", "Canceller", "HandlerWatch"]
+__all__ = ["CancelStep", "CancelView", "Canceller", "HandlerWatch"]
 
 log = logging.getLogger("sluice.worker")
 
 
-def _cancelled(watch: CancelWatch, d: Delivery) -> bool:
+class CancelView(Protocol):
+    """The live cancels as a worker sees them: :class:`sluice.handles.CancelWatch` (Redis), or the
+    in-memory one of :mod:`sluice.testing`."""
+
+    def is_cancelled(self, task_id: str, task: str, published_ms: int | None) -> bool: ...
+
+    def on_cancel(self, callback: Callable[[str], None]) -> None: ...
+
+
+def _cancelled(watch: CancelView, d: Delivery) -> bool:
     m = d.msg
     return watch.is_cancelled(m.id, m.task, m.created_at_ms)
 
 
-def _not_to_run(watch: CancelWatch, d: Delivery) -> Outcome | None:
+def _not_to_run(watch: CancelView, d: Delivery) -> Outcome | None:
     """:data:`~sluice_worker.outcome.CANCELLED_QUEUED` if a live cancel covers ``d``, else ``None``."""
     if not _cancelled(watch, d):
         return None
@@ -63,7 +72,7 @@ class Canceller:
     One per worker; :meth:`cancel` is the :class:`~sluice.handles.CancelWatch`'s ``on_cancel``
     callback (on the event loop). ``cancelled`` counts the running deliveries it cancelled."""
 
-    def __init__(self, watch: CancelWatch) -> None:
+    def __init__(self, watch: CancelView) -> None:
         self.watch = watch
         self._running: dict[int, tuple[Delivery, asyncio.Task[object] | None]] = {}
         self.cancelled = 0
@@ -81,8 +90,8 @@ class Canceller:
         return len(self._running)
 
     def cancel(self, task_id: str) -> None:
-        """A cancel arrived (``task_id``, or a rule: every running delivery is checked against the
-        watch, a handful at most): cancel the running deliveries it covers."""
+        """A cancel arrived (``task_id``; any running delivery a rule covers too: every one is checked
+        against the watch, a handful at most): cancel the running deliveries it covers."""
         for d, me in list(self._running.values()):
             if d.cancel_requested or not (d.msg.id == task_id or _cancelled(self.watch, d)):
                 continue
@@ -102,7 +111,7 @@ class Canceller:
 class CancelStep(Step):
     name = "cancel"
 
-    def __init__(self, task: Task, watch: CancelWatch) -> None:
+    def __init__(self, task: Task, watch: CancelView) -> None:
         super().__init__(task)
         self._watch = watch
 
