@@ -179,3 +179,18 @@ async def test_redis_down_is_503_for_handles_only(broker: Broker, tmp_path: Path
     assert tracked.status_code == 202  # marking queued fails open: the task is published
     assert plain.status_code == 202
     assert [m.message_id for m in got] == [tracked.json()["id"], plain.json()["id"]]
+
+
+async def test_task_endpoints_need_the_token_when_auth_is_on(
+    broker: Broker, tmp_path: Path, redis_url: str, r: object
+) -> None:
+    env = {"SLUICE_REDIS_URL": redis_url, "SLUICE_API_TOKENS": "handles-token-1"}
+    async with running_producer(broker, tmp_path / "producer.log", env=env) as server:
+        async with server.client() as anon:
+            assert (await anon.get("/v1/tasks/x")).status_code == 401
+            assert (await anon.delete("/v1/tasks/x")).status_code == 401
+        async with server.client("handles-token-1") as c:
+            assert (await c.get("/v1/tasks/x")).json()["state"] == "unknown"
+            doc = (await c.get("/openapi.json")).json()
+    for method in ("get", "delete"):
+        assert doc["paths"]["/v1/tasks/{task_id}"][method]["security"] == [{"bearerAuth": []}]
