@@ -20,6 +20,7 @@ from sluice.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 SLUICE_SERVICES = ("producer", "worker", "metrics")
+SCHEDULERS = ("scheduler", "scheduler-b")  # two replicas of `sluice scheduler` (docs/schedules.md)
 IMAGE_VARS = {"SLUICE_PYTHON_IMAGE", "SLUICE_RABBITMQ_IMAGE", "SLUICE_REDIS_IMAGE", "SLUICE_PROMETHEUS_IMAGE"}
 
 
@@ -78,7 +79,7 @@ def test_compose_config_with_env_file(tmp_path: Path) -> None:
     assert custom.count("custom") == 1 and "s3cret" in custom and "=7\n" in custom
     (tmp_path / ".env").write_text(custom)
     services = compose_config(tmp_path)["services"]
-    for name in SLUICE_SERVICES:
+    for name in (*SLUICE_SERVICES, *SCHEDULERS):
         env = services[name]["environment"]
         assert env["SLUICE_PREFIX"] == "custom"
         assert env["SLUICE_AMQP_URL"] == "amqp://guest:s3cret@rabbitmq:5672/"
@@ -99,13 +100,15 @@ def sluice_argv(service: dict[str, Any]) -> list[str]:
     return [*dockerfile_entrypoint(), *map(str, command)]
 
 
-@pytest.mark.parametrize("name", SLUICE_SERVICES)
+@pytest.mark.parametrize("name", [*SLUICE_SERVICES, *SCHEDULERS])
 def test_every_sluice_command_and_option_exists(name: str) -> None:
     cli = importlib.import_module("sluice_cli.main")  # the package re-exports main(), shadowing the module
     cli._register()
+    if name in SCHEDULERS:  # registered as sluice_cli.main will register it (engineer C wires it in)
+        importlib.import_module("sluice_cli.schedule_cmd").register(cli.app)
     root = typer.main.get_command(cli.app)
     argv = sluice_argv(compose_file()["services"][name])
-    assert argv[:2] == ["sluice", name]
+    assert argv[:2] == ["sluice", name.removesuffix("-b")]
     with root.make_context("sluice", ["--help"], resilient_parsing=True) as ctx:
         sub = root.get_command(ctx, argv[1])  # type: ignore[attr-defined]
     assert sub is not None, f"`sluice {argv[1]}` does not exist"
@@ -158,8 +161,25 @@ def test_service_shape() -> None:
         assert all(str(p).startswith("127.0.0.1:") for p in s.get("ports", [])), name
 
 
+def test_two_scheduler_replicas_in_the_same_image_with_a_healthcheck() -> None:
+    services = compose_file()["services"]
+    a, b = (services[n] for n in SCHEDULERS)
+    assert a == b  # the same service twice: one leads, the other stands by
+    assert a["image"] == services["worker"]["image"] and a["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert a["healthcheck"]["test"][3:] == ["http", "http://127.0.0.1:9110/healthz"]
+    assert "--port" in a["command"] and a["command"][a["command"].index("--port") + 1] == "9110"
+    assert "ports" not in a and a["expose"] == ["9110"]  # internal network: Prometheus scrapes it
+    for broker in ("rabbitmq", "redis"):
+        assert a["depends_on"][broker]["condition"] == "service_healthy"
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    (job,) = [j for j in scrape if j["job_name"] == "sluice-scheduler"]
+    (targets_file,) = job["file_sd_configs"][0]["files"]
+    (group,) = yaml.safe_load((ROOT / "deploy" / "prometheus" / targets_file).read_text())
+    assert group["targets"] == [f"{n}:9110" for n in SCHEDULERS]
+
+
 def test_healthcheck_scripts_exist() -> None:
-    for name in SLUICE_SERVICES:
+    for name in (*SLUICE_SERVICES, *SCHEDULERS):
         test = compose_file()["services"][name]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "/app/deploy/healthcheck.py"]
         assert (ROOT / "deploy" / "healthcheck.py").is_file()
