@@ -16,6 +16,11 @@ sluice-{classic,quorum}-policy (a noop declaring a rate limit never reached) and
 header key) are compared with the plain sluice row of their queue type, targets 0.7x and 0.5x);
 sluice-{classic,quorum}-nometrics: the plain worker with SLUICE_METRICS_ENABLED=false; the plain row (metrics
 on) must keep 0.95x of it;
+BENCH_BASELINE=<a source tree of sluice> (e.g. a ``git worktree`` of an older commit) adds a ``-base`` twin of
+every sluice variant (``sluice-classic-base``, ``sluice-classic-policy-base``...): the same worker command,
+publisher and tasks run from that tree's code (its shared/ and services/ first on PYTHONPATH, its bench/
+peer modules), so ``BENCH_VARIANTS=sluice-classic,sluice-classic-base`` compares two commits in one run,
+alternately; each row is then shown against its twin, rate and worker CPU per task;
 BENCH_OUT: write the summary rows (system, test, workload, n, rate, peak RSS, ...) as JSON there.
 The full JSON (with every run) goes to bench/results/bench-<time>.json.
 """
@@ -40,6 +45,7 @@ import run as harness  # noqa: E402  (the harness, by path)
 TARGET_XCEIL = 0.8
 TARGET_RSS_MB = 60.0
 TARGET_METRICS = 0.95  # metrics on keep this much of metrics-off throughput
+TARGET_BASELINE = 0.95  # a change keeps this much of the baseline tree's throughput (issue 11)
 CEILING_OF = {"sluice-classic": "ceiling", "sluice-quorum": "ceiling-quorum"}
 # policy-carrying variants against the plain sluice row of the same queue type: (plain, target)
 POLICY_OF = {
@@ -49,27 +55,59 @@ POLICY_OF = {
 }
 
 
-def add_sluice_variants() -> None:
+BASE_SUFFIX = "-base"
+SOURCE_DIRS = ("shared", "services/producer", "services/worker", "services/metrics", "services/cli")
+
+
+def add_sluice_variants(tree: Path | None = None) -> None:
+    """The sluice variants; with ``tree`` (BENCH_BASELINE), their ``-base`` twins running that tree's code."""
     sluice = str(Path(sys.executable).parent / "sluice")
+    bench = HERE if tree is None else tree / "bench"
+    suffix = "" if tree is None else BASE_SUFFIX
+    code = [] if tree is None else [str(tree / d) for d in SOURCE_DIRS]  # ahead of the installed tree
     for qt in ("classic", "quorum"):
-        module = str(HERE / f"peer_sluice_{qt}")
+        module = str(bench / f"peer_sluice_{qt}")
         prefix = f"bench_sluice_{qt}"
         env = {
             "SLUICE_PREFIX": prefix,
             "SLUICE_QUEUE_TYPE": qt,
             "SLUICE_AMQP_URL": harness.AMQP_URL,
             "SLUICE_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": f"{HERE}{os.pathsep}{PEERS}",
+            "PYTHONPATH": os.pathsep.join([*code, str(bench), str(PEERS)]),
         }
         argv = [sluice, "worker", "--tasks", "peer_sluice", "--queues", "default"]
         argv += ["--concurrency", "256", "--prefetch", "256"]
-        harness.VARIANTS[f"sluice-{qt}"] = (module, argv, env, harness.PRIMARY)
+        harness.VARIANTS[f"sluice-{qt}{suffix}"] = (module, argv, env, harness.PRIMARY)
         harness.QUEUES[module] = [f"{prefix}.q.default", f"{prefix}.dlq"]
         off = {**env, "SLUICE_METRICS_ENABLED": "false"}  # the same worker sending no telemetry
-        harness.VARIANTS[f"sluice-{qt}-nometrics"] = (module, argv, off, harness.PRIMARY)
+        harness.VARIANTS[f"sluice-{qt}-nometrics{suffix}"] = (module, argv, off, harness.PRIMARY)
         for flavour in ("policy", "idem"):  # same worker and queue, tasks declaring policies
             penv = {**env, "BENCH_SLUICE_POLICY": flavour}
-            harness.VARIANTS[f"sluice-{qt}-{flavour}"] = (module, argv, penv, harness.PRIMARY)
+            harness.VARIANTS[f"sluice-{qt}-{flavour}{suffix}"] = (module, argv, penv, harness.PRIMARY)
+
+
+def baseline_verdicts(summary: list[dict[str, Any]]) -> list[str]:
+    """Each sluice row against its ``-base`` twin (BENCH_BASELINE) in the same run: rate and worker CPU."""
+    row = {(s["system"], s["test"], s["workload"]): s for s in summary}
+    lines = []
+    for s in summary:
+        base = row.get((s["system"] + BASE_SUFFIX, s["test"], s["workload"]))
+        if base is None or not (s.get("rate") and base.get("rate")):
+            continue
+        s["x_baseline"] = round(s["rate"] / base["rate"], 3)
+        cpu = ""
+        if s.get("cpu_us_per_task") and base.get("cpu_us_per_task"):
+            s["cpu_x_baseline"] = round(s["cpu_us_per_task"] / base["cpu_us_per_task"], 3)
+            cpu = (
+                f"; worker CPU {s['cpu_us_per_task']:.0f} vs {base['cpu_us_per_task']:.0f} us/task"
+                f" = {s['cpu_x_baseline']:.2f}x"
+            )
+        lines.append(
+            f"{s['system']:<22} {s['test'] + ':' + s['workload']:<14} {s['rate']:>7.0f}/s vs base "
+            f"{base['rate']:>7.0f}/s = {s['x_baseline']:.2f}x"
+            f" [{'ok' if s['x_baseline'] >= TARGET_BASELINE else f'BELOW {TARGET_BASELINE}x'}]{cpu}"
+        )
+    return lines
 
 
 def verdicts(summary: list[dict[str, Any]]) -> list[str]:
@@ -161,6 +199,12 @@ def forget_keys() -> None:
 
 def main() -> None:
     add_sluice_variants()
+    baseline = os.environ.get("BENCH_BASELINE")
+    if baseline:
+        tree = Path(baseline).resolve()
+        if not (tree / "shared" / "sluice").is_dir():
+            sys.exit(f"BENCH_BASELINE={baseline} is not a sluice source tree")
+        add_sluice_variants(tree)
     default = ["ceiling", "ceiling-quorum", "sluice-classic", "sluice-quorum"]
     chosen = os.environ.get("BENCH_VARIANTS", "")
     if chosen == "all":
@@ -179,6 +223,7 @@ def main() -> None:
     lines = verdicts(data["summary"])
     policy_lines = policy_verdicts(data["summary"])
     metrics_lines = metrics_cost_verdicts(data["summary"])
+    baseline_lines = baseline_verdicts(data["summary"])
     full.write_text(json.dumps(data, indent=1))
     if metrics_lines:
         print("\nsluice with telemetry on against telemetry off, same run:")
@@ -188,6 +233,9 @@ def main() -> None:
     if policy_lines:
         print("\nsluice with task policies against plain sluice on the same queue type, same run:")
         print("\n".join(policy_lines))
+    if baseline_lines:
+        print(f"\nsluice against the same variant on BENCH_BASELINE={baseline}, same run:")
+        print("\n".join(baseline_lines))
     out = os.environ.get("BENCH_OUT")
     if out:
         Path(out).write_text(json.dumps(data["summary"], indent=1))
