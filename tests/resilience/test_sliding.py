@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from sluice.errors import ConfigError
 from sluice.resilience import Decision, GCRALimiter, KeySpace, Rate, RateLimited, SlidingLogLimiter
 from sluice.resilience._reference import SlidingLogModel
 
@@ -187,3 +188,15 @@ async def test_memory_per_key_at_ten_thousand_a_minute(redis: Redis, keys: KeySp
     assert used is not None and one is not None
     print(f"sliding log at 10,000/min: {used} bytes per name ({used / 10_000:.0f} per entry); GCRA key {one}")
     assert 300_000 < used < 2_000_000
+
+
+async def test_a_margin_widens_the_window(store: Store) -> None:
+    limiter = SlidingLogLimiter(store.client, Rate(1, 1.0), margin=0.25, keys=store.keys)
+    first = await limiter.try_acquire("k")
+    refused = await limiter.try_acquire("k")
+    assert not refused.allowed
+    want = (first.server_time_us + 1_250_001 - refused.server_time_us) / 1e6
+    assert refused.retry_after == pytest.approx(want, abs=1e-6)
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ConfigError):
+            SlidingLogLimiter(store.client, Rate(1, 1.0), margin=bad)

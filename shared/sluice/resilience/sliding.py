@@ -28,6 +28,8 @@ import math
 from collections.abc import Sequence
 from typing import Unpack
 
+from sluice.errors import ConfigError
+
 from . import _lua
 from ._backend import Backend
 from ._limiter import Decision, LimiterOptions, Rate, RateLimiterBase, _seconds
@@ -43,13 +45,26 @@ class SlidingLogLimiter(RateLimiterBase):
     The same interface as :class:`~sluice.resilience.GCRALimiter` (``try_acquire``, ``acquire``, ``peek``,
     ``reset``, ``cost``, ``freeze=``, ``coalesce=``, the outage policies); ``burst`` is ``rate.limit``
     (all of it may be taken at once). A ``cost`` above the limit never fits (``retry_after`` is ``inf``).
+
+    ``margin`` (seconds, default 0) widens the window: an admission counts for ``period + margin``. The
+    window is exact on Redis' clock at admission, but an upstream counts *arrivals*, and the time from
+    admission to arrival varies (connection set-up, scheduling, the network): two admissions a period
+    apart can arrive a little less than a period apart. A margin of that variation (a few ms on one
+    machine, more across a network) keeps every window the upstream sees within its limit too
+    (tests/throttle/test_upstream.py measures both).
     """
 
     kind = "sliding"
 
-    def __init__(self, redis: Backend, rate: Rate, **options: Unpack[LimiterOptions]) -> None:
+    def __init__(
+        self, redis: Backend, rate: Rate, *, margin: float = 0.0, **options: Unpack[LimiterOptions]
+    ) -> None:
+        if not 0 <= margin < math.inf:  # NaN too
+            raise ConfigError(f"bad margin {margin}: a finite number of seconds >= 0")
         self.rate = rate
         self.burst = rate.limit
+        self.margin = margin
+        self._window_us = round((rate.period + margin) * 1_000_000)
         super().__init__(redis, **options)
 
     @property
@@ -57,11 +72,11 @@ class SlidingLogLimiter(RateLimiterBase):
         return _lua.SLIDING_LOG
 
     def _params(self, cost: int, peek: bool) -> str:
-        return f"{self.rate.period_us} {self.rate.limit} {cost} {int(peek)}"
+        return f"{self._window_us} {self.rate.limit} {cost} {int(peek)}"
 
     def _parse(self, reply: Sequence[int]) -> Decision:
         return Decision(bool(reply[0]), _seconds(reply[1]), reply[2], reply[3], False, len(reply) > 4)
 
     def _local_model(self) -> SlidingLogModel:
         share = self._outage.local_share
-        return SlidingLogModel(self.rate.period_us, max(1, math.floor(self.rate.limit * share)))
+        return SlidingLogModel(self._window_us, max(1, math.floor(self.rate.limit * share)))
