@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerError, ProtocolError
 from sluice.protocol import TaskMessage
 from sluice.resilience.clock import SYSTEM, Clock
@@ -26,6 +27,10 @@ from .leadership import Leadership, sleep_or_stop
 from .metrics import SchedulerMetrics
 
 __all__ = ["FireLoop"]
+
+
+#: a publish that failed this way was not confirmed: it is sent again on a later pass
+_NOT_CONFIRMED: tuple[type[BaseException], ...] = (BrokerError, ProtocolError, TimeoutError, *BROKER_ERRORS)
 
 
 class _Fenced(Exception):
@@ -148,7 +153,7 @@ class FireLoop:
         msg = fire_message(s, occ, queue, now_ms=self._now_ms())
         try:
             await self.publish(msg)
-        except (BrokerError, ProtocolError, TimeoutError, OSError) as e:
+        except _NOT_CONFIRMED as e:
             self.metrics.publish_failures.inc()
             if not self._failing:
                 self._failing = True

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from prometheus_client.exposition import choose_encoder
 from redis.asyncio import Redis
 
+from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerUnavailable
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher
@@ -24,7 +25,7 @@ from sluice.schedules import Schedule, ScheduleStore, StoreUnavailable
 from sluice.settings import Settings
 
 from .firing_loop import FireLoop
-from .leadership import Leadership
+from .leadership import Leadership, sleep_or_stop
 from .metrics import SchedulerMetrics
 
 __all__ = ["LazyPublisher", "Scheduler", "instance_id", "serve"]
@@ -54,7 +55,7 @@ class LazyPublisher:
                     p = Publisher(self.settings, name="sluice-scheduler")
                     try:
                         await p.__aenter__()
-                    except OSError as e:
+                    except BROKER_ERRORS as e:
                         raise BrokerUnavailable(f"cannot reach the broker: {e}") from None
                     self._publisher = p
                 publisher = self._publisher
@@ -81,7 +82,10 @@ class Scheduler:
         default_queue: str = "default",
         clock: Clock = SYSTEM,
         metrics: SchedulerMetrics | None = None,
+        schedules: Sequence[Schedule] = (),
     ) -> None:
+        self.schedules = list(schedules)
+        self.store = store
         self.metrics = metrics or SchedulerMetrics()
         self.leadership = Leadership(
             store, instance or instance_id(), lease=lease, clock=clock, metrics=self.metrics
@@ -98,7 +102,10 @@ class Scheduler:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: both tasks; a failure of either stops the other and is raised."""
+        """Sync the declared schedules, then until ``stop`` both tasks (a failure of either stops the other
+        and is raised)."""
+        if not await _sync(self.store, self.schedules, stop, self.leadership.clock):
+            return
         async with asyncio.TaskGroup() as group:
             group.create_task(self.leadership.keep(stop), name="sluice-scheduler-lease")
             group.create_task(self.loop.run(stop), name="sluice-scheduler-fires")
@@ -154,10 +161,10 @@ async def serve(
         tick=tick,
         task_queues=task_queues,
         default_queue=settings.default_queue,
+        schedules=schedules,
     )
     stop = asyncio.Event()
     try:
-        await _sync(store, schedules)
         background = asyncio.ensure_future(scheduler.run(stop))
         config = uvicorn.Config(_app(scheduler), lifespan="off", access_log=False, log_level="warning")
         bound_host, bound_port = sock.getsockname()[:2]
@@ -184,8 +191,11 @@ async def serve(
     log.info("stopped")
 
 
-async def _sync(store: ScheduleStore, schedules: Sequence[Schedule]) -> None:
-    """The code-declared schedules into the store (Redis down: retried until it answers)."""
+async def _sync(
+    store: ScheduleStore, schedules: Sequence[Schedule], stop: asyncio.Event, clock: Clock
+) -> bool:
+    """The code-declared schedules into the store (Redis down: retried every second until it answers);
+    answers ``False`` if ``stop`` came first."""
     warned = False
     while True:
         try:
@@ -194,7 +204,8 @@ async def _sync(store: ScheduleStore, schedules: Sequence[Schedule]) -> None:
             if not warned:
                 warned = True
                 log.warning("cannot sync the declared schedules (%s); retrying", e)
-            await asyncio.sleep(1.0)
+            if await sleep_or_stop(clock, stop, 1.0):
+                return False
             continue
         if report.added or report.updated or report.removed:
             log.info(
@@ -203,4 +214,4 @@ async def _sync(store: ScheduleStore, schedules: Sequence[Schedule]) -> None:
                 ", ".join(report.updated) or "none",
                 ", ".join(report.removed) or "none",
             )
-        return
+        return True
