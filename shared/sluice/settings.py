@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "mask_url"]
@@ -23,7 +23,9 @@ TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
+    """The URL with its password replaced by ``***`` (each of a comma-separated list of URLs)."""
+    if "," in url:
+        return ",".join(mask_url(u.strip()) for u in url.split(",") if u.strip())
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -38,8 +40,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore", frozen=True)
 
     # brokers
-    amqp_url: str = Field("amqp://guest:guest@localhost:5672/", description="RabbitMQ URL")
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL")
+    amqp_url: str = Field(
+        "amqp://guest:guest@localhost:5672/",
+        description="RabbitMQ URL, or several separated by commas (the nodes of a cluster): a process "
+        "connects to the first that answers, in an order shuffled per connection, and moves on when one is lost",
+    )
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (with redis_cluster: any node)")
+    redis_cluster: bool = Field(
+        False, description="redis_url names a node of a Redis Cluster: clients are RedisCluster clients"
+    )
 
     # topology
     prefix: str = Field(
@@ -142,8 +151,11 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("amqp", "amqps"):
-            raise ValueError("must be an amqp:// or amqps:// URL")
+        urls = [u.strip() for u in v.split(",")]
+        if not all(urls):
+            raise ValueError("an empty URL in the list: separate amqp:// URLs by single commas")
+        if any(urlsplit(u).scheme not in ("amqp", "amqps") for u in urls):
+            raise ValueError("must be an amqp:// or amqps:// URL (or several, separated by commas)")
         return v
 
     @field_validator("redis_url")
@@ -152,6 +164,23 @@ class Settings(BaseSettings):
         if urlsplit(v).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _cluster_over_tcp(self) -> Settings:
+        if self.redis_cluster:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme == "unix":
+                raise ValueError(
+                    "redis_cluster needs a redis:// or rediss:// URL of a node, not a unix socket"
+                )
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError("a Redis Cluster has database 0 only: end redis_url with /0 or nothing")
+        return self
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker URLs of ``amqp_url``, in the order given (one, or the nodes of a cluster)."""
+        return tuple(u.strip() for u in self.amqp_url.split(","))
 
     def masked(self) -> dict[str, Any]:
         """The effective settings, secrets masked, for display."""

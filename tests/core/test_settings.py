@@ -59,3 +59,26 @@ def test_tracking_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_TRACK_ALL", "true")
     monkeypatch.setenv("SLUICE_TRACK_TTL", "3600")
     assert (Settings().track_all, Settings().track_ttl) == (True, 3600.0)
+
+
+def test_several_broker_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_AMQP_URL", "amqp://u:pw@n1:5672/, amqp://u:pw@n2:5672/,amqps://n3/")
+    s = Settings()
+    assert s.amqp_urls == ("amqp://u:pw@n1:5672/", "amqp://u:pw@n2:5672/", "amqps://n3/")
+    assert s.masked()["amqp_url"] == "amqp://u:***@n1:5672/,amqp://u:***@n2:5672/,amqps://n3/"
+    assert Settings(amqp_url="amqp://one/").amqp_urls == ("amqp://one/",)
+    for bad in ("amqp://a/,,amqp://b/", "amqp://a/,http://b/", "amqp://a/,"):
+        with pytest.raises(ValidationError):
+            Settings(amqp_url=bad)
+
+
+def test_redis_cluster_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLUICE_REDIS_CLUSTER", raising=False)
+    assert Settings().redis_cluster is False
+    monkeypatch.setenv("SLUICE_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://10.0.0.7:7001")
+    s = Settings()
+    assert s.redis_cluster and s.redis_url == "redis://10.0.0.7:7001"
+    for bad in ("redis://n:7001/2", "unix:///tmp/redis.sock"):
+        with pytest.raises(ValidationError):
+            Settings(redis_url=bad, redis_cluster=True)
