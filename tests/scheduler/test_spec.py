@@ -197,3 +197,17 @@ def test_a_fire_has_the_deterministic_id_and_the_schedule_headers() -> None:
     h = msg.headers()
     assert h["x-sluice-schedule"] == "nightly" and h["x-sluice-occurrence"] == 120_000
     assert h["x-sluice-task"] == "reports.render" and h["x-sluice-queue"] == "reports"
+
+
+def test_schedules_declared_on_a_task_are_bound_and_named_after_it() -> None:
+    from sluice.schedules import bind_to_task
+
+    one, two, named = bind_to_task(
+        "sync:accounts", [every("5m"), cron("0 6 * * *", tz="Europe/Paris"), every("1h", name="hourly")]
+    )
+    assert (one.name, two.name, named.name) == ("sync.accounts", "sync.accounts-2", "hourly")
+    assert {one.task, two.task, named.task} == {"sync:accounts"}
+    (single,) = bind_to_task("a.b", every("1m"))
+    assert single.name == "a.b"
+    with pytest.raises(ConfigError, match="schedule= takes every"):
+        bind_to_task("a.b", ["5m"])  # type: ignore[list-item]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .errors import ScheduleError, StoreUnavailable, UnknownSchedule
 from .firing import H_OCCURRENCE, H_SCHEDULE, FiredMessage, fire_id, fire_message, run_now
-from .registry import Schedules, load_modules
+from .registry import Schedules, bind_to_task, load_modules
 from .spec import DEFAULT_MAX_CATCH_UP, CatchUp, Schedule, check_name, cron, every, parse_catch_up
 from .store import Entry, Lease, ScheduleState, ScheduleStore, SyncReport
 from .timing import BACKLOG_CAP, GRACE_MS, Plan, jitter_ms, next_after, plan
@@ -37,6 +37,7 @@ __all__ = [
     "StoreUnavailable",
     "SyncReport",
     "UnknownSchedule",
+    "bind_to_task",
     "build",
     "check_name",
     "cron",

@@ -22,7 +22,7 @@ from sluice.tasks import Registry, Task
 
 from .spec import Schedule
 
-__all__ = ["Schedules", "load_modules"]
+__all__ = ["Schedules", "bind_to_task", "load_modules"]
 
 
 class Schedules(Mapping[str, Schedule]):
@@ -71,17 +71,24 @@ class Schedules(Mapping[str, Schedule]):
         return len(self._by_name)
 
 
-def _task_schedules(t: Task) -> list[Schedule]:
-    """A task's own schedules (``@task(..., schedule=...)``), bound to it; the first is named after the
-    task, the next ones ``<task>-2``, ``<task>-3`` ... unless they have names."""
-    declared = getattr(t, "schedules", None) or getattr(t.policy, "schedules", None) or ()
-    if isinstance(declared, Schedule):
-        declared = (declared,)
-    base = t.name.replace(":", ".")[:140]  # a schedule's name has no ':'
+def _task_schedules(t: Task) -> tuple[Schedule, ...]:
+    """A task's own schedules (``@task(..., schedule=...)`` keeps them in ``Task.schedules``)."""
+    return bind_to_task(t.name, getattr(t, "schedules", None) or ())
+
+
+def bind_to_task(task: str, declared: Schedule | Iterable[Schedule]) -> tuple[Schedule, ...]:
+    """Schedules declared on task ``task``, bound to it: the first is named after the task (``:`` becomes
+    ``.``), the next ones ``<task>-2``, ``<task>-3`` ... unless they have names of their own."""
+    items = (declared,) if isinstance(declared, Schedule) else tuple(declared)
+    base = task.replace(":", ".")[:140]  # a schedule's name has no ':'
     out = []
-    for i, s in enumerate(declared):
-        out.append(s.bound(t.name, s.name or (base if i == 0 else f"{base}-{i + 1}")))
-    return out
+    for i, s in enumerate(items):
+        if not isinstance(s, Schedule):
+            raise ConfigError(
+                f"task {task!r}: schedule= takes every(...) or cron(...), not {type(s).__name__}"
+            )
+        out.append(s.bound(task, s.name or (base if i == 0 else f"{base}-{i + 1}")))
+    return tuple(out)
 
 
 def load_modules(names: Iterable[str]) -> tuple[Registry, Schedules]:
