@@ -37,6 +37,7 @@ from typing import Any
 import uvicorn
 
 from support.ports import free_port
+from support.waiting import wait_until
 
 __all__ = ["MODES", "FakeUpstream", "running_upstream"]
 
@@ -180,13 +181,15 @@ def running_upstream(upstream: FakeUpstream, *, start_timeout: float = 10.0) -> 
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"fake-upstream-{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(timeout=5)
+    try:
+        # uvicorn has no "started" event to wait on: its flag, polled with a bound (or the thread's death)
+        wait_until(lambda: server.started or not thread.is_alive(), start_timeout, "the fake upstream", 0.01)
+        if not server.started:
             raise RuntimeError(f"the fake upstream did not start on 127.0.0.1:{port}")
-        time.sleep(0.01)
+    except BaseException:
+        server.should_exit = True
+        thread.join(timeout=5)
+        raise
     upstream.url = f"http://127.0.0.1:{port}"
     try:
         yield upstream
