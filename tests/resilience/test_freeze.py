@@ -29,7 +29,9 @@ from sluice.resilience import (
     SlidingWindowLimiter,
     _lua,
 )
+from sluice.resilience._memory import MemoryRunner
 from sluice.resilience._reference_adaptive import FreezeModel
+from sluice.resilience._scripts import ScriptRunner
 
 from .conftest import Store
 from .test_scripts_match_models import EPOCH, on_redis
@@ -190,3 +192,31 @@ def test_freeze_scripts_match_model(redis_url: str, ops: list[tuple[int, str, in
         return [key]
 
     on_redis(redis_url, body)
+
+
+@pytest.mark.parametrize("script", ["gcra", "window", "sliding_log"])
+async def test_the_frozen_reply_is_the_same_on_both_backends(
+    redis: Redis, keys: KeySpace, script: str
+) -> None:
+    """Reply for reply (the clock override on both): frozen, then after the freeze's end, decided."""
+    code = {"gcra": _lua.GCRA, "window": _lua.WINDOW, "sliding_log": _lua.SLIDING_LOG}[script]
+    params = {"gcra": "100000 300000 1 0", "window": "1000000 3 1 0", "sliding_log": "1000000 3 1 0"}[script]
+    limit_key, freeze_key = keys.key("x", "k"), keys.key("freeze", "k")
+    redis_runner, memory_runner = ScriptRunner(redis), MemoryRunner(MemoryBackend(clock=FakeClock()))
+    try:
+        replies = []
+        for runner in (redis_runner, memory_runner):
+            got = [await runner.run(_lua.FREEZE, [freeze_key], [EPOCH, 2_500_000, "r"])]
+            for at in (EPOCH, EPOCH + 2_499_999, EPOCH + 2_500_000, EPOCH + 2_600_000):
+                reply = await runner.run(code, [limit_key, freeze_key], [at, params])
+                got.append(reply.decode() if isinstance(reply, bytes) else reply)
+            replies.append([r if not isinstance(r, list) else [_text(x) for x in r] for r in got])
+    finally:
+        await redis_runner.aclose()
+    assert replies[0] == replies[1]
+    assert replies[0][1].endswith(" 1") and replies[0][2].endswith(" 1")  # frozen, to the last µs
+    assert not replies[0][3].endswith(" 1") and replies[0][3].startswith("1 ")  # over: decided, admitted
+
+
+def _text(x: object) -> object:
+    return x.decode() if isinstance(x, bytes) else x
