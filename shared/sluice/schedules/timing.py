@@ -133,7 +133,7 @@ def plan(s: Schedule, cursor_ms: int, now_ms: int, term_start_ms: int) -> Plan:
     skipped = 0
     last = cursor_ms
     missed_until = min(boundary - 1, now_ms)
-    if missed_until > cursor_ms:
+    if missed_until > cursor_ms and next_after(s, cursor_ms) <= missed_until:  # something was missed
         if s.catch_up is CatchUp.ALL:
             latest = tail(s, cursor_ms, missed_until, s.max_catch_up)
         else:
