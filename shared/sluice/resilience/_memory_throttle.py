@@ -6,7 +6,6 @@ Split out of :mod:`._memory` (same conventions: the script's keys and arguments,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +67,7 @@ def handlers(backend: MemoryBackend) -> dict[str, Handler]:
             model = FreezeModel()
         reply = model.freeze(now, int(float(_text(args[1]))), _text(args[2]))
         if reply[0] == 1:
-            backend.keep(keys[0], model, math.ceil((model.until - now) / 1000))
+            backend.keep(keys[0], model, keep_ms(model.until - now))
         return list(reply)
 
     def freeze_read(keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:

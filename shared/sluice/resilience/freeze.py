@@ -1,7 +1,7 @@
 """Fleet-wide freezes: "stop admitting this name until then", after an upstream said so (HTTP 429).
 
 A freeze is one small hash per name, ``<prefix>:freeze:{<name>}`` (``u``: its end on Redis' clock in µs,
-``r``: a reason, ``c``: the freezes it took), expiring when it ends. :meth:`Freezes.freeze` keeps the
+``r``: a reason, ``c``: the freezes it took), expiring a second after it ends. :meth:`Freezes.freeze` keeps the
 later of two ends, so concurrent 429s from many workers make one freeze. The rate limiters read it in
 their own script (``try_acquire(name, freeze=name)``): a task that already takes a rate-limit decision
 pays no extra round trip to honour a freeze. :meth:`Freezes.get` reads one for tasks that take none.
