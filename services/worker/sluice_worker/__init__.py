@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sluice_worker.outcome import (
         ACK,
         Ack,
+        Cancelled,
         DeadLettered,
         DeadLetterOnError,
         Deferred,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACK",
     "Ack",
+    "Cancelled",
     "DeadLetterOnError",
     "DeadLettered",
     "Deferred",
@@ -63,6 +65,7 @@ _WHERE = {
     "resolve_queues": "options",
     "ACK": "outcome",
     "Ack": "outcome",
+    "Cancelled": "outcome",
     "DeadLettered": "outcome",
     "DeadLetterOnError": "outcome",
     "Deferred": "outcome",

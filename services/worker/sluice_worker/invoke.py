@@ -13,7 +13,13 @@ is a failure of that one task, handed to the failure policy like a ``ValueError`
 - a :class:`~sluice_worker.failures.TaskTimeout`, when an ``async`` handler ran past its ``timeout``.
 
 Only a cancellation *of the worker itself* (a drain past its grace period, a lost connection)
-propagates: the delivery then goes back to the broker. (The ``timeout``'s own cancellation never gets
+propagates: the delivery then goes back to the broker. The cancellation of a task cancelled while its
+``async`` handler runs (``sluice task cancel``: :mod:`sluice_worker.policies.cancel` cancels the
+delivery's asyncio task and sets ``Delivery.cancel_requested``) is not the worker's: it is taken back
+(``Task.uncancel()``) and answered as the handler's ending, for the handler watch to make it
+``cancelled``; whether the handler let the ``CancelledError`` out or swallowed it and returned.
+
+What the handler returned is kept in the delivery (``Delivery.value``: a tracked task's result). (The ``timeout``'s own cancellation never gets
 out: ``asyncio.timeout`` turns it into the ``TaskTimeout`` above.)
 
 A plain function cannot be stopped (Python threads cannot be killed): its ``timeout`` is not enforced and
@@ -29,6 +35,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from sluice.tasks import Task
+from sluice_worker.policies.step import Delivery
 from sluice_worker.policies.timeout import within
 
 __all__ = ["Invoker", "cancelled_from_outside"]
@@ -49,30 +56,53 @@ class Invoker:
     def __init__(self, pool: Executor) -> None:
         self._pool = pool
 
-    async def __call__(self, task: Task, args: list[Any]) -> BaseException | None:
-        """Run ``task``'s handler with ``args``; ``None`` if it returned, else what it raised."""
+    #: the pipeline hands it the delivery (a stand-in invoker of the tests takes ``task, args`` only)
+    delivers = True
+
+    async def __call__(self, task: Task, args: list[Any], d: Delivery | None = None) -> BaseException | None:
+        """Run ``task``'s handler with ``args`` for delivery ``d``; ``None`` if it returned (its value
+        in ``d.value``), else what it raised."""
+        value: Any = None
         try:
             if not task.is_async:
-                return await asyncio.get_running_loop().run_in_executor(self._pool, _boxed, task.fn, args)
+                value, error = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, _boxed, task.fn, args
+                )
+                if d is not None:
+                    d.value = value
+                return error
             if task.policy.timeout is None:
-                await task.fn(*args)
+                value = await task.fn(*args)
             else:
-                await within(task, args, task.policy.timeout)
+                value = await within(task, args, task.policy.timeout)
         except asyncio.CancelledError as e:
+            if d is not None and d.cancel_requested and task.is_async and _taken_back():
+                return e  # the task was cancelled (not the worker): the handler watch says cancelled
             if cancelled_from_outside():
                 raise  # the worker cancels this delivery: it goes back to the broker
             return e  # the handler raised it on its own: a failure like any other
         except BaseException as e:  # SystemExit, KeyboardInterrupt, ...: a failure of this task only
             return e
+        if d is not None:
+            d.value = value
+            if d.cancel_requested:
+                _taken_back()  # the handler swallowed its cancellation and returned: take it back all the same
         return None
 
 
-def _boxed(fn: Callable[..., Any], args: list[Any]) -> BaseException | None:
-    """Call a plain handler (in a pool thread); what it raised is the *result*, never the future's
-    exception: asyncio throws a future's exception into the awaiting coroutine, and a thrown
-    ``GeneratorExit`` closes every coroutine on the way (the runner's too) instead of reaching it."""
+def _taken_back() -> bool:
+    """Take back the one cancellation of the running asyncio task a task cancel asked for; True unless
+    the worker cancels it too (then the delivery goes back to the broker)."""
+    me = asyncio.current_task()
+    return me is not None and me.uncancel() == 0
+
+
+def _boxed(fn: Callable[..., Any], args: list[Any]) -> tuple[Any, BaseException | None]:
+    """Call a plain handler (in a pool thread): (its value, None) or (None, what it raised). What it
+    raised is part of the *result*, never the future's exception: asyncio throws a future's exception
+    into the awaiting coroutine, and a thrown ``GeneratorExit`` closes every coroutine on the way (the
+    runner's too) instead of reaching it."""
     try:
-        fn(*args)
+        return fn(*args), None
     except BaseException as e:
-        return e
-    return None
+        return None, e

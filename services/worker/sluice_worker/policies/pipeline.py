@@ -2,7 +2,8 @@
 
 :data:`ORDER` is the order, written once (each step's module says what it decides and costs)::
 
-    eta -> retry budget -> rate limit -> idempotency -> concurrency -> breaker -> [timeout: the call] -> failure
+    [track] -> cancel -> eta -> retry budget -> rate limit -> idempotency -> concurrency -> breaker
+        -> failure -> handler watch -> [track start] -> [timeout: the call]
 
 Why this order: the cheap local check first and the scarce shared resources last, so that a task that
 will not run holds nothing it would have to give back. A task not yet due (**eta**) must take nothing.
@@ -14,6 +15,13 @@ lease and the breaker: a duplicate takes no slot and no trial. **Concurrency** b
 task waiting for a slot takes no half-open trial. The **timeout** wraps the call
 (:mod:`~sluice_worker.policies.timeout`). The **failure** step is innermost: the first to see a
 failure, it turns it into a retry or a dead letter, so the breaker and the budget see that decision.
+**Cancel** is outermost of the policies: a cancelled task takes nothing at all (a dict lookup,
+:mod:`~sluice_worker.policies.cancel`); the **handler watch** is innermost, around the call, so the
+handler of a task cancelled while it runs is cancelled (and a cancel that came while the delivery
+waited further out is honoured before the call). The **tracking** steps (only in a tracked pipeline,
+:mod:`~sluice_worker.policies.track`) wrap it all: ``track`` outermost writes the outcome every other
+step settled on (a cancel's too), ``track start`` writes ``running`` at the call, once no step can
+defer the delivery any more.
 
 A :class:`Pipeline` is built once per task when the worker loads its registry
 (:meth:`~sluice_worker.policies.shared.Policies.pipeline`); a step the task does not declare is not in
@@ -23,13 +31,14 @@ be limited with ``sluice limits set``) and the failure step.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from sluice.protocol import TaskMessage
 from sluice.tasks import Task
 from sluice_worker.outcome import ACK, Outcome
 from sluice_worker.policies.breaker import BreakerStep
+from sluice_worker.policies.cancel import CancelStep, HandlerWatch
 from sluice_worker.policies.concurrency import ConcurrencyStep
 from sluice_worker.policies.eta import Eta
 from sluice_worker.policies.failure import Failure
@@ -37,6 +46,7 @@ from sluice_worker.policies.idempotency import IdempotencyStep
 from sluice_worker.policies.rate_limit import RateLimitStep
 from sluice_worker.policies.retry_budget import RetryBudgetStep
 from sluice_worker.policies.step import Delivery, Step
+from sluice_worker.policies.track import TrackStart, TrackStep
 
 if TYPE_CHECKING:
     from sluice_worker.invoke import Invoker
@@ -45,6 +55,8 @@ __all__ = ["ORDER", "Pipeline"]
 
 #: the steps, outermost first (the module doc says why in this order)
 ORDER: Final[tuple[type[Step], ...]] = (
+    TrackStep,
+    CancelStep,
     Eta,
     RetryBudgetStep,
     RateLimitStep,
@@ -52,6 +64,8 @@ ORDER: Final[tuple[type[Step], ...]] = (
     ConcurrencyStep,
     BreakerStep,
     Failure,
+    HandlerWatch,
+    TrackStart,
 )
 
 
@@ -66,12 +80,14 @@ def _overrides(step: Step, hook: str) -> bool:
 class Pipeline:
     """One task's steps and its handler's call; :meth:`run` answers each delivery's outcome."""
 
-    __slots__ = ("_afters", "_afters_ack", "_befores", "_invoke", "steps", "task")
+    __slots__ = ("_afters", "_afters_ack", "_befores", "_delivers", "_invoke", "steps", "task", "tracked")
 
     def __init__(self, task: Task, steps: Sequence[Step], invoke: Invoker) -> None:
         self.task = task
         self.steps = tuple(steps)
+        self.tracked = any(s.tracking for s in self.steps)  # its deliveries' states are written
         self._invoke = invoke
+        self._delivers = getattr(invoke, "delivers", False)
         # per step that has a before, outermost first: that before and the afters to run when the
         # delivery stops there (those of the steps entered so far, innermost first)
         befores: list[tuple[Before, tuple[After, ...]]] = []
@@ -86,11 +102,14 @@ class Pipeline:
             s.after for s in reversed(self.steps) if _overrides(s, "after") and s.after_on_ack
         )
 
-    async def run(self, msg: TaskMessage, args: list[Any]) -> Outcome:
-        """Take ``msg`` through the steps, call the handler with ``args`` if every step lets it, and
-        answer the outcome. Only a cancellation of the worker itself propagates (after every step
-        entered has given back what it holds)."""
-        d = Delivery(msg)
+    async def run(
+        self, msg: TaskMessage, args: list[Any], headers: Mapping[str, Any] | None = None
+    ) -> Outcome:
+        """Take ``msg`` (its raw ``headers`` too, for the steps that read more than the contract's
+        fields) through the steps, call the handler with ``args`` if every step lets it, and answer the
+        outcome. Only a cancellation of the worker itself propagates (after every step entered has
+        given back what it holds)."""
+        d = Delivery(msg, headers)
         afters: tuple[After, ...] = ()
         outcome: Outcome | None = None
         try:
@@ -101,7 +120,10 @@ class Pipeline:
                     break
             else:
                 afters = self._afters
-                error = await self._invoke(self.task, args)
+                invoke = self._invoke
+                # the worker's Invoker keeps the handler's value and a task cancel in the delivery; a
+                # stand-in (the policy tests') answers the call's failure only
+                error = await (invoke(self.task, args, d) if self._delivers else invoke(self.task, args))
                 d.called = True
                 if error is None:
                     outcome = ACK
