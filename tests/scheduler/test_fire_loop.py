@@ -127,3 +127,27 @@ async def test_a_paused_schedule_does_not_fire_and_resumes_from_now(
         assert len(drain(amqp_url, f"{settings.prefix}.q.default")) == 1
     finally:
         await publisher.aclose()
+
+
+async def test_a_schedule_whose_queue_does_not_exist_does_not_hold_up_the_others(
+    store: ScheduleStore, clock: FakeClock, settings: Settings, amqp_url: str
+) -> None:
+    """The scheduler may create only the configured queues (a schedule added at run time cannot make the
+    broker create one): a fire to a missing queue is refused, retried each pass, and the rest fire."""
+    from sluice.publisher import creatable_queues
+
+    await store.save(every("1s", name="a-lost", task="demo.noop", queue="nowhere"))
+    await store.save(every("1s", name="b-fine", task="demo.noop"))
+    clock.advance(1.0)
+    publisher = LazyPublisher(settings, creatable_queues(settings))
+    try:
+        s = _scheduler(store, publisher, clock, "a")
+        await _pass(s)
+        await _pass(s)
+    finally:
+        await publisher.aclose()
+    (fired,) = drain(amqp_url, f"{settings.prefix}.q.default")
+    assert fired.schedule == "b-fine"
+    lost = await store.get("a-lost")
+    assert lost.state.last_task is None and lost.state.pending is not None  # claimed, never recorded
+    assert s.metrics.publish_failures._value.get() == 2

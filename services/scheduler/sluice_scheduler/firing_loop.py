@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from sluice.connection import BROKER_ERRORS
-from sluice.errors import BrokerError, ProtocolError
+from sluice.errors import BrokerError, ProtocolError, PublishReturned, UnknownQueue
 from sluice.protocol import TaskMessage
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.schedules import Entry, Lease, Plan, ScheduleStore, StoreUnavailable, fire_message, plan
@@ -35,6 +35,11 @@ _NOT_CONFIRMED: tuple[type[BaseException], ...] = (BrokerError, ProtocolError, T
 
 class _Fenced(Exception):
     """A claim was refused: another scheduler holds the lease."""
+
+
+class _ThisSchedule(Exception):
+    """A fire refused for what this schedule asks (an unknown queue, an unroutable or too large task): the
+    other schedules go on; this one is tried again on the next pass."""
 
 
 class _BrokerDown(Exception):
@@ -64,6 +69,7 @@ class FireLoop:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice.scheduler"))
     _unrecorded: dict[tuple[str, int], _Unrecorded] = field(default_factory=dict)
     _failing: bool = False
+    _refused: dict[str, str] = field(default_factory=dict)  # schedule -> why its last fire was refused
 
     def _now_ms(self) -> int:
         return int(self.clock.time() * 1000)
@@ -99,6 +105,8 @@ class FireLoop:
                 return self.tick
             except _BrokerDown:
                 return self.retry_after
+            except _ThisSchedule:
+                continue
             except StoreUnavailable as e:
                 self.log.warning("lost Redis while firing (%s); retrying", e)
                 return self.retry_after
@@ -153,12 +161,19 @@ class FireLoop:
         msg = fire_message(s, occ, queue, now_ms=self._now_ms())
         try:
             await self.publish(msg)
+        except (UnknownQueue, PublishReturned, ProtocolError) as e:
+            self.metrics.publish_failures.inc()
+            if self._refused.get(s.name) != str(e):
+                self._refused[s.name] = str(e)
+                self.log.error("%s: fire of %d refused (%s): tried again each pass", s.name, occ, e)
+            raise _ThisSchedule from None
         except _NOT_CONFIRMED as e:
             self.metrics.publish_failures.inc()
             if not self._failing:
                 self._failing = True
                 self.log.warning("%s: fire of %d not confirmed (%s): sending it again", s.name, occ, e)
             raise _BrokerDown from None
+        self._refused.pop(s.name, None)
         if self._failing:
             self._failing = False
             self.log.info("the broker confirms fires again")

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client.exposition import choose_encoder
 from redis.asyncio import Redis
@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerUnavailable
 from sluice.protocol import TaskMessage
-from sluice.publisher import Publisher
+from sluice.publisher import Publisher, creatable_queues
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.runtime import listen, serve_http
 from sluice.schedules import Schedule, ScheduleStore, StoreUnavailable
@@ -40,10 +40,13 @@ def instance_id() -> str:
 
 class LazyPublisher:
     """A :class:`~sluice.publisher.Publisher` opened on first use, and again after a failed open (the broker
-    may be down when the scheduler starts); once open, its robust connection reconnects by itself."""
+    may be down when the scheduler starts); once open, its robust connection reconnects by itself.
+    ``creatable``: the queues it may create (others must exist: a schedule added at run time cannot make the
+    broker create queues); ``None``: any."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, creatable: Collection[str] | None = None) -> None:
         self.settings = settings
+        self.creatable = creatable
         self._publisher: Publisher | None = None
         self._lock = asyncio.Lock()
 
@@ -52,7 +55,7 @@ class LazyPublisher:
         if publisher is None:
             async with self._lock:
                 if self._publisher is None:
-                    p = Publisher(self.settings, name="sluice-scheduler")
+                    p = Publisher(self.settings, name="sluice-scheduler", creatable=self.creatable)
                     try:
                         await p.__aenter__()
                     except BROKER_ERRORS as e:
@@ -153,7 +156,8 @@ async def serve(
     sock = listen(host, port)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     store = ScheduleStore(redis, settings.prefix, timeout=min(2.0, lease / 4))
-    publisher = LazyPublisher(settings)
+    declared = [s.queue for s in schedules if s.queue]
+    publisher = LazyPublisher(settings, creatable_queues(settings, [*task_queues.values(), *declared]))
     scheduler = Scheduler(
         store,
         publisher,
