@@ -1,0 +1,109 @@
+"""Cancels that stick, through real worker processes (issue 13): a cancelled task is acked as
+``cancelled`` and never run, wherever it waits (its queue, a delay tier, a retry), after every worker
+restarted too; a running ``async`` handler gets ``CancelledError`` within 1 s, a plain function sees
+``ctx.cancelled``; neither is retried nor dead-lettered.
+
+A burst worker (``sluice worker --burst``) ends by itself once its queue and every delay tier are empty
+and nothing runs, so "the copy came back and was settled" is its exit, not a sleep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+from test_handles_states import Rig, ended_well, reaches, rigged
+
+from sluice.handles import State
+from support.queues import queue_state
+from support.waiting import eventually
+
+CANCEL_BOUND = 1.0  # seconds from TaskHandles.cancel to the running handler seeing it
+
+
+@pytest.fixture
+async def rig(
+    amqp_url: str, redis_url: str, unique: str, redis: Redis, r: sync_redis.Redis, tmp_path: Path
+) -> AsyncIterator[Rig]:
+    async with rigged(amqp_url, redis_url, unique, redis, r, tmp_path) as one:
+        yield one
+
+
+def acked_unrun(log: str, task_id: str, task: str) -> None:
+    assert f"task {task_id} ({task}) is cancelled: acked without running" in log, log[-3000:]
+
+
+async def test_cancelled_while_queued_is_acked_without_running(rig: Rig) -> None:
+    ids = [rig.publish("handles.mark", {"key": rig.key, "n": i}) for i in range(3)]
+    [report] = await rig.handles.cancel(ids[1])
+    assert (await rig.handles.status(ids[1])).state is State.CANCELLED, report
+    w = rig.worker("--burst")
+    log = ended_well(w, w.wait(60))
+    assert rig.runs() == 2, "the cancelled task ran"
+    states = [(await rig.handles.status(i)).state for i in ids]
+    assert states == [State.SUCCEEDED, State.CANCELLED, State.SUCCEEDED]
+    acked_unrun(log, ids[1], "handles.mark")
+    assert queue_state(rig.amqp_url, f"{rig.unique}.q.default") == (0, 0)
+    rig.dlq_empty()
+
+
+async def test_cancelled_in_a_delay_tier_and_every_worker_restarted_is_not_run(rig: Rig) -> None:
+    """The cancel is issued while a worker runs (it hears of it); that worker stops; a new one starts
+    (it loads the live cancels from Redis) and gets the task when its delay tier returns it."""
+    first = rig.worker(consuming=True)
+    later = rig.publish("handles.mark", {"key": rig.key}, "--delay", "4s")
+    rig.publish("handles.mark", {"key": f"{rig.key}:kept"}, "--delay", "4s")
+    await rig.handles.cancel(later)
+    ended_well(first, first.terminate(timeout=30))
+
+    second = rig.worker("--burst")  # ends once the tier is empty and all settled
+    log = ended_well(second, second.wait(90))
+    assert rig.runs() == 0, "the cancelled task ran after the restart"
+    assert rig.runs(f"{rig.key}:kept") == 1
+    assert (await rig.handles.status(later)).state is State.CANCELLED
+    acked_unrun(log, later, "handles.mark")
+    rig.dlq_empty()
+
+
+async def test_a_retry_cancelled_in_its_delay_tier_is_not_run_again(rig: Rig) -> None:
+    flaky = rig.publish("handles.flaky", {"key": rig.key})
+    w = rig.worker("--burst")
+    await reaches(rig.handles, flaky, State.RETRYING)
+    [report] = await rig.handles.cancel(flaky)
+    assert (await rig.handles.status(flaky)).state is State.CANCELLED, report
+    log = ended_well(w, w.wait(90))  # the retry came back after 8 s and was acked as cancelled
+    assert rig.runs() == 1, "the cancelled retry ran"
+    acked_unrun(log, flaky, "handles.flaky")
+    rig.dlq_empty()
+
+
+@pytest.mark.parametrize("task", ["handles.sleep", "handles.blocking"])
+async def test_a_running_handler_sees_its_cancel_within_a_second(rig: Rig, task: str) -> None:
+    """``async``: CancelledError in the handler; plain function: ``ctx.cancelled``. Either way the task
+    ends ``cancelled``: not retried, not dead-lettered, and the worker goes on."""
+    k, r = f"{rig.unique}:job", rig.r
+    w = rig.worker(consuming=True)
+    job = rig.publish(task, {"key": k, "seconds": 60})
+    await reaches(rig.handles, job, State.RUNNING)
+    await eventually(lambda: r.hget(k, "started"), 30, "the handler to start")
+    asked = time.time()
+    await rig.handles.cancel(job)
+    seen = await eventually(lambda: r.hget(k, "cancelled_at"), 5, "the handler to see its cancel")
+    took = float(seen or 0) - asked
+    print(f"{task}: the handler saw its cancel {took * 1000:.0f} ms after TaskHandles.cancel")
+    assert took < CANCEL_BOUND, took
+    s = await reaches(rig.handles, job, State.CANCELLED, State.FAILED, State.DEAD, State.RETRYING, within=10)
+    assert s.state is State.CANCELLED, s
+    assert r.hget(k, "finished") is None and rig.runs(k) == 1
+
+    after = rig.publish("handles.add", {"key": f"{rig.unique}:after", "n": 1})
+    assert (await reaches(rig.handles, after, State.SUCCEEDED)).result == {"total": 2, "by": after}
+    queue = f"{rig.unique}.q.default"
+    await eventually(lambda: queue_state(rig.amqp_url, queue) == (0, 1), 10, "an empty queue")
+    rig.dlq_empty()
+    log = ended_well(w, w.terminate(timeout=30))
+    assert "requeueing" not in log, log[-2000:]
