@@ -8,6 +8,7 @@ from sluice.protocol import PROTOCOL_VERSION, TaskMessage
 from sluice.publisher import Publisher, PublishReport
 from sluice.settings import Settings
 from sluice.tasks import Registry, Task, TaskContext, task
+from sluice.throttle import Throttled
 from sluice.topology import Topology
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Task",
     "TaskContext",
     "TaskMessage",
+    "Throttled",
     "Topology",
     "task",
 ]

@@ -19,6 +19,8 @@ The tree::
     │       ├── PublishReturned     unroutable: no queue is bound for its routing key
     │       └── PublishTimeout      no confirm within the publish timeout
     ├── ResilienceError             see sluice.resilience.errors for its subtree
+    ├── Throttled                   the upstream said "not now" (HTTP 429, or 503 with Retry-After): carries
+    │                               retry_after, until and scope (defined in sluice.throttle)
     └── HandleError                 task handles (status, wait, cancel, unique enqueue)
         ├── TrackingUnavailable     Redis unreachable: the state is unavailable, not "unknown"
         ├── WaitTimeout             the task did not end within the wait

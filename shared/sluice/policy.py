@@ -49,7 +49,9 @@ _UNITS = {
     "day": 86400.0,
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$")
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?)?\s*([a-z]+)\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?)?\s*([a-z]+)(?:\s+([a-z]+))?\s*$")
+#: how a rate limit counts: GCRA (smooth, bursts up to ``burst``) or an exact sliding window
+WINDOWS = ("gcra", "sliding")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -89,8 +91,13 @@ def payload_field(payload: Mapping[str, Any], dotted: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """``limit`` runs per ``period`` seconds fleet-wide (GCRA), at most ``burst`` at once.
+    """``limit`` runs per ``period`` seconds fleet-wide, at most ``burst`` at once.
 
+    ``window`` is how it counts: ``"gcra"`` (the default: smooth, up to ``burst + rate * t`` in any
+    interval of length ``t``, so about twice ``limit`` in one period with the default burst) or
+    ``"sliding"`` (never more than ``limit`` in any window of ``period``, exactly; ``burst`` does not apply).
+    With ``adaptive``, throttle signals from the upstream cut the fleet's effective rate and quiet time
+    raises it back to ``limit`` (:class:`~sluice.resilience.AdaptiveRate`).
     With ``key`` (a payload field, dotted), each value of that field has its own limit (per tenant).
     ``limit`` and ``period`` are the :class:`~sluice.resilience.Rate` the worker's limiter enforces
     (:attr:`rate`, checked the same way); ``burst`` is the limiter's ``burst`` (:attr:`effective_burst`).
@@ -100,6 +107,8 @@ class RateLimit:
     period: float = 1.0
     burst: int | None = None
     key: str | None = None
+    window: str = "gcra"
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         Rate.check(self.limit, self.period, "rate limit")
@@ -107,15 +116,24 @@ class RateLimit:
             raise ConfigError(f"bad burst {self.burst}: must be at least 1")
         if self.key is not None:
             _field_name(self.key, "rate limit key")
+        if self.window not in WINDOWS:
+            raise ConfigError(f"bad rate limit window {self.window!r}: use {' or '.join(WINDOWS)}")
+        if self.window == "sliding" and self.burst is not None:
+            raise ConfigError("a sliding window has no burst (all of its limit may go at once)")
 
     @classmethod
-    def parse(cls, spec: str, *, burst: int | None = None, key: str | None = None) -> RateLimit:
-        """``"100/s"``, ``"6000/min"``, ``"10/5s"``, ``"1000/h"``, ``"50/d"``."""
+    def parse(
+        cls, spec: str, *, burst: int | None = None, key: str | None = None, adaptive: bool = False
+    ) -> RateLimit:
+        """``"100/s"``, ``"6000/min"``, ``"10/5s"``, ``"1000/h"``, ``"50/d"``; a window after it:
+        ``"50/s sliding"`` (``"50/s gcra"`` is the default spelled out)."""
         m = _RATE.match(spec.lower())
-        if m is None or m.group(3) not in _UNITS:
-            raise ConfigError(f"bad rate {spec!r}: use N/unit, e.g. 100/s, 6000/min, 10/5s")
+        if m is None or m.group(3) not in _UNITS or (m.group(4) or "gcra") not in WINDOWS:
+            raise ConfigError(
+                f"bad rate {spec!r}: use N/unit, e.g. 100/s, 6000/min, 10/5s, optionally with a window: 50/s sliding"
+            )
         count = float(m.group(2)) if m.group(2) else 1.0
-        return cls(int(m.group(1)), count * _UNITS[m.group(3)], burst, key)
+        return cls(int(m.group(1)), count * _UNITS[m.group(3)], burst, key, m.group(4) or "gcra", adaptive)
 
     @property
     def rate(self) -> Rate:
@@ -128,10 +146,11 @@ class RateLimit:
         return self.limit if self.burst is None else self.burst
 
     def __str__(self) -> str:
+        suffix = "" if self.window == "gcra" else f" {self.window}"
         for unit in ("s", "min", "h", "d"):
             if self.period == _UNITS[unit]:
-                return f"{self.limit}/{unit}"
-        return f"{self.limit}/{self.period:g}s"
+                return f"{self.limit}/{unit}{suffix}"
+        return f"{self.limit}/{self.period:g}s{suffix}"
 
 
 def parse_rate(spec: str | RateLimit) -> RateLimit:
