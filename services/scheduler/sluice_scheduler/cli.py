@@ -42,7 +42,7 @@ def scheduler(
     run(
         serve(
             settings,
-            list(schedules.values()),
+            list(schedules.values()) if names else None,  # no --tasks: leave the declared ones be
             task_queues={name: t.queue for name, t in registry.items()},
             host=host,
             port=port,

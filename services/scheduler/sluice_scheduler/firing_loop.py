@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerError, ProtocolError, PublishReturned, UnknownQueue
 from sluice.protocol import TaskMessage
 from sluice.resilience.clock import SYSTEM, Clock
-from sluice.schedules import Entry, Lease, Plan, ScheduleStore, StoreUnavailable, fire_message, plan
+from sluice.schedules import Entry, Lease, Plan, Schedule, ScheduleStore, StoreUnavailable, fire_message, plan
 
 from .leadership import Leadership, sleep_or_stop
 from .metrics import SchedulerMetrics
@@ -68,7 +68,12 @@ class FireLoop:
     metrics: SchedulerMetrics = field(default_factory=SchedulerMetrics)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice.scheduler"))
     _unrecorded: dict[tuple[str, int], _Unrecorded] = field(default_factory=dict)
+    #: the code-declared schedules, synced again at the start of each term (``None``: this replica declares
+    #: none and leaves the code-declared ones as they are)
+    declared: Sequence[Schedule] | None = None
+    _synced_term: int = -1
     _failing: bool = False
+    _store_down: bool = False
     _refused: dict[str, str] = field(default_factory=dict)  # schedule -> why its last fire was refused
 
     def _now_ms(self) -> int:
@@ -87,10 +92,16 @@ class FireLoop:
         """One pass over every schedule; answers the seconds until the next pass is needed."""
         try:
             await self._record_remembered()
+            if self.declared is not None and self._synced_term != self.leadership.term_start_ms:
+                report = await self.store.sync(self.declared)  # a new term: Redis may have lost them
+                self._synced_term = self.leadership.term_start_ms
+                if report.added or report.updated or report.removed:
+                    self.log.info("declared schedules synced at the start of the term: %s", report)
             entries = await self.store.entries()
         except StoreUnavailable as e:
-            self.log.warning("cannot read the schedules (%s); retrying", e)
+            self._store_trouble("cannot read the schedules", e)
             return self.retry_after
+        self._store_down = False
         self.metrics.schedules.set(len(entries))
         wait = self.tick
         for entry in entries:
@@ -108,11 +119,17 @@ class FireLoop:
             except _ThisSchedule:
                 continue
             except StoreUnavailable as e:
-                self.log.warning("lost Redis while firing (%s); retrying", e)
+                self._store_trouble("lost Redis while firing", e)
                 return self.retry_after
             if p.next_due is not None:
                 wait = min(wait, max(0.0, (p.next_due - self._now_ms()) / 1000))
         return wait
+
+    def _store_trouble(self, what: str, e: Exception) -> None:
+        """Logged once per outage (the lease keeper says when Redis is back)."""
+        if not self._store_down:
+            self._store_down = True
+            self.log.warning("%s (%s); retrying", what, e)
 
     async def _record_remembered(self) -> None:
         for (name, occ), done in list(self._unrecorded.items()):

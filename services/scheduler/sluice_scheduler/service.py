@@ -85,9 +85,9 @@ class Scheduler:
         default_queue: str = "default",
         clock: Clock = SYSTEM,
         metrics: SchedulerMetrics | None = None,
-        schedules: Sequence[Schedule] = (),
+        schedules: Sequence[Schedule] | None = None,
     ) -> None:
-        self.schedules = list(schedules)
+        self.schedules = None if schedules is None else list(schedules)
         self.store = store
         self.metrics = metrics or SchedulerMetrics()
         self.leadership = Leadership(
@@ -102,12 +102,15 @@ class Scheduler:
             tick=tick,
             clock=clock,
             metrics=self.metrics,
+            declared=self.schedules,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync the declared schedules, then until ``stop`` both tasks (a failure of either stops the other
         and is raised)."""
-        if not await _sync(self.store, self.schedules, stop, self.leadership.clock):
+        if self.schedules is not None and not await _sync(
+            self.store, self.schedules, stop, self.leadership.clock
+        ):
             return
         async with asyncio.TaskGroup() as group:
             group.create_task(self.leadership.keep(stop), name="sluice-scheduler-lease")
@@ -142,7 +145,7 @@ def _app(scheduler: Scheduler):  # type: ignore[no-untyped-def]
 
 async def serve(
     settings: Settings,
-    schedules: Sequence[Schedule],
+    schedules: Sequence[Schedule] | None,
     *,
     task_queues: Mapping[str, str],
     host: str,
@@ -150,13 +153,14 @@ async def serve(
     lease: float = 10.0,
     tick: float = 0.25,
 ) -> None:
-    """Run one scheduler process until SIGTERM/SIGINT."""
+    """Run one scheduler process until SIGTERM/SIGINT. ``schedules``: the code-declared ones (synced at start
+    and at the start of each term this replica leads); ``None``: it declares none and leaves them be."""
     import uvicorn
 
     sock = listen(host, port)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     store = ScheduleStore(redis, settings.prefix, timeout=min(2.0, lease / 4))
-    declared = [s.queue for s in schedules if s.queue]
+    declared = [s.queue for s in schedules or () if s.queue]
     publisher = LazyPublisher(settings, creatable_queues(settings, [*task_queues.values(), *declared]))
     scheduler = Scheduler(
         store,
