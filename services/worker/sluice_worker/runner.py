@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sluice.errors import ProtocolError
-from sluice.protocol import H_TRACK, H_UNIQUE_KEY, TaskMessage, decode
+from sluice.protocol import H_TRACK, H_UNIQUE_KEY, decode
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.settings import Settings
 from sluice.tasks import Registry, TaskContext
@@ -134,13 +134,12 @@ class Runner:
             and (headers.get(H_TRACK) or headers.get(H_UNIQUE_KEY))
         ):
             pipeline = self._tracked_pipeline(pipeline)  # the publisher asked for this delivery's state
-        return await pipeline.run(msg, task.arguments(model, self._context(msg, redelivered)), headers)
-
-    def _context(self, msg: TaskMessage, redelivered: bool) -> TaskContext:
         w = self._watch
-        if w is None:
-            return TaskContext(msg, redelivered)
-        return TaskContext(msg, redelivered, lambda: w.is_cancelled(msg.id, msg.task, msg.created_at_ms))
+        if w is None or "context" not in task._params:  # no handler to ask ctx.cancelled: no closure
+            ctx = TaskContext(msg, redelivered)
+        else:
+            ctx = TaskContext(msg, redelivered, lambda: w.is_cancelled(msg.id, msg.task, msg.created_at_ms))
+        return await pipeline.run(msg, task.arguments(model, ctx), headers)
 
     async def _refused(
         self,

@@ -74,25 +74,18 @@ class Canceller:
 
     def __init__(self, watch: CancelView) -> None:
         self.watch = watch
-        self._running: dict[int, tuple[Delivery, asyncio.Task[object] | None]] = {}
+        # id(delivery) -> (delivery, its asyncio task if its handler is async); the handler watch fills it
+        self.registry: dict[int, tuple[Delivery, asyncio.Task[object] | None]] = {}
         self.cancelled = 0
-
-    def enter(self, d: Delivery, task: Task) -> None:
-        """``d``'s handler is about to be called (from the delivery's own asyncio task)."""
-        me = asyncio.current_task() if task.is_async else None
-        self._running[id(d)] = (d, me)
-
-    def leave(self, d: Delivery) -> None:
-        self._running.pop(id(d), None)
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self.registry)
 
     def cancel(self, task_id: str) -> None:
         """A cancel arrived (``task_id``; any running delivery a rule covers too: every one is checked
         against the watch, a handful at most): cancel the running deliveries it covers."""
-        for d, me in list(self._running.values()):
+        for d, me in list(self.registry.values()):
             if d.cancel_requested or not (d.msg.id == task_id or _cancelled(self.watch, d)):
                 continue
             d.cancel_requested = True
@@ -128,20 +121,22 @@ class HandlerWatch(Step):
 
     def __init__(self, task: Task, canceller: Canceller) -> None:
         super().__init__(task)
-        self._canceller = canceller
+        self._watch = canceller.watch
+        self._registry = canceller.registry
+        self._is_async = task.is_async
 
     @classmethod
     def build(cls, task: Task, policies: Policies, failures: FailurePolicy) -> HandlerWatch | None:
         return None if policies.canceller is None else cls(task, policies.canceller)
 
     async def before(self, d: Delivery) -> Outcome | None:
-        stop = _not_to_run(self._canceller.watch, d)  # cancelled while it waited in a step further out
-        if stop is None:
-            self._canceller.enter(d, self.task)  # no await from here to the call
+        stop = _not_to_run(self._watch, d)  # cancelled while it waited in a step further out
+        if stop is None:  # running from here: no await until the call
+            self._registry[id(d)] = (d, asyncio.current_task() if self._is_async else None)
         return stop
 
     async def after(self, d: Delivery, outcome: Outcome | None) -> Outcome | None:
-        self._canceller.leave(d)
+        self._registry.pop(id(d), None)
         if d.cancel_requested and d.called and outcome is not ACK and d.error is not None:
             return CANCELLED_RUNNING  # not a failure: never retried, never dead-lettered
         return outcome
