@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -291,15 +292,16 @@ def metric_names() -> set[str]:
     return set(re.findall(r"^\| `(sluice_[a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M))
 
 
-def test_busy_slots_trigger_counts_running_tasks_not_deferrals() -> None:
-    (so,) = [d for d in documents(KEDA / "worker-busy-slots.yaml")]
+def test_busy_slots_trigger_counts_handler_time_not_deferrals() -> None:
+    (so,) = documents(KEDA / "worker-busy-slots.yaml")
     (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     meta = trigger["metadata"]
-    used = set(re.findall(r"sluice_[a-z_]+", meta["query"]))
-    assert used == {"sluice_tasks_in_progress"} and used <= metric_names()
-    for signal_name in ("deferred", "delay", "rate_limit", "queue_messages"):
-        assert signal_name not in meta["query"], "deferrals and parked tasks must not scale workers up"
+    series = set(re.findall(r"sluice_[a-z_]+", meta["query"]))
+    assert series == {"sluice_task_run_seconds_sum", "sluice_up"}
+    assert {re.sub(r"_(sum|count|bucket)$", "", s) for s in series} <= metric_names()
+    for word in ("deferred", "delay", "rate_limit", "queue_messages", "in_progress"):
+        assert word not in meta["query"], "deferrals, parked tasks and waiting deliveries must not scale up"
     settings = settings_of(config_map(), amqp_url=secret()["amqp-url"], redis_url=secret()["redis-url"])
     assert float(meta["threshold"]) == 0.75 * settings.concurrency  # 75 % of a worker's slots
     assert meta["ignoreNullValues"] == "false" and so["spec"]["fallback"]["replicas"] >= 1
@@ -601,3 +603,104 @@ def test_http_probes_answer_200_on_the_real_service(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---- the scaling signal, measured on real processes
+
+SIGNAL_TASKS = """
+import asyncio
+
+from sluice import task
+from sluice.policy import RateLimit
+
+
+@task("k8s.limited", rate_limit=RateLimit(10, 1.0, burst=1))
+async def limited() -> None:
+    return None
+
+
+@task("k8s.slow")
+async def slow() -> None:
+    await asyncio.sleep(0.3)
+"""
+LIMIT, CONCURRENCY, SLOW_TASKS, SLOW_SECONDS = 10, 16, 300, 0.3
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The series the test follows, summed over their labels, from the metrics service's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:
+        text = resp.read().decode()
+    out = {"run_seconds": 0.0, "deferred": 0.0, "slow_done": 0.0, "workers": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("sluice_task_run_seconds_sum"):
+            out["run_seconds"] += float(value)
+        elif name.startswith("sluice_rate_limit_decisions_total") and 'decision="deferred"' in name:
+            out["deferred"] += float(value)
+        elif name.startswith("sluice_tasks_completed_total") and 'task="k8s.slow"' in name:
+            out["slow_done"] += float(value) if 'outcome="success"' in name else 0.0
+        elif name == "sluice_workers_alive":
+            out["workers"] = float(value)
+    return out
+
+
+def test_handler_time_rises_for_slow_tasks_not_for_a_rate_limited_backlog(
+    amqp_url: str, redis_url: str, unique: str, r: object, tmp_path: Path
+) -> None:
+    """The busy-slots ScaledObject's signal on a real worker and metrics service: a backlog held back by a
+    fleet-wide rate limit adds at most about limit x 0.25 s of handler time a second (what more workers
+    cannot raise), slow tasks that may run fill the slots (what more workers do raise)."""
+    from support.workers import WorkerProcess, worker_env
+
+    (tmp_path / "k8s_signal_tasks.py").write_text(SIGNAL_TASKS)
+    env = worker_env(amqp_url, redis_url, unique, tmp_path, SLUICE_CONCURRENCY=str(CONCURRENCY))
+    port = free_port()
+    with (tmp_path / "metrics.log").open("w") as out:
+        metrics = subprocess.Popen(
+            [str(SLUICE), "metrics", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    worker = WorkerProcess(["--tasks", "k8s_signal_tasks"], env, tmp_path / "worker.log")
+    try:
+        worker.wait_consuming(amqp_url, f"{unique}.q.default")
+        wait_until(lambda: answers_200(f"http://127.0.0.1:{port}/healthz"), within=30, what="metrics up")
+        wait_until(lambda: scrape(port)["workers"] >= 1, within=30, what="the worker reports")
+
+        def publish(task: str, n: int) -> None:
+            done = subprocess.run(
+                [str(SLUICE), "publish", task, "--count", str(n)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+
+        t0, before = time.monotonic(), scrape(port)
+        publish("k8s.limited", 400)
+        # every task was refused at least once (its first pass through the worker is over)
+        wait_until(lambda: scrape(port)["deferred"] >= 350, within=60, what="the backlog deferred")
+        t1, after = time.monotonic(), scrape(port)
+        limited = (after["run_seconds"] - before["run_seconds"]) / (t1 - t0)
+
+        t2, before = time.monotonic(), scrape(port)
+        publish("k8s.slow", SLOW_TASKS)
+        wait_until(lambda: scrape(port)["slow_done"] >= SLOW_TASKS, within=60, what="the slow tasks ran")
+        t3, after = time.monotonic(), scrape(port)
+        slow = (after["run_seconds"] - before["run_seconds"]) / (t3 - t2)
+        print(f"busy slots of handler time: {limited:.2f} rate-limited backlog, {slow:.2f} slow tasks")
+        assert limited <= LIMIT * 0.25 + 1, "a rate-limited backlog must not look like work for more workers"
+        assert slow >= 0.5 * CONCURRENCY, "tasks that may run fill the slots: the signal rises"
+        assert after["run_seconds"] - before["run_seconds"] >= SLOW_TASKS * SLOW_SECONDS
+    finally:
+        for proc in (worker.proc, metrics):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (worker.proc, metrics):
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
