@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Unpack, get_type_hints
+from typing import TYPE_CHECKING, Any, Unpack, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -25,6 +25,9 @@ from sluice.errors import ConfigError, SluiceError, TaskDefinitionError, Unknown
 from sluice.policy import PolicyOptions, TaskPolicy
 from sluice.protocol import TaskMessage
 from sluice.topology import check_queue_name
+
+if TYPE_CHECKING:
+    from sluice.schedules import Schedule
 
 __all__ = ["Registry", "Task", "TaskContext", "task"]
 
@@ -69,6 +72,8 @@ class Task:
     policy: TaskPolicy = field(default_factory=TaskPolicy)
     #: the result's schema (the return annotation; ``Any`` without one) when the task stores a result
     result_adapter: TypeAdapter[Any] | None = field(default=None, repr=False, compare=False)
+    #: its periodic schedules (``schedule=``), bound to it; ``sluice scheduler --tasks`` syncs them
+    schedules: tuple[Schedule, ...] = field(default=(), compare=False)
 
     def parse(self, payload: Mapping[str, Any]) -> BaseModel | None:
         """Validate a payload against the handler's model; raises pydantic.ValidationError."""
@@ -127,6 +132,7 @@ def task(
     name: str | None = None,
     *,
     queue: str = "default",
+    schedule: Schedule | Sequence[Schedule] | None = None,
     **policies: Unpack[PolicyOptions],
 ) -> Callable[[Callable[..., Any]], Task]:
     """Make a function a sluice task, with optional fleet-wide policies (docs/policies.md).
@@ -145,7 +151,8 @@ def task(
     ``retry_budget``: ``True`` (a fleet budget named after the task) or a
     :class:`~sluice.policy.RetryBudgetPolicy`: retries refused by it go to the DLQ;
     ``track``: record the task's state (``sluice task status``); ``result``: ``True`` or a
-    :class:`~sluice.policy.ResultPolicy`: store the return value too (implies ``track``).
+    :class:`~sluice.policy.ResultPolicy`: store the return value too (implies ``track``);
+    ``schedule``: ``every("5m")``, ``cron("0 6 * * *", tz=...)`` or a list of them (docs/schedules.md).
     """
     check_queue_name(queue)
     try:
@@ -158,6 +165,14 @@ def task(
         if not tname or not set(tname) <= TASK_NAME_CHARS or len(tname) > 200:
             raise TaskDefinitionError(f"bad task name {tname!r}: use 1-200 of A-Z a-z 0-9 _ - . :")
         model, params = _layout(fn, tname)
+        schedules: tuple[Schedule, ...] = ()
+        if schedule is not None:
+            from sluice.schedules import bind_to_task  # the schedules import sluice.tasks
+
+            try:
+                schedules = bind_to_task(tname, schedule)
+            except SluiceError as e:
+                raise TaskDefinitionError(f"task {tname!r}: {e}") from None
         return Task(
             name=tname,
             fn=fn,
@@ -167,6 +182,7 @@ def task(
             _params=params,
             policy=policy,
             result_adapter=None if policy.result is None else _result_adapter(fn, tname),
+            schedules=schedules,
         )
 
     return wrap

@@ -189,3 +189,21 @@ def test_context_cancelled() -> None:
     assert not ctx.cancelled
     flag[0] = True
     assert ctx.cancelled
+
+
+def test_a_task_declares_its_schedules_bound_to_it() -> None:
+    from sluice.schedules import cron, every
+
+    @task("sync.accounts", schedule=[every("5m"), cron("0 6 * * *", tz="Europe/Paris")])
+    async def sync() -> None: ...
+
+    assert [s.name for s in sync.schedules] == ["sync.accounts", "sync.accounts-2"]
+    assert {s.task for s in sync.schedules} == {"sync.accounts"}
+    assert task("plain")(lambda: None).schedules == ()
+
+
+def test_a_bad_schedule_on_a_task_is_one_definition_error() -> None:
+    with pytest.raises(TaskDefinitionError, match="schedule= takes every"):
+
+        @task("sync.bad", schedule="5m")  # type: ignore[arg-type]
+        async def bad() -> None: ...
