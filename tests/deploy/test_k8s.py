@@ -488,6 +488,7 @@ def test_graceful_termination_outlasts_each_drain() -> None:
     )
     # the scheduler gives its lease up on SIGTERM; a killed one is replaced within the lease
     assert pod["sluice-scheduler"]["terminationGracePeriodSeconds"] > 5
+    assert "replicas" not in deployments()["sluice-worker"]["spec"], "kubectl apply would undo the autoscaler"
     pdbs = by_kind(base(), "PodDisruptionBudget")
     assert pdbs["sluice-worker"]["spec"]["maxUnavailable"] == 1
     assert deployments()["sluice-worker"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
