@@ -47,8 +47,11 @@ class ScheduleIn(BaseModel):
     jitter: str | float = Field(0.0, description="each fire up to this much after its due time")
 
 
-def _unavailable(e: Exception) -> HTTPException:
-    return HTTPException(503, detail=f"schedules unavailable: {e}", headers={"Retry-After": "5"})
+class _Unavailable(HTTPException):
+    """503 with Retry-After: the schedules' Redis cannot be reached."""
+
+    def __init__(self, e: Exception) -> None:
+        super().__init__(503, detail=f"schedules unavailable: {e}", headers={"Retry-After": "5"})
 
 
 def schedule_router(
@@ -64,7 +67,7 @@ def schedule_router(
         except UnknownSchedule as e:
             raise HTTPException(404, detail=str(e)) from None
         except StoreUnavailable as e:
-            raise _unavailable(e) from None
+            raise _Unavailable(e) from None
 
     @router.get("")
     async def list_schedules() -> list[dict[str, Any]]:
@@ -72,7 +75,7 @@ def schedule_router(
         try:
             return [row(e) for e in await store.entries()]
         except StoreUnavailable as e:
-            raise _unavailable(e) from None
+            raise _Unavailable(e) from None
 
     @router.post("", status_code=201)
     async def add_schedule(body: ScheduleIn, response: Response) -> dict[str, Any]:
@@ -84,7 +87,7 @@ def schedule_router(
         try:
             created = await store.save(schedule, "runtime")
         except StoreUnavailable as e:
-            raise _unavailable(e) from None
+            raise _Unavailable(e) from None
         if not created:
             response.status_code = 200
         return await one(schedule.name)
@@ -98,7 +101,7 @@ def schedule_router(
         try:
             removed = await store.remove(name)
         except StoreUnavailable as e:
-            raise _unavailable(e) from None
+            raise _Unavailable(e) from None
         if not removed:
             raise HTTPException(404, detail=f"no schedule named {name!r}")
         return Response(status_code=204)
@@ -109,7 +112,7 @@ def schedule_router(
         except UnknownSchedule as e:
             raise HTTPException(404, detail=str(e)) from None
         except StoreUnavailable as e:
-            raise _unavailable(e) from None
+            raise _Unavailable(e) from None
         return await one(name)
 
     @router.post("/{name}/pause")
@@ -130,7 +133,7 @@ def schedule_router(
         except UnknownSchedule as e:
             raise HTTPException(404, detail=str(e)) from None
         except StoreUnavailable as e:
-            raise _unavailable(e) from None
+            raise _Unavailable(e) from None
         except BrokerError as e:
             raise HTTPException(503, detail=f"cannot publish: {e}", headers={"Retry-After": "5"}) from None
         return {"task_id": task_id}

@@ -21,7 +21,17 @@ from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerError, ProtocolError, PublishReturned, UnknownQueue
 from sluice.protocol import TaskMessage
 from sluice.resilience.clock import SYSTEM, Clock
-from sluice.schedules import Entry, Lease, Plan, Schedule, ScheduleStore, StoreUnavailable, fire_message, plan
+from sluice.schedules import (
+    Entry,
+    Lease,
+    Plan,
+    Schedule,
+    ScheduleError,
+    ScheduleStore,
+    StoreUnavailable,
+    fire_message,
+    plan,
+)
 
 from .leadership import Leadership, sleep_or_stop
 from .metrics import SchedulerMetrics
@@ -33,16 +43,16 @@ __all__ = ["FireLoop"]
 _NOT_CONFIRMED: tuple[type[BaseException], ...] = (BrokerError, ProtocolError, TimeoutError, *BROKER_ERRORS)
 
 
-class _Fenced(Exception):
+class _Fenced(ScheduleError):
     """A claim was refused: another scheduler holds the lease."""
 
 
-class _ThisSchedule(Exception):
+class _ThisSchedule(ScheduleError):
     """A fire refused for what this schedule asks (an unknown queue, an unroutable or too large task): the
     other schedules go on; this one is tried again on the next pass."""
 
 
-class _BrokerDown(Exception):
+class _BrokerDown(ScheduleError):
     """A publish was not confirmed: stop this pass."""
 
 
