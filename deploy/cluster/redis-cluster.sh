@@ -64,14 +64,16 @@ up() {
     for p in "${PORTS[@]}"; do
       cli "$p" cluster info | tr -d '\r' | grep -x 'cluster_state:ok' >/dev/null || ok=0
     done
+    [[ "$(masters)" == 3 && "$(replicas)" == 3 ]] || ok=0  # a fresh replica shows as a master at first
     [[ $ok == 1 ]] && break
     sleep 0.1
   done
   [[ $ok == 1 ]] || { echo "the cluster did not reach cluster_state:ok" >&2; status >&2 || true; exit 1; }
-  echo "redis cluster up ($started node(s) started): 127.0.0.1:7001-7006, $(masters) masters"
+  echo "redis cluster up ($started node(s) started): 127.0.0.1:7001-7006, $(masters) masters, $(replicas) replicas"
 }
 
-masters() { cli 7001 cluster nodes | awk '$3 ~ /master/ && $3 !~ /fail/' | wc -l | tr -d ' '; }
+masters() { cli 7001 cluster nodes | awk '$3 ~ /master/ && $3 !~ /fail/ && $9 != ""' | wc -l | tr -d ' '; }
+replicas() { cli 7001 cluster nodes | awk '$3 ~ /slave/ && $3 !~ /fail/' | wc -l | tr -d ' '; }
 
 status() {
   local p pid any=0
