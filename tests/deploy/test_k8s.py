@@ -36,7 +36,8 @@ K8S = ROOT / "deploy" / "k8s"
 BASE, KEDA = K8S / "base", K8S / "keda"
 KEDA_SCHEMA = Path(__file__).with_name("keda-v2.16-v1alpha1.schema.json")
 ALTERNATIVE = KEDA / "worker-queue-length.yaml"  # swapped in for worker-busy-slots.yaml, never both
-# the oldest Kubernetes with every field used (PDB unhealthyPodEvictionPolicy), and the newest known
+# the first Kubernetes where every field used works by default (PDB unhealthyPodEvictionPolicy: beta in
+# 1.27; 1.26's schema has it behind a feature gate, 1.25's not at all), and the newest kubernetes-validate knows
 K8S_VERSIONS = ("1.27.0", "1.37.0")
 SLUICE = Path(sys.executable).with_name("sluice")
 WORKER_PEAK_RSS_MIB = 55.2 * 1000**2 / 1024**2  # docs/benchmarks.md: 52.4-55.2 MB on every workload
