@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from test_handles_states import Rig, ended_well, reaches, rigged
 
 from sluice.handles import State
+from sluice.protocol import now_ms
 from support.queues import queue_state
 from support.waiting import eventually
 
@@ -107,3 +108,19 @@ async def test_a_running_handler_sees_its_cancel_within_a_second(rig: Rig, task:
     rig.dlq_empty()
     log = ended_well(w, w.terminate(timeout=30))
     assert "requeueing" not in log, log[-2000:]
+
+
+async def test_a_batch_cancelled_by_name_and_publish_time_is_not_run(rig: Rig) -> None:
+    """``TaskHandles.cancel_batch`` (``sluice task cancel --task NAME --before TIME``): every task of that
+    name published before TIME is acked as cancelled when it comes; one published after runs."""
+    doomed = [rig.publish("handles.mark", {"key": rig.key, "n": i}, "--delay", "3s") for i in range(3)]
+    await rig.handles.cancel_batch("handles.mark", now_ms())
+    later = rig.publish("handles.mark", {"key": f"{rig.key}:later"})
+    w = rig.worker("--burst")
+    log = ended_well(w, w.wait(90))
+    assert rig.runs() == 0, "a task of the cancelled batch ran"
+    assert rig.runs(f"{rig.key}:later") == 1
+    for task_id in doomed:
+        acked_unrun(log, task_id, "handles.mark")
+    assert (await rig.handles.status(later)).state is State.SUCCEEDED
+    rig.dlq_empty()

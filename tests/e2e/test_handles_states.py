@@ -213,3 +213,18 @@ async def test_a_redelivery_after_success_stays_succeeded(rig: Rig, redis_url: s
     assert again.finished_ms == first.finished_ms and again.result == first.result, (first, again)
     assert [t.state for t in again.history] == [t.state for t in first.history], again.history
     ended_well(w, w.terminate(timeout=30))
+
+
+async def test_a_unique_key_is_free_again_once_its_task_ended(rig: Rig) -> None:
+    """``sluice publish --unique-key``: a second publish while the task waits answers its id; the worker
+    releases the key when the task ends, so the next publish is a new task."""
+    key = f"{rig.unique}-report"
+    first = rig.publish("handles.mark", {"key": rig.key}, "--unique-key", key)
+    assert rig.publish("handles.mark", {"key": rig.key}, "--unique-key", key) == first, "a second task"
+    w = rig.worker("--burst")
+    ended_well(w, w.wait(60))
+    assert rig.runs() == 1
+    assert (await rig.handles.status(first)).state is State.SUCCEEDED
+    again = rig.publish("handles.mark", {"key": rig.key}, "--unique-key", key)
+    assert again != first, "the key was not released when its task ended"
+    await rig.handles.cancel(again)  # nothing left to run after the test
