@@ -9,7 +9,9 @@
 #
 # Data under $SLUICE_CLUSTER_DIR/redis/PORT (default /var/tmp/sluice-cluster). No persistence (no RDB,
 # no AOF): a restarted node comes back empty and resyncs from its master. cluster-node-timeout is 2 s
-# (the default is 15 s): a killed master's replica is promoted within a few seconds.
+# (the default is 15 s): a killed master's replica is promoted within a few seconds, whatever the age of
+# its data (cluster-replica-validity-factor 0: availability first). `up` returns once every replica has
+# synced with its master.
 set -euo pipefail
 
 BASE="${SLUICE_CLUSTER_DIR:-/var/tmp/sluice-cluster}/redis"
@@ -33,7 +35,8 @@ start_node() {
   mkdir -p "$d"
   redis-server --port "$p" --bind 127.0.0.1 --daemonize yes --dir "$d" --pidfile "$d/redis.pid" \
     --logfile "$d/redis.log" --cluster-enabled yes --cluster-config-file "$d/nodes.conf" \
-    --cluster-node-timeout "$NODE_TIMEOUT_MS" --save '' --appendonly no --maxmemory-policy noeviction
+    --cluster-node-timeout "$NODE_TIMEOUT_MS" --cluster-replica-validity-factor 0 \
+    --save '' --appendonly no --maxmemory-policy noeviction
 }
 
 up() {
@@ -65,6 +68,11 @@ up() {
       cli "$p" cluster info | tr -d '\r' | grep -x 'cluster_state:ok' >/dev/null || ok=0
     done
     [[ "$(masters)" == 3 && "$(replicas)" == 3 ]] || ok=0  # a fresh replica shows as a master at first
+    for p in "${PORTS[@]}"; do  # every replica synced: one that never was cannot take over
+      if cli "$p" role | head -1 | grep -x slave >/dev/null; then
+        cli "$p" info replication | tr -d '\r' | grep -x 'master_link_status:up' >/dev/null || ok=0
+      fi
+    done
     [[ $ok == 1 ]] && break
     sleep 0.1
   done
