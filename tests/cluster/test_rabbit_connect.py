@@ -14,6 +14,9 @@ from sluice.settings import Settings
 from support.clusters import RabbitCluster
 from support.ports import free_port
 
+# the first test to ask for a cluster boots it (about 30 s for RabbitMQ idle; more on a loaded machine)
+pytestmark = pytest.mark.timeout(600)
+
 
 class InOrder(random.Random):
     """A generator whose shuffle keeps the order: the URLs are tried as written."""

@@ -40,6 +40,9 @@ from sluice.settings import Settings
 from support.clusters import RedisClusterNodes
 from support.waiting import eventually
 
+# the first test to ask for a cluster boots it (about 30 s for RabbitMQ idle; more on a loaded machine)
+pytestmark = pytest.mark.timeout(600)
+
 NAMES = [f"api-{i}" for i in range(12)]  # spread over the three masters' slots
 
 

@@ -7,9 +7,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import redis as redis_sync
 
 from support.clusters import REDIS_SCRIPT, RabbitCluster, RedisClusterNodes, run_script
+
+# the first test to ask for a cluster boots it (about 30 s for RabbitMQ idle; more on a loaded machine)
+pytestmark = pytest.mark.timeout(600)
 
 NODES = ["sluice-c1@localhost", "sluice-c2@localhost", "sluice-c3@localhost"]
 
