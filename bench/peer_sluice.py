@@ -73,11 +73,28 @@ async def io_idem(p: BenchPayload) -> None:
     done()
 
 
+# the tracking variant (bench/run.py sluice-*-track, issue 13): state tracked and result stored. Declared only
+# when that variant runs (BENCH_SLUICE_POLICY=track), so the other variants load with a sluice that has no
+# tracking yet
+if os.environ.get("BENCH_SLUICE_POLICY") == "track":
+
+    @task("bench.noop_track", track=True, result=True)
+    async def noop_track(p: BenchPayload) -> int:
+        done()
+        return p.i
+
+    @task("bench.io_track", track=True, result=True)
+    async def io_track(p: BenchPayload) -> int:
+        await asyncio.sleep(IO_SLEEP)
+        done()
+        return p.i
+
+
 async def publish(workload: str, n: int) -> None:
     settings = Settings(amqp_url=AMQP_URL)
     async with Publisher(settings, name="bench-publisher") as pub:
         await pub.ensure_queue(settings.default_queue)
-        flavour = os.environ.get("BENCH_SLUICE_POLICY", "")  # "", "policy" or "idem"
+        flavour = os.environ.get("BENCH_SLUICE_POLICY", "")  # "", "policy", "idem" or "track"
         name = f"bench.{workload}" + (f"_{flavour}" if flavour else "")
         run = os.environ.get("BENCH_RUN", "run")
         t0 = time.time()

@@ -11,9 +11,11 @@ with one worker process (``--concurrency 256 --prefetch 256``, the ceiling's pre
 messages, publisher confirms, acks. The publisher is ``sluice.publisher.Publisher`` (bench/peer_sluice.py).
 
 Environment: BENCH_N_NOOP (20000), BENCH_N_IO (5000), BENCH_REPEAT (3) as in the harness;
-BENCH_VARIANTS (default: ceiling,ceiling-quorum,sluice-classic,sluice-quorum; ``all`` adds every peer;
-sluice-{classic,quorum}-policy (a noop declaring a rate limit never reached) and -idem (plus dedup on a
-header key) are compared with the plain sluice row of their queue type, targets 0.7x and 0.5x);
+BENCH_VARIANTS (default: ceiling,ceiling-quorum,sluice-classic,sluice-quorum,sluice-quorum-track; ``all`` adds
+every peer;
+sluice-{classic,quorum}-policy (a noop declaring a rate limit never reached), -idem (plus dedup on a
+header key) and -track (``@task(..., track=True, result=True)``: state tracked, result stored; issue 13)
+are compared with the plain sluice row of their queue type, targets 0.7x, 0.5x and 0.75x);
 sluice-{classic,quorum}-nometrics: the plain worker with SLUICE_METRICS_ENABLED=false; the plain row (metrics
 on) must keep 0.95x of it;
 BENCH_BASELINE=<a source tree of sluice> (e.g. a ``git worktree`` of an older commit) adds a ``-base`` twin of
@@ -51,7 +53,7 @@ CEILING_OF = {"sluice-classic": "ceiling", "sluice-quorum": "ceiling-quorum"}
 POLICY_OF = {
     f"sluice-{qt}-{flavour}": (f"sluice-{qt}", target)
     for qt in ("classic", "quorum")
-    for flavour, target in (("policy", 0.7), ("idem", 0.5))
+    for flavour, target in (("policy", 0.7), ("idem", 0.5), ("track", 0.75))
 }
 
 
@@ -81,7 +83,7 @@ def add_sluice_variants(tree: Path | None = None) -> None:
         harness.QUEUES[module] = [f"{prefix}.q.default", f"{prefix}.dlq"]
         off = {**env, "SLUICE_METRICS_ENABLED": "false"}  # the same worker sending no telemetry
         harness.VARIANTS[f"sluice-{qt}-nometrics{suffix}"] = (module, argv, off, harness.PRIMARY)
-        for flavour in ("policy", "idem"):  # same worker and queue, tasks declaring policies
+        for flavour in ("policy", "idem", "track"):  # same worker and queue, tasks declaring policies
             penv = {**env, "BENCH_SLUICE_POLICY": flavour}
             harness.VARIANTS[f"sluice-{qt}-{flavour}{suffix}"] = (module, argv, penv, harness.PRIMARY)
 
@@ -205,7 +207,7 @@ def main() -> None:
         if not (tree / "shared" / "sluice").is_dir():
             sys.exit(f"BENCH_BASELINE={baseline} is not a sluice source tree")
         add_sluice_variants(tree)
-    default = ["ceiling", "ceiling-quorum", "sluice-classic", "sluice-quorum"]
+    default = ["ceiling", "ceiling-quorum", "sluice-classic", "sluice-quorum", "sluice-quorum-track"]
     chosen = os.environ.get("BENCH_VARIANTS", "")
     if chosen == "all":
         os.environ["BENCH_VARIANTS"] = ",".join(default + harness.DEFAULT_VARIANTS[1:])
