@@ -1,10 +1,11 @@
-"""``make up``: the producer, a worker and the metrics service as local processes, stdlib only.
+"""``make up``: the producer, a worker, the metrics service and a scheduler as local processes, stdlib only.
 
 Reads the effective settings with ``sluice config --json`` (so ``SLUICE_*`` variables apply as they
-do for the services), checks that RabbitMQ and Redis answer, starts the three services with their
+do for the services), checks that RabbitMQ and Redis answer, starts the four services with their
 output interleaved and prefixed, and on Ctrl-C or SIGTERM stops them all gracefully (SIGTERM, then
 SIGKILL after the worker's grace period). Exits 0 after a requested stop, 1 if the brokers are not
-there or a service stops by itself.
+there or a service stops by itself. The scheduler serves /healthz and /metrics on 127.0.0.1:
+``SCHEDULER_PORT`` (9110).
 
 Where the ``prometheus`` binary is installed it runs too, with ``deploy/prometheus/prometheus.yml``
 pointed at the local metrics port, on 127.0.0.1:``PROMETHEUS_PORT`` (9090), its data in a temporary
@@ -31,7 +32,7 @@ from types import FrameType
 from typing import IO
 from urllib.parse import urlsplit
 
-SERVICES = ("producer", "worker", "metrics")
+SERVICES = ("producer", "worker", "metrics", "scheduler")
 DEPLOY = Path(__file__).resolve().parent
 START_BROKERS = (
     "`rabbitmq-server -detached` and `redis-server --daemonize yes --save ''`, "
@@ -162,6 +163,7 @@ def main() -> int:
     pumps: list[threading.Thread] = []
     workdir = Path(tempfile.mkdtemp(prefix="sluice-up-"))
     commands = {name: [sluice, name] for name in SERVICES}
+    commands["scheduler"] += ["--port", os.environ.get("SCHEDULER_PORT", "9110")]
     metrics_host = local_url(settings["metrics_host"], settings["metrics_port"]).removeprefix("http://")
     prom_port = os.environ.get("PROMETHEUS_PORT", "9090")
     prom = prometheus_command(workdir, metrics_host, prom_port)

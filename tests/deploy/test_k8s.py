@@ -333,17 +333,12 @@ def test_every_command_and_option_exists(key: str) -> None:
     argv = [*dockerfile_entrypoint(), *c["args"]]
     assert argv[0] == "sluice" and argv[1] == key.split("/")[1]
     service = argv[1]
-    if service == "scheduler":  # until sluice_cli.main registers it: the same command (sluice_scheduler.cli)
-        known = help_options([sys.executable, "-m", "sluice_scheduler", "--help"])
-    else:  # through the user's door: the installed console script
-        known = help_options([str(SLUICE), service, "--help"])
+    known = help_options([str(SLUICE), service, "--help"])  # through the user's door: the console script
     used = {a for a in argv[2:] if a.startswith("--")}
     assert used <= known, f"`sluice {service}` has no {sorted(used - known)}"
     # parsing checks the values too (types, ranges) without running the command
     cli = importlib.import_module("sluice_cli.main")  # the package re-exports main(), shadowing the module
     cli._register()
-    if service == "scheduler":
-        importlib.import_module("sluice_cli.schedule_cmd").register(cli.app)
     root = typer.main.get_command(cli.app)
     with root.make_context("sluice", ["--help"], resilient_parsing=True) as ctx:
         sub = root.get_command(ctx, service)  # type: ignore[attr-defined]
@@ -352,11 +347,6 @@ def test_every_command_and_option_exists(key: str) -> None:
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sluice_cli.main does not register `sluice scheduler` yet (issue 15: the lead wires it in); "
-    "when this passes, drop the marker and the fallback in test_every_command_and_option_exists",
-)
 def test_scheduler_is_a_command_of_the_console_script() -> None:
     assert "--lease" in help_options([str(SLUICE), "scheduler", "--help"])
 
@@ -578,12 +568,7 @@ def test_http_probes_answer_200_on_the_real_service(
     port = free_port()
     args[args.index("--host") + 1] = "127.0.0.1"  # the test listens on loopback only
     args[args.index("--port") + 1] = str(port)
-    service = args[0]
-    argv = (
-        [sys.executable, "-m", "sluice_scheduler", *args[1:]]
-        if service == "scheduler"
-        else [str(SLUICE), *args]
-    )
+    argv = [str(SLUICE), *args]
     paths = sorted({p["httpGet"]["path"] for p in probes(c) if "httpGet" in p})
     assert paths
     log = tmp_path / "service.log"

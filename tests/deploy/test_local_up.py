@@ -85,8 +85,18 @@ def prometheus_port() -> int:
 
 
 @pytest.fixture
+def scheduler_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
 def stack(
-    amqp_url: str, redis_url: str, unique: str, prometheus_log: Path, prometheus_port: int
+    amqp_url: str,
+    redis_url: str,
+    unique: str,
+    prometheus_log: Path,
+    prometheus_port: int,
+    scheduler_port: int,
 ) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
     producer_port, metrics_port = free_port(), free_port()
     env = base_env(
@@ -99,6 +109,7 @@ def stack(
     )
     env["PROMETHEUS_PORT"] = str(prometheus_port)
     env["PROMETHEUS_LOG"] = str(prometheus_log)
+    env["SCHEDULER_PORT"] = str(scheduler_port)
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -171,7 +182,10 @@ def get_ok(url: str, seconds: float) -> httpx.Response:
 
 @pytest.mark.slow
 def test_starts_the_services_and_prometheus_and_stops_them_on_sigterm(
-    stack: tuple[subprocess.Popen[str], int, int, int], unique: str, prometheus_log: Path
+    stack: tuple[subprocess.Popen[str], int, int, int],
+    unique: str,
+    prometheus_log: Path,
+    scheduler_port: int,
 ) -> None:
     proc, producer_port, metrics_port, prometheus_port = stack
     seen: list[str] = []
@@ -179,6 +193,7 @@ def test_starts_the_services_and_prometheus_and_stops_them_on_sigterm(
     assert urls, "".join(seen)
     assert urls.groups() == (f"http://127.0.0.1:{producer_port}", f"http://127.0.0.1:{metrics_port}/metrics")
     assert get_ok(f"http://127.0.0.1:{producer_port}/healthz", 30).status_code == 200
+    assert get_ok(f"http://127.0.0.1:{scheduler_port}/healthz", 30).status_code == 200  # the scheduler
     metrics = get_ok(f"http://127.0.0.1:{metrics_port}/metrics", 30)
     assert metrics.status_code == 200
     # the worker is up once it consumes the default queue: the metrics service sees its consumer

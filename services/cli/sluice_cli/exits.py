@@ -39,6 +39,17 @@ EXITS: dict[str, str] = {
     "3 timed out (--timeout) before it ended",
     "task cancel": "0 every cancel recorded (a task that had ended is left as it was, and said); 1 Redis "
     "cannot be reached",
+    "scheduler": "0 stopped by SIGTERM/SIGINT (the lease given up); 1 cannot start (taken port, a module "
+    "that cannot be imported or declares no task nor schedule, a bad schedule, bad settings). Redis or the "
+    "broker down does not stop it: it waits, then fires what fell due",
+    "schedule add": "0 added or replaced; 1 Redis cannot be reached (a bad cron expression, time zone, "
+    "interval, payload or catch-up is a usage error)",
+    "schedule ls": "0 listed (also when empty); 1 Redis cannot be reached",
+    "schedule rm": "0 removed; 1 no schedule of that name, or Redis cannot be reached",
+    "schedule pause": "0 paused; 1 no schedule of that name, or Redis cannot be reached",
+    "schedule resume": "0 resumed; 1 no schedule of that name, or Redis cannot be reached",
+    "schedule run": "0 fired and confirmed by the broker (the task id printed); 1 no schedule of that name, "
+    "or Redis or the broker cannot be reached",
 }
 
 

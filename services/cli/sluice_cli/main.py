@@ -19,7 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from sluice.errors import SluiceError
-from sluice_cli import config_cmd, dlq_cmd, exits, limits_cmd, status_cmd, task_cmd
+from sluice_cli import config_cmd, dlq_cmd, exits, limits_cmd, schedule_cmd, status_cmd, task_cmd
 
 try:  # typer >= 0.23 vendors click; older releases use the click package
     from typer._click import exceptions as cx
@@ -53,13 +53,14 @@ def _register() -> None:
     app.command("status")(status_cmd.status)
     app.add_typer(limits_cmd.app, name="limits")
     app.add_typer(task_cmd.app, name="task")
+    schedule_cmd.register(app)  # `sluice schedule ...` and `sluice scheduler`
     producer_cli.register(app)
     worker_cli.register(app)
     metrics_cli.register(app)
     exits.apply_epilogs(app)
 
 
-SERVICES = frozenset({"worker", "producer", "metrics"})  # long-running: they set up their own logging
+SERVICES = frozenset({"worker", "producer", "metrics", "scheduler"})  # long-running: their own logging
 
 
 def _quiet_libraries(argv: list[str]) -> None:

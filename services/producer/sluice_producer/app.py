@@ -23,6 +23,7 @@ from sluice.errors import BrokerError, MessageTooLarge, PublishTimeout, SluiceEr
 from sluice.handles import TaskHandles
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher, creatable_queues
+from sluice.schedules import ScheduleStore
 from sluice.settings import Settings
 from sluice.tasks import Registry
 from sluice.telemetry import SnapshotPublisher, telemetry_for
@@ -47,6 +48,7 @@ from sluice_producer.models import (
     TaskDuplicate,
     TaskIn,
 )
+from sluice_producer.schedules_api import schedule_router
 from sluice_producer.tasks_api import DEFAULT_MAX_WAIT, task_router
 
 __all__ = ["create_app"]
@@ -85,6 +87,7 @@ def create_app(
 
     redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
     handles = TaskHandles(redis, settings.prefix, ttl=settings.track_ttl)
+    schedules = ScheduleStore(redis, settings.prefix)  # /v1/schedules (docs/schedules.md)
     telemetry.gauge("task_waiters", lambda: float(handles.waiters))  # long polls waiting now
     ops = HandleOps(settings, handles)
 
@@ -98,6 +101,7 @@ def create_app(
                 runner.cancel()
                 await ops.aclose()
                 await handles.aclose()
+                await schedules.aclose()
                 await redis.aclose()
 
     app = FastAPI(
@@ -285,6 +289,7 @@ def create_app(
         return JSONResponse(report.model_dump(), status_code=503, headers={"Retry-After": "5"})
 
     app.include_router(task_router(handles, max_wait=max_wait))
+    app.include_router(schedule_router(schedules, link.publisher, default_queue=settings.default_queue))
 
     @app.get("/healthz", response_model=HealthOut)
     async def healthz() -> HealthOut:

@@ -20,19 +20,49 @@ from sluice.errors import BrokerError, ConfigError
 from sluice.protocol import now_ms
 from sluice.publisher import Publisher
 from sluice.schedules import ScheduleStore, StoreUnavailable, UnknownSchedule, build, row, run_now
+from sluice_producer.models import ErrorOut
 
 __all__ = ["ScheduleIn", "schedule_router"]
 
-Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-.]{1,150}$", description="the schedule's name")]
+NAME_PATTERN = r"^[A-Za-z0-9_\-.]{1,150}$"
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="the schedule's name")]
+
+# what every route may answer besides its success (documented, so the OpenAPI document tells the truth)
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorOut,
+        "description": "Redis (or, for run, the broker) cannot be reached; see Retry-After",
+    },
+}
+_KNOWN: dict[int | str, dict[str, Any]] = {
+    **_UNAVAILABLE,
+    404: {"model": ErrorOut, "description": "no schedule of that name"},
+}
+_BODY: dict[int | str, dict[str, Any]] = {
+    **_UNAVAILABLE,
+    400: {"model": ErrorOut, "description": "malformed JSON"},
+}
 
 
 class ScheduleIn(BaseModel):
     """A schedule to add or replace: exactly one of ``cron`` and ``every``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the schema says "exactly one of cron and every" too, so a client (or a fuzzer) can know it
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["cron"], "properties": {"cron": {"type": "string"}, "every": {"type": "null"}}},
+                {
+                    "required": ["every"],
+                    "properties": {"every": {"type": ["string", "number"]}, "cron": {"type": "null"}},
+                },
+            ]
+        },
+    )
 
-    name: str = Field(description="1-150 of A-Z a-z 0-9 _ - .")
-    task: str = Field(description="the task to fire")
+    name: str = Field(pattern=NAME_PATTERN, description="1-150 of A-Z a-z 0-9 _ - .")
+    task: str = Field(pattern=r"^[A-Za-z0-9_\-.:]{1,200}$", description="the task to fire")
     cron: str | None = Field(
         None, description='a cron expression, e.g. "0 6 * * *" (6 fields: seconds first)'
     )
@@ -69,7 +99,7 @@ def schedule_router(
         except StoreUnavailable as e:
             raise _Unavailable(e) from None
 
-    @router.get("")
+    @router.get("", responses=_UNAVAILABLE)
     async def list_schedules() -> list[dict[str, Any]]:
         """Every schedule with its next and last fire."""
         try:
@@ -77,13 +107,15 @@ def schedule_router(
         except StoreUnavailable as e:
             raise _Unavailable(e) from None
 
-    @router.post("", status_code=201)
+    @router.post("", status_code=201, responses=_BODY)
     async def add_schedule(body: ScheduleIn, response: Response) -> dict[str, Any]:
         """Add a schedule (201), or replace the one of that name (200)."""
         try:
             schedule = build(**dict(body))
-        except ConfigError as e:
-            raise HTTPException(422, detail=str(e)) from None
+        except ConfigError as e:  # FastAPI's shape of a 422: a list of errors
+            raise HTTPException(
+                422, detail=[{"loc": ["body"], "msg": str(e), "type": "value_error"}]
+            ) from None
         try:
             created = await store.save(schedule, "runtime")
         except StoreUnavailable as e:
@@ -92,11 +124,11 @@ def schedule_router(
             response.status_code = 200
         return await one(schedule.name)
 
-    @router.get("/{name}")
+    @router.get("/{name}", responses=_KNOWN)
     async def get_schedule(name: Name) -> dict[str, Any]:
         return await one(name)
 
-    @router.delete("/{name}", status_code=204)
+    @router.delete("/{name}", status_code=204, responses=_KNOWN)
     async def remove_schedule(name: Name) -> Response:
         try:
             removed = await store.remove(name)
@@ -115,17 +147,17 @@ def schedule_router(
             raise _Unavailable(e) from None
         return await one(name)
 
-    @router.post("/{name}/pause")
+    @router.post("/{name}/pause", responses=_KNOWN)
     async def pause_schedule(name: Name) -> dict[str, Any]:
         """No fire until resumed."""
         return await paused(name, True)
 
-    @router.post("/{name}/resume")
+    @router.post("/{name}/resume", responses=_KNOWN)
     async def resume_schedule(name: Name) -> dict[str, Any]:
         """Fires again, counting from now (what fell due while paused is not caught up)."""
         return await paused(name, False)
 
-    @router.post("/{name}/run", status_code=202)
+    @router.post("/{name}/run", status_code=202, responses=_KNOWN)
     async def run_schedule(name: Name) -> dict[str, str]:
         """Fire once now; answers the task id once the broker confirmed it."""
         try:
