@@ -58,7 +58,6 @@ POLICY_OF = {
 
 
 BASE_SUFFIX = "-base"
-SOURCE_DIRS = ("shared", "services/producer", "services/worker", "services/metrics", "services/cli")
 
 
 def add_sluice_variants(tree: Path | None = None) -> None:
@@ -66,7 +65,8 @@ def add_sluice_variants(tree: Path | None = None) -> None:
     sluice = str(Path(sys.executable).parent / "sluice")
     bench = HERE if tree is None else tree / "bench"
     suffix = "" if tree is None else BASE_SUFFIX
-    code = [] if tree is None else [str(tree / d) for d in SOURCE_DIRS]  # ahead of the installed tree
+    # that tree's packages ahead of the installed ones: shared/ and every service (pyproject's package roots)
+    code = [] if tree is None else [str(d) for d in (tree / "shared", *sorted(tree.glob("services/*")))]
     for qt in ("classic", "quorum"):
         module = str(bench / f"peer_sluice_{qt}")
         prefix = f"bench_sluice_{qt}"
