@@ -108,3 +108,9 @@ async def guarded(p: Item) -> None:
 @task("sweep.down", queue="sweepdown", concurrency=1)
 async def down(p: Item) -> None:
     """Run by a worker whose Redis is unreachable: deferred (backend_unavailable)."""
+
+
+@task("sweep.cancelled", track=True)
+async def cancelled(p: Item) -> None:
+    """Published with a delay and cancelled while it waits in its delay tier (``sluice task cancel``):
+    acked without running, cancelled (cancelled); tracked, so its end is a task-handle event."""

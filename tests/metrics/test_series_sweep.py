@@ -52,6 +52,7 @@ SCENARIOS = {
     "eta": ("sweep.later", "deferred"),
     "in_progress": ("sweep.slowonce", "deferred"),
     "backend_unavailable": ("sweep.down", "deferred"),
+    "cancelled": ("sweep.cancelled", "cancelled"),
 }
 # the reasons a dead letter's x-sluice-dead-reason header carries
 DEAD_REASONS = {r for r, (_, outcome) in SCENARIOS.items() if outcome in ("failed", "dead_lettered")}
@@ -224,6 +225,8 @@ def test_every_documented_series_outcome_and_reason_appears_in_a_real_run(
         e("sweep.nosuch"),
         {"task": "sweep.big", "payload": {"n": 1, "pad": "x" * (2 * MAX_BYTES)}},
     )
+    [doomed] = fleet.publish(e("sweep.cancelled", delay="4s"))  # cancelled while in its delay tier
+    fleet.sluice("task", "cancel", doomed)
     created = {H_CREATED_AT: now_ms()}
     _raw(topology, b"not json", {H_TASK: "sweep.json", **created})
     _raw(topology, b"{}", {H_TASK: "sweep.hdr", H_ATTEMPT: "first", **created})

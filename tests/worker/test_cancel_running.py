@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from sluice import TaskContext, task
 from sluice.handles import State, TaskHandles
-from sluice.protocol import TaskMessage, encode_body
+from sluice.protocol import TaskMessage, encode_body, now_ms
 from sluice.resilience import FixedBackoff, RetryPolicy
 from sluice.settings import Settings
 from sluice.tasks import Registry
@@ -199,3 +199,17 @@ async def test_the_steps_of_each_pipeline(worker: Worker) -> None:
     assert "track" not in names["cancel.untracked"] and "track start" not in names["cancel.untracked"]
     assert names["cancel.sleep"][:2] == ["track", "cancel"]
     assert names["cancel.sleep"][-3:] == ["failure", "handler watch", "track start"]
+
+
+async def test_a_batch_cancel_stops_a_running_handler_it_covers(worker: Worker) -> None:
+    """``sluice task cancel --task NAME --before TIME`` reaches a handler already running: the rule's
+    notification makes the watch reload, then every running delivery is checked against it."""
+    msg = job("cancel.sleep", 6)
+    running = asyncio.ensure_future(worker.deliver(msg))
+    await asyncio.wait_for(STARTED[6].wait(), 10)
+    asked = time.monotonic()
+    await worker.client.cancel_batch("cancel.sleep", now_ms() + 60_000)
+    out, cancelling = await asyncio.wait_for(running, 5)
+    assert out is CANCELLED_RUNNING, out
+    assert SEEN[6] == "cancelled" and time.monotonic() - asked < 1.0
+    assert cancelling == 0

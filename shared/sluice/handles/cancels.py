@@ -63,6 +63,7 @@ class CancelWatch(AsyncClosing):
         self._rules: dict[str, tuple[int, float]] = {}  # task -> (published before ms, expiry ms)
         self._heard: dict[str, float] = {}  # ids heard while a reload was on the wire
         self._callbacks: list[Callable[[str], None]] = []
+        self._rule_heard = False  # a rule arrived: once loaded, the callbacks check what runs against it
         self._wanted = asyncio.Event()  # a reload is wanted now
         self._loaded = asyncio.Event()  # the first reload was tried
         self._task: asyncio.Task[None] | None = None
@@ -120,10 +121,15 @@ class CancelWatch(AsyncClosing):
 
     def _message(self, data: str) -> None:
         if data.startswith(_RULE):
+            self._rule_heard = True
             self._wanted.set()
             return
         self._ids[data] = math.inf
         self._heard[data] = math.inf
+        self._notify(data)
+
+    def _notify(self, data: str) -> None:
+        """Call the callbacks with ``data`` (an id; ``""`` after a rule loaded: check every running task)."""
         for callback in self._callbacks:
             try:
                 callback(data)
@@ -168,6 +174,9 @@ class CancelWatch(AsyncClosing):
                 loaded[text(name)] = (before, expiry)
         self._rules = loaded
         self.loads += 1
+        if self._rule_heard:
+            self._rule_heard = False
+            self._notify("")
         if self._failing:
             self._log.warning("CancelWatch: cancels loaded again (%d ids, %d rules)", len(ids), len(loaded))
         self._failing = False
