@@ -186,10 +186,9 @@ async def test_task_handles_on_the_cluster(rc: RedisCluster, cprefix: str) -> No
         assert await handles.claim_unique("nightly", ids[2], 30.0) is None
 
 
-@pytest.mark.xfail(strict=True, raises=RedisClusterException, reason="see CLUSTER_PIPELINE_BREAK")
 async def test_task_handles_batches_on_the_cluster(rc: RedisCluster, cprefix: str) -> None:
     """mark_queued, cancel and every Tracker write go through run_many (the pipeline path). The Tracker
-    fails open on the error: its writes are counted failed and lost, silently but for a warning."""
+    would fail open on an error (its writes counted failed and lost, but for a warning): none here."""
     ids = [uuid.uuid4().hex for _ in range(4)]
     async with (
         TaskHandles(rc, cprefix, fallback=1.0) as handles,  # type: ignore[arg-type]
@@ -215,18 +214,14 @@ async def _in(handles: TaskHandles, task_id: str, state: State) -> bool:
     return (await handles.status(task_id)).state is state
 
 
-CLUSTER_PIPELINE_BREAK = (
-    "sluice.resilience._scripts.ScriptRunner._pipeline calls pipe.evalsha(), which redis-py's ClusterPipeline "
-    "blocks (RedisClusterException), and queues before `async with pipe`, whose __aenter__ on a "
-    "ClusterPipeline resets the queued commands (execute answers []): see docs/scaling.md"
-)
+# The batch path (ScriptRunner._pipeline) once broke on a cluster in two ways: pipe.evalsha(), which
+# redis-py's ClusterPipeline refuses (RedisClusterException), and commands queued before `async with pipe`,
+# which a ClusterPipeline drops on entering (execute answered []). These three tests failed then.
 
 
-@pytest.mark.xfail(strict=True, raises=RedisClusterException, reason=CLUSTER_PIPELINE_BREAK)
 async def test_coalesced_limiter_batches_on_the_cluster(rc: RedisCluster, cprefix: str) -> None:
     """Concurrent calls of a coalescing limiter go out as batches (a pipeline on a cluster: the multi
-    script needs one slot). Fails today as CLUSTER_PIPELINE_BREAK says; strict: it must be removed with
-    the fix."""
+    script needs one slot)."""
     gcra = GCRALimiter(rc, Rate.per_second(1), burst=5, keys=KeySpace(cprefix), coalesce=True)  # type: ignore[arg-type]
     try:
         decisions = await asyncio.gather(*[gcra.try_acquire(NAMES[i % 6]) for i in range(60)])
@@ -235,7 +230,6 @@ async def test_coalesced_limiter_batches_on_the_cluster(rc: RedisCluster, cprefi
         await gcra.aclose()
 
 
-@pytest.mark.xfail(strict=True, raises=RedisClusterException, reason=CLUSTER_PIPELINE_BREAK)
 async def test_coalesced_idempotency_claims_on_the_cluster(rc: RedisCluster, cprefix: str) -> None:
     store = IdempotencyStore(rc, lease=5.0, keys=KeySpace(cprefix), coalesce=True)  # type: ignore[arg-type]
     try:

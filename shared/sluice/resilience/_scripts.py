@@ -182,10 +182,11 @@ class ScriptRunner:
         if self._wire is not None:
             packed = b"".join([self._pack(script, keys, args) for script, keys, args in calls])
             return await self._wire.request(packed, len(calls))
-        pipe = self.redis.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        async with pipe:
+        # queued inside the block (a cluster pipeline drops what was queued before entering it) and as a
+        # raw EVALSHA (redis-py's cluster pipeline refuses its evalsha method): the same on one server
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
 
     async def _bounded(self, what: str, call: Coroutine[Any, Any, Any]) -> Any:
