@@ -287,11 +287,9 @@ class DeadLetterQueue(AsyncClosing):
 
     def _task_handles(self) -> TaskHandles:
         if self._handles is None:
-            from redis.asyncio import Redis
+            from sluice.redis_client import redis_client
 
-            self._redis = Redis.from_url(
-                self.settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0
-            )
+            self._redis = redis_client(self.settings, socket_timeout=5.0, socket_connect_timeout=3.0)
             self._handles = TaskHandles(self._redis, self.settings.prefix, ttl=self.settings.track_ttl)
         return self._handles
 

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.errors import ConfigError
 from sluice.policy import RateLimit
+from sluice.redis_client import AnyRedis
 from sluice.resilience import BackendUnavailable, KeySpace, MemoryBackend
 
 __all__ = ["LimitStore", "effective_rate"]
@@ -93,7 +93,7 @@ class LimitStore:
 
     def __init__(
         self,
-        redis: Redis | _MemoryHash,
+        redis: AnyRedis | _MemoryHash,
         prefix: str,
         *,
         refresh: float = 2.0,

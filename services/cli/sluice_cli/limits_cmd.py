@@ -22,17 +22,17 @@ _TASK_NAME = re.compile(r"^[A-Za-z0-9_\-.:]{1,200}$")
 
 
 def _with_store(action: Callable[[LimitStore], Awaitable[T]]) -> T:
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
     from sluice.errors import BrokerUnavailable
     from sluice.limits import LimitStore
+    from sluice.redis_client import redis_client
     from sluice.settings import Settings, mask_url
 
     settings = Settings()
 
     async def go() -> T:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         try:
             return await action(LimitStore(redis, settings.prefix))
         except (RedisError, OSError) as e:

@@ -36,15 +36,14 @@ def register(root: typer.Typer) -> None:
 
 
 def _with_store(action: Callable[[ScheduleStore], Awaitable[T]]) -> T:
-    from redis.asyncio import Redis
-
+    from sluice.redis_client import redis_client
     from sluice.schedules import ScheduleStore, StoreUnavailable
     from sluice.settings import Settings, mask_url
 
     settings = Settings()
 
     async def go() -> T:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         try:
             async with ScheduleStore(redis, settings.prefix, timeout=5.0) as store:
                 return await action(store)

@@ -34,15 +34,14 @@ FUTURE_SLACK_MS = 60_000  # --before may be this far in the future (clock skew),
 
 
 def _with_handles(action: Callable[[TaskHandles], Awaitable[T]]) -> T:
-    from redis.asyncio import Redis
-
     from sluice.handles import TaskHandles, TrackingUnavailable
+    from sluice.redis_client import redis_client
     from sluice.settings import Settings, mask_url
 
     settings = Settings()
 
     async def go() -> T:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        redis = redis_client(settings, socket_timeout=10, socket_connect_timeout=5)
         handles = TaskHandles(redis, settings.prefix, ttl=settings.track_ttl)
         try:
             return await action(handles)

@@ -18,17 +18,19 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from sluice._closing import AsyncClosing
-from sluice.connection import BROKER_ERRORS
-from sluice.errors import ConfigError
+from sluice.connection import BROKER_ERRORS, connect_plain
+from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.settings import Settings
 from sluice.topology import DELAY_TIERS_MS, Topology
 
 __all__ = ["MAX_QUEUES", "QueueSnapshot", "QueueStats", "QueueStatsSource", "delay_queues", "queues_to_watch"]
+
+# a broker that cannot be read: lost or refused (aio-pika's errors), or no node answered (connect_plain)
+_DOWN: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUnavailable)
 
 MAX_QUEUES = 200
 
@@ -84,7 +86,7 @@ class QueueStatsSource(AsyncClosing):
     ) -> None:
         if timeout <= 0:
             raise ConfigError("timeout must be positive")
-        self._url = settings.amqp_url
+        self._settings = settings  # its amqp_url may name several nodes (connect_plain tries each)
         self._name = f"sluice-metrics {settings.prefix}"
         self._queues = tuple(queues)
         self._optional = tuple(q for q in optional if q not in self._queues)
@@ -119,7 +121,7 @@ class QueueStatsSource(AsyncClosing):
                     stats, errors = await self._read_retrying_stale()
             except TimeoutError:
                 failure = "timeout"
-            except BROKER_ERRORS:
+            except _DOWN:
                 failure = "broker"
             else:
                 return QueueSnapshot(True, stats, errors, time.monotonic() - started)
@@ -130,7 +132,7 @@ class QueueStatsSource(AsyncClosing):
         reused = self._connection is not None and not self._connection.is_closed
         try:
             return await self._read_all()
-        except BROKER_ERRORS:
+        except _DOWN:
             if not reused:
                 raise
         # the kept connection died since the last read (say, a broker restart): one try on a new one
@@ -163,7 +165,5 @@ class QueueStatsSource(AsyncClosing):
 
     async def _connect(self) -> AbstractConnection:
         if self._connection is None or self._connection.is_closed:
-            self._connection = await aio_pika.connect(
-                self._url, client_properties={"connection_name": self._name}
-            )
+            self._connection = await connect_plain(self._settings, self._name)
         return self._connection

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.limits import LimitStore
+from sluice.redis_client import AnyRedis
 from sluice.resilience import KeySpace, breaker_states
 
 __all__ = ["RedisSnapshot", "RedisStateSource"]
@@ -28,7 +28,7 @@ class RedisSnapshot:
 
 
 class RedisStateSource:
-    def __init__(self, redis: Redis, prefix: str, *, timeout: float = 2.0, max_keys: int = 200) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str, *, timeout: float = 2.0, max_keys: int = 200) -> None:
         self._redis = redis
         self._keys = KeySpace(prefix)
         self._limits = LimitStore(redis, prefix)

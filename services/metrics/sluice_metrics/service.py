@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import uvicorn
 from prometheus_client.registry import CollectorRegistry
-from redis.asyncio import Redis
 
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerUnavailable
+from sluice.redis_client import redis_client
 from sluice.runtime import listen, run, serve_http
 from sluice.settings import Settings
 from sluice.telemetry import metrics_exchange
@@ -54,7 +54,7 @@ async def serve(
     collector = QueueCollector()
     registry.register(collector)
     table = ProcessTable(alive_after=alive_after)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = redis_client(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
         async with (
             QueueStatsSource(

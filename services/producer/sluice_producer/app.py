@@ -83,9 +83,9 @@ def create_app(
     link = BrokerLink(settings, creatable, publisher_factory)
     rules = Rules(settings.max_message_bytes, settings.default_queue, registry, strict)
     telemetry = telemetry_for(settings, "producer")  # published counts, one snapshot a second
-    from redis.asyncio import Redis
+    from sluice.redis_client import redis_client
 
-    redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    redis = redis_client(settings, socket_timeout=5.0, socket_connect_timeout=2.0)
     handles = TaskHandles(redis, settings.prefix, ttl=settings.track_ttl)
     schedules = ScheduleStore(redis, settings.prefix)  # /v1/schedules (docs/schedules.md)
     telemetry.gauge("task_waiters", lambda: float(handles.waiters))  # long polls waiting now

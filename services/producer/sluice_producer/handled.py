@@ -131,11 +131,9 @@ class HandleOps(AsyncClosing):
     @property
     def handles(self) -> TaskHandles:
         if self._handles is None:
-            from redis.asyncio import Redis
+            from sluice.redis_client import redis_client
 
-            self._own = Redis.from_url(
-                self._settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0
-            )
+            self._own = redis_client(self._settings, socket_timeout=5.0, socket_connect_timeout=3.0)
             self._handles = TaskHandles(self._own, self._settings.prefix, ttl=self._settings.track_ttl)
         return self._handles
 

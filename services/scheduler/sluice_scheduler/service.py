@@ -13,12 +13,12 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client.exposition import choose_encoder
-from redis.asyncio import Redis
 
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerUnavailable
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher, creatable_queues
+from sluice.redis_client import redis_client
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.runtime import listen, serve_http
 from sluice.schedules import Schedule, ScheduleStore, StoreUnavailable
@@ -158,7 +158,7 @@ async def serve(
     import uvicorn
 
     sock = listen(host, port)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = redis_client(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
     store = ScheduleStore(redis, settings.prefix, timeout=min(2.0, lease / 4))
     declared = [s.queue for s in schedules or () if s.queue]
     publisher = LazyPublisher(settings, creatable_queues(settings, [*task_queues.values(), *declared]))

@@ -16,9 +16,8 @@ import logging
 import os
 import socket
 
-from redis.asyncio import Redis
-
 from sluice.handles import CancelWatch, Tracker
+from sluice.redis_client import AnyRedis
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.settings import Settings
 from sluice.telemetry import TRACKING_FAILURES, NullTelemetry, Telemetry
@@ -39,7 +38,7 @@ class WorkerHandles:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         settings: Settings,
         *,
         telemetry: Telemetry | NullTelemetry | None = None,

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import Redis
-
+from sluice.redis_client import AnyRedis
 from sluice.resilience._scripts import _UNREACHABLE
 
 from ._codec import decode_status
@@ -28,7 +27,7 @@ _MAX_INFLIGHT = 2
 
 
 class StatusReads:
-    def __init__(self, redis: Redis, keys: HandleKeys, *, timeout: float) -> None:
+    def __init__(self, redis: AnyRedis, keys: HandleKeys, *, timeout: float) -> None:
         self._redis = redis
         self._keys = keys
         self._timeout = timeout

@@ -15,8 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
+from sluice.redis_client import AnyRedis
 from sluice.resilience.clock import Clock
 
 from ._codec import text
@@ -28,7 +27,7 @@ __all__ = ["Subscription"]
 class Subscription:
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         channel: str,
         *,
         on_message: Callable[[str], None],

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
-
+from sluice.redis_client import AnyRedis
 from sluice.resilience.clock import Clock
 
 from ._subscription import Subscription
@@ -23,7 +22,7 @@ __all__ = ["Waiters"]
 
 
 class Waiters:
-    def __init__(self, redis: Redis, channel: str, *, clock: Clock, logger: logging.Logger) -> None:
+    def __init__(self, redis: AnyRedis, channel: str, *, clock: Clock, logger: logging.Logger) -> None:
         self._clock = clock
         self._futures: dict[str, set[asyncio.Future[None]]] = {}
         self.subscription = Subscription(

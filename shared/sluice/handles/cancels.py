@@ -20,10 +20,9 @@ import logging
 import math
 from collections.abc import Callable
 
-from redis.asyncio import Redis
-
 from sluice._closing import AsyncClosing
 from sluice.errors import ConfigError
+from sluice.redis_client import AnyRedis
 from sluice.resilience._scripts import _UNREACHABLE
 from sluice.resilience.clock import SYSTEM, Clock
 
@@ -41,7 +40,7 @@ _RULE = "rule:"
 class CancelWatch(AsyncClosing):
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         prefix: str = "sluice",
         *,
         clock: Clock = SYSTEM,

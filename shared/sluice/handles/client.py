@@ -24,10 +24,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from sluice._closing import AsyncClosing
 from sluice.errors import ConfigError
+from sluice.redis_client import AnyRedis
 from sluice.resilience._scripts import Arg, Call, ScriptRunner
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.resilience.errors import BackendUnavailable
@@ -57,7 +56,7 @@ class TaskHandles(AsyncClosing):
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         prefix: str = "sluice",
         *,
         clock: Clock = SYSTEM,

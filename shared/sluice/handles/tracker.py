@@ -20,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from sluice.errors import ConfigError
+from sluice.redis_client import AnyRedis
 from sluice.resilience._coalesce import Coalescer, CoalescingClient
 from sluice.resilience._scripts import Call, ScriptRunner
 from sluice.resilience.clock import SYSTEM, Clock
@@ -64,7 +63,7 @@ class Tracker(CoalescingClient):
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         prefix: str = "sluice",
         *,
         worker: str,

@@ -7,7 +7,7 @@ seam existed, so a decision costs no extra await, call or allocation.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from ._scripts import Runner, ScriptRunner
 from .clock import SYSTEM, Clock
@@ -16,7 +16,7 @@ from .memory import MemoryBackend
 __all__ = ["Backend", "clock_of", "runner_for"]
 
 #: What the primitives take as their first argument.
-Backend = Redis | MemoryBackend
+Backend = Redis | RedisCluster | MemoryBackend
 
 
 def runner_for(backend: Backend, *, timeout: float) -> Runner:

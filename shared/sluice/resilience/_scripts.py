@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from redis import exceptions as rexc
-from redis.asyncio import Redis
 
 from sluice.errors import ConfigError
+from sluice.redis_client import AnyRedis
 
 from ._wire import Arg, bulk, pack, wire_for
 from .errors import BackendUnavailable
@@ -78,7 +78,7 @@ class ScriptRunner:
     cancellation that comes from elsewhere is never swallowed.
     """
 
-    def __init__(self, redis: Redis, *, timeout: float = 0.5) -> None:
+    def __init__(self, redis: AnyRedis, *, timeout: float = 0.5) -> None:
         if timeout <= 0:
             raise ConfigError("timeout must be positive")
         self.redis = redis
@@ -106,10 +106,10 @@ class ScriptRunner:
                 return reply
             execute = self.redis.execute_command
             try:
-                return await execute("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+                return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
                 await self.redis.script_load(script.source)
-                return await execute("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+                return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
         except BaseException as exc:
             mapped = self._map(task, cancelling, script.name, exc)
             if mapped is exc:
@@ -144,7 +144,7 @@ class ScriptRunner:
 
     async def command(self, *args: Arg) -> Any:
         """A plain command (DEL, ZREM, ...) under the same deadline and error mapping."""
-        return await self._bounded(str(args[0]), self.redis.execute_command(*args))  # type: ignore[no-untyped-call]
+        return await self._bounded(str(args[0]), self.redis.execute_command(*args))
 
     async def run_many(self, calls: Sequence[Call], multi: MultiScript | None = None) -> list[Any]:
         """Many script calls in one round trip. Per-call Redis errors come back as values.

@@ -35,6 +35,8 @@ from redis import exceptions as rexc
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 
+from sluice.redis_client import AnyRedis
+
 __all__ = ["Arg", "Wire", "bulk", "pack", "wire_for"]
 
 Arg = str | int | float | bytes
@@ -63,7 +65,7 @@ def pack(args: Sequence[Arg]) -> bytes:
 _WIRES: weakref.WeakKeyDictionary[ConnectionPool, Wire] = weakref.WeakKeyDictionary()
 
 
-def wire_for(redis: Redis) -> Wire | None:
+def wire_for(redis: AnyRedis) -> Wire | None:
     """The lean transport for ``redis``, or None where it must keep ``execute_command``."""
     pool = getattr(redis, "connection_pool", None)
     if (

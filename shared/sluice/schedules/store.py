@@ -22,10 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.asyncio import Redis
-
 from sluice._closing import AsyncClosing
 from sluice.errors import ConfigError
+from sluice.redis_client import AnyRedis
 from sluice.resilience._scripts import Arg, Call, ScriptRunner
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.resilience.errors import BackendUnavailable
@@ -120,7 +119,7 @@ class ScheduleStore(AsyncClosing):
     starts from it); ``timeout``: the bound of each call."""
 
     def __init__(
-        self, redis: Redis, prefix: str = "sluice", *, clock: Clock = SYSTEM, timeout: float = 2.0
+        self, redis: AnyRedis, prefix: str = "sluice", *, clock: Clock = SYSTEM, timeout: float = 2.0
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ConfigError(f"key prefix must be non-empty and free of braces: {prefix!r}")

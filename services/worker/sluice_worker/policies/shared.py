@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-
 from sluice.handles import Tracker
 from sluice.limits import LimitStore
+from sluice.redis_client import AnyRedis, redis_client
 from sluice.resilience import Backend, KeySpace
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.settings import Settings
@@ -39,11 +38,11 @@ if TYPE_CHECKING:
 __all__ = ["Policies", "bare_pipeline", "redis_for"]
 
 
-def redis_for(settings: Settings) -> Redis:
+def redis_for(settings: Settings) -> AnyRedis:
     """The worker's Redis client: enough connections for every slot and its lease heartbeat, so a busy
     worker never fails a policy decision for want of a connection (the pool would raise, not wait)."""
-    return Redis.from_url(
-        settings.redis_url,
+    return redis_client(
+        settings,
         max_connections=2 * settings.concurrency + 16,
         socket_timeout=2.0,
         socket_connect_timeout=1.0,
