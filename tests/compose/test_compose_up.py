@@ -270,7 +270,7 @@ def test_a_worker_killed_with_sigkill_has_its_tasks_redelivered(stack: Stack) ->
     assert min(runs(stack, "c:kill").values()) >= 1
 
 
-def test_a_broker_restart_and_a_cut_off_worker(stack: Stack) -> None:
+def test_a_broker_restart_loses_nothing(stack: Stack) -> None:
     n = 3000  # 3 workers x 64 slots, 1 s each: about 16 s of work, so the restart lands mid-load
     publish(stack, "c:broker", range(n), seconds=1.0)
     eventually("some running", lambda: len(runs(stack, "c:broker")) >= 20, 60, every=0.2)
@@ -280,27 +280,30 @@ def test_a_broker_restart_and_a_cut_off_worker(stack: Stack) -> None:
     # the producer answers 503 + Retry-After while its link reconnects; ready again within a bound
     ready = lambda: httpx.get(f"{stack.api}/readyz", timeout=5).status_code == 200  # noqa: E731
     eventually("the producer is ready again", ready, 60)
+
+
+def test_a_worker_cut_off_from_the_network(stack: Stack) -> None:
+    """One worker's network is disconnected, then connected again: nothing is lost and it consumes again.
+
+    The workers run with a 5 s AMQP heartbeat (tests/compose/docker-compose.test.yml): the broker finds
+    the cut-off connection dead after missed heartbeats, hands what it held to the other workers, and
+    the worker reconnects. Every bound below is several heartbeat timeouts.
+    """
     network = f"{stack.project}_default"
     victim = stack.containers("worker")[-1]
-    subprocess.run(
-        ["docker", "network", "disconnect", network, victim], check=True, capture_output=True, timeout=60
-    )
     try:
-        publish(stack, "c:cut", range(300), seconds=0.05)  # the other two workers take these
-        eventually("300 runs while one worker is cut off", all_ran(stack, "c:cut", 300), 300)
-    finally:
         subprocess.run(
-            ["docker", "network", "connect", network, victim], check=True, capture_output=True, timeout=60
+            ["docker", "network", "disconnect", network, victim], check=True, capture_output=True, timeout=60
         )
-
-    # the cut-off worker's old connection is dead (its address changed): the broker and the worker
-    # each find out by missed heartbeats (RabbitMQ's default: 60 s), the broker then hands what that
-    # connection held to the others and the worker reconnects. Bounded by a few heartbeat intervals.
-    publish(stack, "c:after", range(300), seconds=0.05)
-    try:
-        # 600 s: one CI run (2026-12-02 03:05) had not run all 300 after 300 s, while others took far less;
-        # how many had run is not known (the check answers a bool). A real loss still fails here.
-        eventually("300 runs after the reconnect", all_ran(stack, "c:after", 300), 600)
+        try:
+            publish(stack, "c:cut", range(300), seconds=0.05)  # the other two workers take these
+            eventually("300 runs while one worker is cut off", all_ran(stack, "c:cut", 300), 180)
+        finally:
+            subprocess.run(
+                ["docker", "network", "connect", network, victim], check=True, capture_output=True, timeout=60
+            )
+        publish(stack, "c:after", range(300), seconds=0.05)
+        eventually("300 runs after the reconnect", all_ran(stack, "c:after", 300), 180)
 
         def three_consumers() -> bool:
             rows = [
@@ -308,7 +311,7 @@ def test_a_broker_restart_and_a_cut_off_worker(stack: Stack) -> None:
             ]
             return any(r[:2] == ["sluice.q.default", "3"] for r in rows if len(r) >= 2)
 
-        eventually("the cut-off worker consumes again (3 consumers)", three_consumers, 300)
+        eventually("the cut-off worker consumes again (3 consumers)", three_consumers, 180)
     except AssertionError:
         # what the broker held when the wait failed: ready and unacked per queue, and its consumers
         try:
@@ -320,7 +323,7 @@ def test_a_broker_restart_and_a_cut_off_worker(stack: Stack) -> None:
         print(held)
         logs = stack.compose("logs", "--no-color", "--tail", "300", timeout=120, check=False).stdout
         logs = f"{held}\n{logs}"
-        (Path(os.environ.get("TMPDIR", "/tmp")) / f"{stack.project}-broker-test.log").write_text(logs)
+        (Path(os.environ.get("TMPDIR", "/tmp")) / f"{stack.project}-cut-off-test.log").write_text(logs)
         raise
 
 
