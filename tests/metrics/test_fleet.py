@@ -209,3 +209,52 @@ def test_a_real_worker_publish_n_fail_m(service: Service, env: dict[str, str], t
         assert service.summary()["totals"]["completed"]["success"] == n
     finally:
         worker.kill()
+
+
+def test_sluice_status_shows_the_schedules_and_their_leader(service: Service, env: dict[str, str]) -> None:
+    """A schedule added with `sluice schedule add` appears in `sluice status` (JSON and table), with its
+    next fire and the scheduler leader (none: no scheduler runs here)."""
+    name = f"status-{env['SLUICE_PREFIX']}"
+    add = subprocess.run(
+        [SLUICE, "schedule", "add", name, "--task", "fleet.noop", "--every", "5m"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert add.returncode == 0, add.stderr
+
+    try:
+
+        def listed() -> dict[str, object] | None:
+            doc = json.loads(
+                subprocess.run(
+                    [SLUICE, "status", "--url", service.url, "--json"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=True,
+                ).stdout
+            )
+            rows = [r for r in doc["scheduler"]["schedules"] if r["name"] == name]
+            return {"leader": doc["scheduler"]["leader"], **rows[0]} if rows else None
+
+        got = until(listed)
+        assert got["task"] == "fleet.noop" and got["spec"] == "every 5m" and got["leader"] is None
+        assert isinstance(got["next_fire"], str) and got["next_fire"].endswith("Z")
+        table = subprocess.run(
+            [SLUICE, "status", "--url", service.url],
+            env={**env, "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert table.returncode == 0, table.stderr
+        assert "schedules (leader: NONE" in table.stdout and name in table.stdout
+        assert str(got["next_fire"])[:16] in table.stdout
+    finally:
+        rm = subprocess.run(
+            [SLUICE, "schedule", "rm", name], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert rm.returncode == 0, rm.stderr

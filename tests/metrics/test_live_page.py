@@ -21,7 +21,7 @@ from typing import Any
 
 import aio_pika
 import pytest
-from fleet_helpers import Service, end, env_for, start_child, start_service, until
+from fleet_helpers import SLUICE, Service, end, env_for, start_child, start_service, until
 
 from sluice.settings import Settings
 from sluice.topology import DELAY_TIERS_MS, Topology
@@ -333,3 +333,37 @@ async def test_empty_delay_tiers_fold_into_one_row(
     ], table
     assert delay_rows[1][5] == "0", table
     assert [r[0] for r in table if r[1] != "delay"] == [topo.queue("default"), topo.dead_queue]
+
+
+def test_page_shows_the_schedules_and_their_leader(
+    service: Service, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A schedule added with `sluice schedule add` is a row of the page's schedules table; with no
+    scheduler running, the leader reads NONE."""
+    name = f"page-{env['SLUICE_PREFIX']}"
+    add = [
+        SLUICE,
+        "schedule",
+        "add",
+        name,
+        "--task",
+        "fleet.noop",
+        "--cron",
+        "0 6 * * *",
+        "--tz",
+        "Europe/Paris",
+    ]
+    done = subprocess.run(add, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    try:
+        until(lambda: service.summary()["scheduler"]["schedules"] or None)
+        dom = page(tmp_path, service.url)
+        rows = table_rows(dom, "schedules")
+        assert [r[:3] for r in rows] == [[name, "fleet.noop", "0 6 * * * Europe/Paris"]], rows
+        assert rows[0][3].endswith("Z") and rows[0][4:] == ["-", "-"]
+        assert element(dom, "sched-leader") == "leader: NONE (nothing fires)"
+    finally:
+        rm = subprocess.run(
+            [SLUICE, "schedule", "rm", name], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert rm.returncode == 0, rm.stderr

@@ -1,4 +1,4 @@
-"""``sluice status``: queues, workers, breakers and limits, from the metrics service's ``/api/summary``.
+"""``sluice status``: queues, workers, breakers, limits and schedules, from the metrics service's ``/api/summary``.
 
 Tables by default, ``--json`` for scripts (the summary document as the service sent it), ``--watch`` to
 refresh every ``--interval`` seconds until Ctrl-C. An unreachable service or a bad URL is one line on
@@ -106,7 +106,31 @@ def render(doc: dict[str, Any]) -> Any:
     parts: list[Any] = [head, queues, procs]
     parts += [breakers] if doc["breakers"] else []
     parts += [limits] if doc["limits"] else []
+    parts += _schedules(doc.get("scheduler"))
     return Group(*parts)
+
+
+def _schedules(sched: dict[str, Any] | None) -> list[Any]:
+    """The schedules table, titled with the scheduler leader; nothing when no schedule exists."""
+    from rich.table import Table
+
+    if not sched or not sched.get("schedules"):
+        return []
+    leader = sched.get("leader") or "NONE (no scheduler leads: nothing fires)"
+    table = Table(
+        "schedule",
+        "task",
+        "spec",
+        "next fire",
+        "last fire",
+        "last task id",
+        title=f"schedules (leader: {leader})",
+    )
+    for r in sched["schedules"]:
+        nxt = "paused" if r["paused"] else r["next_fire"] or "-"
+        spec = r["spec"] + (f" {r['tz']}" if r.get("tz") not in (None, "UTC") else "")
+        table.add_row(r["name"], r["task"], spec, nxt, r["last_fire"] or "-", r["last_task_id"] or "-")
+    return [table]
 
 
 def status(
@@ -117,7 +141,7 @@ def status(
     interval: float = typer.Option(2.0, "--interval", min=0.2, help="seconds between refreshes with --watch"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Queues (depth, rate, oldest age), workers, breakers and limits, from the metrics service."""
+    """Queues (depth, rate, oldest age), workers, breakers, limits and schedules, from the metrics service."""
     target = url or _default_url()
     if not watch:
         doc = fetch_summary(target)

@@ -210,6 +210,10 @@ class Fleet:
             "gone": [p.describe(now, self.table.alive_after) for p in reversed(self.table.gone[-10:])],
             "breakers": [{"name": n, "state": s} for n, s in (redis.breakers.items() if redis else ())],
             "limits": limits,
+            "scheduler": {
+                "leader": redis.scheduler_leader if redis else None,
+                "schedules": list(redis.schedules) if redis else [],
+            },
             "history": self._history_doc(),
         }
 

@@ -1,7 +1,9 @@
-"""Breaker states and run-time rate-limit overrides, read through the library (no key layout here).
+"""Breaker states, run-time rate-limit overrides and schedules, read through the library (no key layout here).
 
 Breakers: :func:`sluice.resilience.breaker_states` (at most ``max_keys`` of them). Limits:
-:meth:`sluice.limits.LimitStore.all` (what ``sluice limits set`` wrote). A read never takes longer than
+:meth:`sluice.limits.LimitStore.all` (what ``sluice limits set`` wrote). Schedules:
+:meth:`sluice.schedules.ScheduleStore.entries` (at most ``max_keys``, each as ``sluice schedule ls --json``
+shows it) and the scheduler lease's holder (``None``: no scheduler leads). A read never takes longer than
 ``timeout``; an unreachable Redis gives ``redis_up=False`` and the previous values are not kept (shown as
 unknown).
 """
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from sluice.limits import LimitStore
 from sluice.redis_client import AnyRedis
 from sluice.resilience import KeySpace, breaker_states
+from sluice.schedules import ScheduleError, ScheduleStore, row
 
 __all__ = ["RedisSnapshot", "RedisStateSource"]
 
@@ -25,6 +29,8 @@ class RedisSnapshot:
     redis_up: bool
     breakers: dict[str, str] = field(default_factory=dict)  # name -> closed | open | half_open
     limits: dict[str, dict[str, object]] = field(default_factory=dict)  # task -> {"rate", "burst"}
+    schedules: tuple[dict[str, Any], ...] = ()  # sluice.schedules.row of each, by name
+    scheduler_leader: str | None = None  # the lease holder's instance name
 
 
 class RedisStateSource:
@@ -32,6 +38,7 @@ class RedisStateSource:
         self._redis = redis
         self._keys = KeySpace(prefix)
         self._limits = LimitStore(redis, prefix)
+        self._schedules = ScheduleStore(redis, prefix, timeout=timeout)
         self._timeout = timeout
         self._max_keys = max_keys
 
@@ -40,10 +47,18 @@ class RedisStateSource:
             async with asyncio.timeout(self._timeout):
                 states = await breaker_states(self._redis, self._keys, max_keys=self._max_keys)
                 limits = await self._limits.all()
-        except (RedisError, OSError, TimeoutError):
+                entries = await self._schedules.entries()
+                leader = await self._schedules.leader()
+        except (RedisError, OSError, TimeoutError, ScheduleError):
             return RedisSnapshot(False)
         return RedisSnapshot(
             True,
             {name: state.name.lower() for name, state in states.items()},
             {task: {"rate": str(limit), "burst": limit.burst} for task, limit in limits.items()},
+            tuple(row(e) for e in entries[: self._max_keys]),
+            None if leader is None else leader.holder,
         )
+
+    async def aclose(self) -> None:
+        """Hand back the connections the schedule reads kept."""
+        await self._schedules.aclose()

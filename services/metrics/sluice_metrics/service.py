@@ -60,9 +60,12 @@ async def serve(
             QueueStatsSource(
                 settings, watched, timeout=scrape_timeout, optional=delay_queues(settings)
             ) as source,
+            contextlib.AsyncExitStack() as stack,
             asyncio.TaskGroup() as background,
         ):
-            fleet = Fleet(settings, table, source, collector, RedisStateSource(redis, settings.prefix))
+            state = RedisStateSource(redis, settings.prefix)
+            stack.push_async_callback(state.aclose)
+            fleet = Fleet(settings, table, source, collector, state)
             registry.register(FleetCollector(fleet))
             app = build_app(registry, source, collector, fleet)
             stop_background = asyncio.Event()
