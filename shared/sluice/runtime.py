@@ -136,15 +136,17 @@ async def serve_http(
     logger: logging.Logger | None = None,
     *,
     ready: Callable[[], None] | None = None,
+    on_drain: Callable[[], None] | None = None,
 ) -> None:
     """Serve uvicorn ``config`` (a ``uvicorn.Config``) on ``sock`` until SIGTERM/SIGINT: the first
     signal stops accepting and finishes open requests, the second stops waiting for them. The process
     then goes on to exit 0 (uvicorn's own handlers would re-raise the signal after shutdown).
-    ``ready`` is called once the signal handlers are in place (a service's "serving" line)."""
+    ``ready`` is called once the signal handlers are in place (a service's "serving" line);
+    ``on_drain`` with the first signal (the app answers what would outlast the drain: long polls)."""
     from sluice._http_server import HttpServer  # uvicorn loads only in the HTTP services
 
     server = HttpServer(config)
-    with server.on_signals(logger).signals():
+    with server.on_signals(logger, on_drain).signals():
         if ready is not None:
             ready()
         await server.serve(sockets=[sock])

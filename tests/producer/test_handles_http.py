@@ -5,6 +5,7 @@ by a :class:`sluice.handles.Tracker` as a worker would)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -194,3 +195,26 @@ async def test_task_endpoints_need_the_token_when_auth_is_on(
             doc = (await c.get("/openapi.json")).json()
     for method in ("get", "delete"):
         assert doc["paths"]["/v1/tasks/{task_id}"][method]["security"] == [{"bearerAuth": []}]
+
+
+async def test_sigterm_answers_an_open_long_poll_with_the_state_then(
+    broker: Broker, tmp_path: Path, redis_url: str, r: object
+) -> None:
+    """SIGTERM while a `?wait=` long poll is open: the poll is answered at once, 200 with the task's
+    state then (the client polls again elsewhere), not cut off or answered 500 by the drain's deadline;
+    the producer still exits 0."""
+    env = {"SLUICE_REDIS_URL": redis_url}
+    log = tmp_path / "producer.log"
+    async with running_producer(broker, log, "--max-wait", "60", env=env) as s, s.client() as c:
+        task_id = (await c.post("/v1/tasks", json={"task": "demo.echo", "track": True})).json()["id"]
+        poll = asyncio.create_task(c.get(f"/v1/tasks/{task_id}", params={"wait": 50}))
+        await asyncio.sleep(0.5)  # the poll is open (it would answer after 50 s)
+        assert not poll.done()
+        start = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        r_ = await asyncio.wait_for(poll, 20)
+        took = time.monotonic() - start
+        assert r_.status_code == 200, r_.text
+        assert r_.json()["state"] == "queued"
+        assert took < 3, f"answered {took:.1f} s after SIGTERM: not by the drain"
+        assert await asyncio.wait_for(s.proc.wait(), 20) == 0, s.stderr()

@@ -88,7 +88,8 @@ async def running_producer(
                     assert proc.returncode is None, f"the producer exited: {running.stderr()}"
                     await asyncio.sleep(0.1)
         yield running
-        proc.send_signal(signal.SIGTERM)
+        if proc.returncode is None:  # a test may have stopped it itself
+            proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             await proc.wait()
         assert proc.returncode == 0, running.stderr()

@@ -112,6 +112,7 @@ def create_app(
     )
     app.state.link = link
     app.state.handles = handles
+    app.state.draining = draining = asyncio.Event()  # set by the server's drain (server.py)
     app.add_middleware(
         BodyLimit,
         limits={
@@ -288,7 +289,7 @@ def create_app(
         )
         return JSONResponse(report.model_dump(), status_code=503, headers={"Retry-After": "5"})
 
-    app.include_router(task_router(handles, max_wait=max_wait))
+    app.include_router(task_router(handles, max_wait=max_wait, draining=draining))
     app.include_router(schedule_router(schedules, link.publisher, default_queue=settings.default_queue))
 
     @app.get("/healthz", response_model=HealthOut)

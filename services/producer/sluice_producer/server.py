@@ -49,7 +49,7 @@ async def serve_async(
         access_log=False,
     )
     try:
-        await serve_http(config, sock, log)
+        await serve_http(config, sock, log, on_drain=app.state.draining.set)
     finally:
         sock.close()
 
