@@ -25,6 +25,7 @@ class Mark(BaseModel):
     key: str
     n: int
     seconds: float = Field(0.0, ge=0, le=10)
+    ids: str | None = None  # also HINCRBY ids <task id> 1 (the scheduler test: one run per occurrence id)
 
 
 @task("compose.mark")
@@ -33,3 +34,5 @@ async def mark(p: Mark, ctx: TaskContext) -> None:
     if p.seconds:
         await asyncio.sleep(p.seconds)
     await _redis().hincrby(p.key, str(p.n), 1)
+    if p.ids:
+        await _redis().hincrby(p.ids, ctx.task_id, 1)

@@ -5,17 +5,19 @@ passes deploy/images/local.env in ``SLUICE_COMPOSE_ENV_FILE``). Without an engin
 one line that says how to start one; it is never skipped. The stack runs as its own compose project
 on host ports of its own (beside the machine's RabbitMQ and Redis), and is removed with ``down -v``.
 
-Booted: rabbitmq, redis, producer, worker x3, metrics, prometheus. Grafana is left out: it has no
+Booted: rabbitmq, redis, producer, worker x3, scheduler x2 (scheduler, scheduler-b), metrics, prometheus. Grafana is left out: it has no
 Debian package and no registry answers here, so no image of it can be had; its dashboard keeps its
 static checks in tests/deploy/test_monitoring.py.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +32,7 @@ import redis
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-BOOTED = ["rabbitmq", "redis", "producer", "worker", "metrics", "prometheus"]
+BOOTED = ["rabbitmq", "redis", "producer", "worker", "scheduler", "scheduler-b", "metrics", "prometheus"]
 HEALTHY_WITHIN_S = 180  # from `up -d` (images already built) to every health check passing
 PORTS = {  # host ports of this stack: never the machine's own brokers' ports
     "RABBITMQ_HOST_PORT": 41672,  # (25672 would be the machine's RabbitMQ distribution port)
@@ -325,6 +327,37 @@ def test_a_worker_cut_off_from_the_network(stack: Stack) -> None:
         logs = f"{held}\n{logs}"
         (Path(os.environ.get("TMPDIR", "/tmp")) / f"{stack.project}-cut-off-test.log").write_text(logs)
         raise
+
+
+def test_two_schedulers_fire_each_occurrence_once(stack: Stack) -> None:
+    """The compose file's two scheduler replicas and an every-second schedule added with the host's
+    `sluice schedule add`: one replica leads, the workers run each occurrence's task id exactly once."""
+    sluice = str(Path(sys.executable).with_name("sluice"))
+    env = {**os.environ, "SLUICE_REDIS_URL": f"redis://127.0.0.1:{PORTS['REDIS_HOST_PORT']}/0"}
+    name = "c-every"
+    payload = json.dumps({"key": "c:sched", "n": 0, "ids": "c:sched:ids"})
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sluice, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    cli("schedule", "add", name, "--task", "compose.mark", "--every", "1s", "--payload", payload)
+    try:
+        ids = lambda: {k.decode(): int(v) for k, v in stack.redis().hgetall("c:sched:ids").items()}  # noqa: E731
+        eventually("8 occurrences ran", lambda: len(ids()) >= 8, 90)
+    finally:
+        cli("schedule", "pause", name)
+    (row,) = json.loads(cli("schedule", "ls", "--json"))
+    assert row["leader"] and row["last_task_id"].startswith(f"{name}:")
+    last = row["last_task_id"]
+    eventually("the last fired occurrence ran", lambda: last in ids(), 60)
+    got = ids()
+    assert set(got.values()) == {1}, f"an occurrence ran twice: {got}"
+    occurrences = sorted(int(k.rpartition(":")[2]) for k in got)
+    assert all((b - a) % 1000 == 0 for a, b in itertools.pairwise(occurrences)), occurrences
+    assert sum(runs(stack, "c:sched").values()) == len(got)  # no run without its own occurrence id
+    cli("schedule", "rm", name)
 
 
 def test_down_leaves_nothing_behind(stack: Stack) -> None:
