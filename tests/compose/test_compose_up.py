@@ -331,7 +331,8 @@ def test_a_worker_cut_off_from_the_network(stack: Stack) -> None:
 
 def test_two_schedulers_fire_each_occurrence_once(stack: Stack) -> None:
     """The compose file's two scheduler replicas and an every-second schedule added with the host's
-    `sluice schedule add`: one replica leads, the workers run each occurrence's task id exactly once."""
+    `sluice schedule add`: one replica leads, the workers run each occurrence's task id exactly once, and
+    `sluice status` counts the fires under that leader."""
     sluice = str(Path(sys.executable).with_name("sluice"))
     env = {**os.environ, "SLUICE_REDIS_URL": f"redis://127.0.0.1:{PORTS['REDIS_HOST_PORT']}/0"}
     name = "c-every"
@@ -357,6 +358,16 @@ def test_two_schedulers_fire_each_occurrence_once(stack: Stack) -> None:
     occurrences = sorted(int(k.rpartition(":")[2]) for k in got)
     assert all((b - a) % 1000 == 0 for a, b in itertools.pairwise(occurrences)), occurrences
     assert sum(runs(stack, "c:sched").values()) == len(got)  # no run without its own occurrence id
+
+    def status_counts_them() -> dict[str, Any] | None:  # `sluice status --json` in the metrics container
+        sched = stack.summary()["scheduler"]
+        (r,) = [r for r in sched["schedules"] if r["name"] == name]
+        return sched if r["fires"] == len(got) and sched["leader"] == row["leader"] else None
+
+    sched = eventually("sluice status counts every fire under the leader", status_counts_them, 60)
+    assert sched["term"] >= 1
+    (shown,) = sched["schedules"]
+    assert shown["last_lag_ms"] is not None and 0 <= shown["last_lag_ms"] < 5000, shown
     cli("schedule", "rm", name)
 
 

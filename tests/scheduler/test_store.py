@@ -9,7 +9,7 @@ import pytest
 import redis as redis_sync
 
 from sluice.resilience.clock import FakeClock
-from sluice.schedules import ScheduleStore, every
+from sluice.schedules import ScheduleStore, every, row
 from sluice.schedules.errors import UnknownSchedule
 
 
@@ -46,6 +46,9 @@ async def test_one_claim_per_occurrence_and_a_fenced_leader_claims_nothing(
     assert await store.claim(b, "s1", occ - 1000) == "fired"  # never behind the cursor
     entry = await store.get("s1")
     assert entry.state.cursor == occ and entry.state.last_task == f"s1:{occ}" and entry.state.pending is None
+    assert entry.state.fires == 1 and row(entry)["last_lag_ms"] == 5  # confirmed 5 ms after its due time
+    assert not await store.record("s1", occ, f"s1:{occ}", occ + 9)  # a second record of it: not counted
+    assert (await store.get("s1")).state.fires == 1
 
 
 async def test_many_concurrent_claimers_one_winner(store: ScheduleStore, r: redis_sync.Redis) -> None:

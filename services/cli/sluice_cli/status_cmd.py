@@ -116,7 +116,11 @@ def _schedules(sched: dict[str, Any] | None) -> list[Any]:
 
     if not sched or not sched.get("schedules"):
         return []
-    leader = sched.get("leader") or "NONE (no scheduler leads: nothing fires)"
+    leader = (
+        f"{sched['leader']}, term {sched.get('term')}"
+        if sched.get("leader")
+        else "NONE (no scheduler leads: nothing fires)"
+    )
     table = Table(
         "schedule",
         "task",
@@ -124,12 +128,24 @@ def _schedules(sched: dict[str, Any] | None) -> list[Any]:
         "next fire",
         "last fire",
         "last task id",
+        "fires",
+        "last lag s",
         title=f"schedules (leader: {leader})",
     )
     for r in sched["schedules"]:
         nxt = "paused" if r["paused"] else r["next_fire"] or "-"
         spec = r["spec"] + (f" {r['tz']}" if r.get("tz") not in (None, "UTC") else "")
-        table.add_row(r["name"], r["task"], spec, nxt, r["last_fire"] or "-", r["last_task_id"] or "-")
+        lag = r.get("last_lag_ms")
+        table.add_row(
+            r["name"],
+            r["task"],
+            spec,
+            nxt,
+            r["last_fire"] or "-",
+            r["last_task_id"] or "-",
+            str(r.get("fires", 0)),
+            "-" if lag is None else f"{lag / 1000:.3f}",
+        )
     return [table]
 
 

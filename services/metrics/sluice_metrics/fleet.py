@@ -212,6 +212,7 @@ class Fleet:
             "limits": limits,
             "scheduler": {
                 "leader": redis.scheduler_leader if redis else None,
+                "term": redis.scheduler_term if redis else None,
                 "schedules": list(redis.schedules) if redis else [],
             },
             "history": self._history_doc(),

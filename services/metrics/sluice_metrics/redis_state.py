@@ -3,7 +3,7 @@
 Breakers: :func:`sluice.resilience.breaker_states` (at most ``max_keys`` of them). Limits:
 :meth:`sluice.limits.LimitStore.all` (what ``sluice limits set`` wrote). Schedules:
 :meth:`sluice.schedules.ScheduleStore.entries` (at most ``max_keys``, each as ``sluice schedule ls --json``
-shows it) and the scheduler lease's holder (``None``: no scheduler leads). A read never takes longer than
+shows it) and the scheduler lease's holder and term (``None``: no scheduler leads). A read never takes longer than
 ``timeout``; an unreachable Redis gives ``redis_up=False`` and the previous values are not kept (shown as
 unknown).
 """
@@ -31,6 +31,7 @@ class RedisSnapshot:
     limits: dict[str, dict[str, object]] = field(default_factory=dict)  # task -> {"rate", "burst"}
     schedules: tuple[dict[str, Any], ...] = ()  # sluice.schedules.row of each, by name
     scheduler_leader: str | None = None  # the lease holder's instance name
+    scheduler_term: int | None = None  # its fencing token: leader changes so far, fleet-wide
 
 
 class RedisStateSource:
@@ -57,6 +58,7 @@ class RedisStateSource:
             {task: {"rate": str(limit), "burst": limit.burst} for task, limit in limits.items()},
             tuple(row(e) for e in entries[: self._max_keys]),
             None if leader is None else leader.holder,
+            None if leader is None else leader.token,
         )
 
     async def aclose(self) -> None:

@@ -72,6 +72,7 @@ if not st[3] then return 0 end
 if st[2] and tonumber(st[2]) == occ then redis.call('HDEL', KEYS[1], 'pending', 'pending_by') end
 if st[1] and occ <= tonumber(st[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'cursor', occ, 'last_occurrence', occ, 'last_task', ARGV[2], 'last_fired_at', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'fires', 1)
 return 1
 """,
 )

@@ -59,6 +59,7 @@ class ScheduleState:
     last_fired_at: int | None = None
     last_run_task: str | None = None
     last_run_at: int | None = None
+    fires: int = 0  # occurrences fired and recorded, fleet-wide, since the schedule was stored
 
     @classmethod
     def from_hash(cls, h: dict[Any, Any]) -> ScheduleState:
@@ -72,6 +73,7 @@ class ScheduleState:
             last_fired_at=_int(get("last_fired_at")),
             last_run_task=_text(get("last_run_task")),
             last_run_at=_int(get("last_run_at")),
+            fires=_int(get("fires")) or 0,
         )
 
 

@@ -4,7 +4,8 @@ A row (``sluice schedule ls --json``, ``GET /v1/schedules``): ``name``, ``task``
 ``every`` (seconds), ``tz``, ``queue``, ``payload``, ``catch_up``, ``max_catch_up``, ``jitter``, ``origin``
 (``code`` or ``runtime``), ``paused``, ``next_fire`` / ``last_fire`` (ISO 8601 in UTC, or ``null``) with
 ``next_fire_ms`` / ``last_fire_ms`` (ms since the epoch), ``last_task_id``, ``last_fired_at_ms`` (when the
-broker confirmed it), ``pending_ms`` (an occurrence being fired now), ``last_run_task_id``.
+broker confirmed it), ``last_lag_ms`` (from the last occurrence's due time to that confirm), ``fires``
+(occurrences fired, fleet-wide), ``pending_ms`` (an occurrence being fired now), ``last_run_task_id``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def row(entry: Entry) -> dict[str, Any]:
         "last_fire_ms": st.last_occurrence,
         "last_task_id": st.last_task,
         "last_fired_at_ms": st.last_fired_at,
+        "last_lag_ms": None
+        if st.last_fired_at is None or st.last_occurrence is None
+        else st.last_fired_at - st.last_occurrence,
+        "fires": st.fires,
         "pending_ms": st.pending,
         "last_run_task_id": st.last_run_task,
     }
