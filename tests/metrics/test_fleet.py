@@ -24,6 +24,13 @@ def done(svc: Service, outcome: str) -> int:
     return int(svc.summary()["totals"]["completed"][outcome])
 
 
+def sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `sluice` console script with ``args`` (wide tables: 250 columns), its output captured."""
+    return subprocess.run(
+        [SLUICE, *args], env={**env, "COLUMNS": "250"}, capture_output=True, text=True, timeout=30
+    )
+
+
 def test_counts_match_and_a_killed_worker_stops_being_alive(service: Service, env: dict[str, str]) -> None:
     ok, failed, published = 37, 5, 42
     worker = start_child(env, "worker", ok, failed, 0)
@@ -112,13 +119,7 @@ def test_sluice_status_table_json_and_watch(service: Service, env: dict[str, str
         assert run.returncode == 0, run.stderr
         doc = json.loads(run.stdout)
         assert doc["totals"]["completed"]["success"] == 3 and doc["workers_alive"] == 1
-        table = subprocess.run(
-            [SLUICE, "status", "--url", service.url],
-            env={**env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        table = sluice(env, "status", "--url", service.url)
         assert table.returncode == 0, table.stderr
         prefix = env["SLUICE_PREFIX"]
         assert f"{prefix}.q.default" in table.stdout and f"{prefix}.dlq" in table.stdout
@@ -215,46 +216,24 @@ def test_sluice_status_shows_the_schedules_and_their_leader(service: Service, en
     """A schedule added with `sluice schedule add` appears in `sluice status` (JSON and table), with its
     next fire and the scheduler leader (none: no scheduler runs here)."""
     name = f"status-{env['SLUICE_PREFIX']}"
-    add = subprocess.run(
-        [SLUICE, "schedule", "add", name, "--task", "fleet.noop", "--every", "5m"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    add = sluice(env, "schedule", "add", name, "--task", "fleet.noop", "--every", "5m")
     assert add.returncode == 0, add.stderr
-
     try:
 
         def listed() -> dict[str, object] | None:
-            doc = json.loads(
-                subprocess.run(
-                    [SLUICE, "status", "--url", service.url, "--json"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    check=True,
-                ).stdout
-            )
+            run = sluice(env, "status", "--url", service.url, "--json")
+            assert run.returncode == 0, run.stderr
+            doc = json.loads(run.stdout)
             rows = [r for r in doc["scheduler"]["schedules"] if r["name"] == name]
             return {"leader": doc["scheduler"]["leader"], **rows[0]} if rows else None
 
         got = until(listed)
         assert got["task"] == "fleet.noop" and got["spec"] == "every 5m" and got["leader"] is None
         assert isinstance(got["next_fire"], str) and got["next_fire"].endswith("Z")
-        table = subprocess.run(
-            [SLUICE, "status", "--url", service.url],
-            env={**env, "COLUMNS": "250"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        table = sluice(env, "status", "--url", service.url)
         assert table.returncode == 0, table.stderr
         assert "schedules (leader: NONE" in table.stdout and name in table.stdout
         assert str(got["next_fire"])[:16] in table.stdout
     finally:
-        rm = subprocess.run(
-            [SLUICE, "schedule", "rm", name], env=env, capture_output=True, text=True, timeout=30
-        )
+        rm = sluice(env, "schedule", "rm", name)
         assert rm.returncode == 0, rm.stderr
