@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aio_pika
+import redis as redis_sync
 from fleet_helpers import HERE, SLUICE, Service, end, start_child, until
 
 from sluice.settings import Settings
@@ -214,10 +215,14 @@ def test_a_real_worker_publish_n_fail_m(service: Service, env: dict[str, str], t
 
 def test_sluice_status_shows_the_schedules_and_their_leader(service: Service, env: dict[str, str]) -> None:
     """A schedule added with `sluice schedule add` appears in `sluice status` (JSON and table), with its
-    next fire and the scheduler leader (none: no scheduler runs here)."""
+    next fire, its fleet-wide counts (fires, caught up, skipped: written here as a scheduler's RECORD and
+    SKIP would) and the scheduler leader (none: no scheduler runs here)."""
     name = f"status-{env['SLUICE_PREFIX']}"
     add = sluice(env, "schedule", "add", name, "--task", "fleet.noop", "--every", "5m")
     assert add.returncode == 0, add.stderr
+    state = f"{env['SLUICE_PREFIX']}:{{sched}}:state:{name}"
+    with redis_sync.Redis.from_url(env["SLUICE_REDIS_URL"]) as r:
+        r.hset(state, mapping={"fires": 41, "caught_up": 7, "skipped": 23})
     try:
 
         def listed() -> dict[str, object] | None:
@@ -229,11 +234,15 @@ def test_sluice_status_shows_the_schedules_and_their_leader(service: Service, en
 
         got = until(listed)
         assert got["task"] == "fleet.noop" and got["spec"] == "every 5m" and got["leader"] is None
+        assert (got["fires"], got["caught_up"], got["skipped"]) == (41, 7, 23)
         assert isinstance(got["next_fire"], str) and got["next_fire"].endswith("Z")
         table = sluice(env, "status", "--url", service.url)
         assert table.returncode == 0, table.stderr
         assert "schedules (leader: NONE" in table.stdout and name in table.stdout
         assert str(got["next_fire"])[:16] in table.stdout
+        assert "caught up" in table.stdout and "skipped" in table.stdout
+        (line,) = [ln for ln in table.stdout.splitlines() if name in ln]
+        assert [c.strip() for c in line.split("│")[7:10]] == ["41", "7", "23"], line
     finally:
         rm = sluice(env, "schedule", "rm", name)
         assert rm.returncode == 0, rm.stderr

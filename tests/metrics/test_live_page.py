@@ -360,7 +360,7 @@ def test_page_shows_the_schedules_and_their_leader(
         dom = page(tmp_path, service.url)
         rows = table_rows(dom, "schedules")
         assert [r[:3] for r in rows] == [[name, "fleet.noop", "0 6 * * * Europe/Paris"]], rows
-        assert rows[0][3].endswith("Z") and rows[0][4:] == ["-", "-", "0", "-"]
+        assert rows[0][3].endswith("Z") and rows[0][4:] == ["-", "-", "0", "0", "0", "-"]
         assert element(dom, "sched-leader") == "leader: NONE (nothing fires)"
     finally:
         rm = subprocess.run(

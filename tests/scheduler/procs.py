@@ -1,5 +1,4 @@
-"""``python -m sluice_scheduler`` processes for the tests (the installed ``sluice`` gets the command once
-engineer C's main.py registers it), and who leads them."""
+"""``sluice scheduler`` processes for the tests (the installed console script), and who leads them."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from support.workers import WorkerProcess, worker_env
 __all__ = [
     "HERE",
     "SCHEDULER",
+    "SLUICE",
     "leader_is",
     "leader_pid",
     "scheduler_env",
@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 HERE = Path(__file__).resolve().parent
-SCHEDULER = [sys.executable, "-m", "sluice_scheduler"]
+SLUICE = str(Path(sys.executable).with_name("sluice"))
+SCHEDULER = [SLUICE, "scheduler"]
 
 
 def scheduler_env(amqp_url: str, redis_url: str, prefix: str) -> dict[str, str]:

@@ -3,7 +3,9 @@ after no scheduler ran for 10 occurrences, a leader that woke up past its lease,
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 
 import pytest
 import redis as redis_sync
@@ -12,14 +14,20 @@ from sluice.resilience.clock import FakeClock
 from sluice.schedules import ScheduleStore, every
 from sluice.settings import Settings
 from sluice_scheduler import LazyPublisher, Scheduler
+from support.workers import worker_env
 
 from .conftest import drain
+from .procs import SLUICE
 
 
 def _scheduler(store: ScheduleStore, publisher: LazyPublisher, clock: FakeClock, name: str) -> Scheduler:
     return Scheduler(
         store, publisher, instance=name, lease=5.0, clock=clock, task_queues={"demo.noop": "default"}
     )
+
+
+def _sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SLUICE, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 async def _pass(s: Scheduler) -> float:
@@ -62,6 +70,18 @@ async def test_catch_up_after_ten_missed_occurrences(
         assert entry.state.cursor == t0 + 12_000 and entry.state.last_task == f"tick:{t0 + 12_000}"
         skipped = s.metrics.skipped.labels("tick")._value.get()
         assert skipped == {"skip": 10, "latest": 9, "all": 0}[policy]
+        # the same counts, fleet-wide in Redis, as `sluice schedule ls --json` shows them
+        ls_env = worker_env(amqp_url, settings.redis_url, settings.prefix)
+        ls = await asyncio.to_thread(_sluice, ls_env, "schedule", "ls", "--json")
+        assert ls.returncode == 0, ls.stderr
+        (got,) = json.loads(ls.stdout)
+        caught_up = {"skip": 0, "latest": 1, "all": 10}[policy]
+        assert (got["fires"], got["caught_up"], got["skipped"]) == (len(expected) + 1, caught_up, skipped)
+        table = await asyncio.to_thread(_sluice, ls_env, "schedule", "ls")
+        assert table.returncode == 0, table.stderr
+        (line,) = [ln for ln in table.stdout.splitlines() if "tick:" in ln]
+        cells = [c.strip() for c in line.split("│")[8:11]]
+        assert cells == [str(len(expected) + 1), str(caught_up), str(int(skipped))], line
     finally:
         await publisher.aclose()
 

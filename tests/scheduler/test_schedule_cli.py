@@ -1,11 +1,10 @@
-"""``sluice schedule add|ls|rm|pause|resume|run`` in a subprocess (sluice_cli.main's own main(), with the group
-registered as main.py will: tests/scheduler/cli_entry.py), on the real Redis and RabbitMQ."""
+"""``sluice schedule add|ls|rm|pause|resume|run``: the installed console script in a subprocess, on the real
+Redis and RabbitMQ."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import redis as redis_sync
@@ -14,9 +13,9 @@ from support.ports import free_port
 from support.workers import worker_env
 
 from .conftest import drain
-from .procs import HERE
+from .procs import SLUICE
 
-ENTRY = [sys.executable, str(HERE / "cli_entry.py")]
+ENTRY = [SLUICE]
 
 
 def sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -133,12 +133,22 @@ def ls(
         "next fire",
         "last fire",
         "last task id",
+        "fires",
+        "caught up",
+        "skipped",
         title=f"schedules (leader: {leader or 'none'})",
     )
     for r in rows:
         nxt = "paused" if r["paused"] else r["next_fire"] or "-"
         table.add_row(
-            r["name"], r["task"], r["spec"], r["tz"], nxt, r["last_fire"] or "-", r["last_task_id"] or "-"
+            r["name"],
+            r["task"],
+            r["spec"],
+            r["tz"],
+            nxt,
+            r["last_fire"] or "-",
+            r["last_task_id"] or "-",
+            *(str(r[k]) for k in ("fires", "caught_up", "skipped")),
         )
     Console(width=200).print(table)
 

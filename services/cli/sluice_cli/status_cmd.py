@@ -129,6 +129,8 @@ def _schedules(sched: dict[str, Any] | None) -> list[Any]:
         "last fire",
         "last task id",
         "fires",
+        "caught up",
+        "skipped",
         "last lag s",
         title=f"schedules (leader: {leader})",
     )
@@ -144,6 +146,8 @@ def _schedules(sched: dict[str, Any] | None) -> list[Any]:
             r["last_fire"] or "-",
             r["last_task_id"] or "-",
             str(r.get("fires", 0)),
+            str(r.get("caught_up", 0)),
+            str(r.get("skipped", 0)),
             "-" if lag is None else f"{lag / 1000:.3f}",
         )
     return [table]

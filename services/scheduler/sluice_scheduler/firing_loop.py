@@ -60,6 +60,8 @@ class _BrokerDown(ScheduleError):
 class _Unrecorded:
     task_id: str
     fired_at: int
+    caught_up: bool
+    skipped: int
 
 
 @dataclass(slots=True)
@@ -143,13 +145,15 @@ class FireLoop:
 
     async def _record_remembered(self) -> None:
         for (name, occ), done in list(self._unrecorded.items()):
-            await self.store.record(name, occ, done.task_id, done.fired_at)
+            await self.store.record(
+                name, occ, done.task_id, done.fired_at, caught_up=done.caught_up, skipped=done.skipped
+            )
             del self._unrecorded[(name, occ)]
 
     async def _apply(self, lease: Lease, entry: Entry, p: Plan) -> None:
         s = entry.schedule
         if p.skip_to is not None and not p.fire:
-            moved = await self.store.skip(lease, s.name, p.skip_to)
+            moved = await self.store.skip(lease, s.name, p.skip_to, p.skipped)
             if moved is None:
                 raise _Fenced
             if moved and p.skipped:
@@ -175,14 +179,14 @@ class FireLoop:
                 )
             if self.leadership.held() is None:
                 raise _Fenced
-            await self._fire(entry, occ, caught_up)
+            await self._fire(entry, occ, caught_up, p.skipped if i == 0 else 0)
             if i == 0 and p.skipped:
                 self.metrics.skipped.labels(s.name).inc(p.skipped)
                 self.log.info(
                     "%s: %d missed occurrence(s) not fired (catch-up %s)", s.name, p.skipped, s.catch_up
                 )
 
-    async def _fire(self, entry: Entry, occ: int, caught_up: bool) -> None:
+    async def _fire(self, entry: Entry, occ: int, caught_up: bool, skipped: int) -> None:
         s = entry.schedule
         queue = s.queue or self.task_queues.get(s.task) or self.default_queue
         msg = fire_message(s, occ, queue, now_ms=self._now_ms())
@@ -210,8 +214,8 @@ class FireLoop:
         if caught_up:
             self.metrics.caught_up.labels(s.name).inc()
         try:
-            await self.store.record(s.name, occ, msg.id, fired_at)
+            await self.store.record(s.name, occ, msg.id, fired_at, caught_up=caught_up, skipped=skipped)
         except StoreUnavailable:
-            self._unrecorded[(s.name, occ)] = _Unrecorded(msg.id, fired_at)
+            self._unrecorded[(s.name, occ)] = _Unrecorded(msg.id, fired_at, caught_up, skipped)
             raise
         self.log.debug("%s: fired %s", s.name, msg.id)

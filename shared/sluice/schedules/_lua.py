@@ -61,8 +61,10 @@ return 1
 """,
 )
 
-# KEYS: state. ARGV: occurrence ms, task id, fired at ms. The publish was confirmed: record it whoever
-# leads now. Reply: 1 the cursor moved, 0 a later occurrence was recorded already.
+# KEYS: state. ARGV: occurrence ms, task id, fired at ms, caught up (1: a missed occurrence fired late by
+# the catch-up policy), skipped (missed occurrences the policy dropped for this fire). The publish was
+# confirmed: record it whoever leads now; the counters move only with the cursor (a second record of one
+# occurrence counts nothing). Reply: 1 the cursor moved, 0 a later occurrence was recorded already.
 RECORD = Script(
     "sched-record",
     """
@@ -73,12 +75,16 @@ if st[2] and tonumber(st[2]) == occ then redis.call('HDEL', KEYS[1], 'pending', 
 if st[1] and occ <= tonumber(st[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'cursor', occ, 'last_occurrence', occ, 'last_task', ARGV[2], 'last_fired_at', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'fires', 1)
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'caught_up', 1) end
+local skipped = tonumber(ARGV[5]) or 0
+if skipped > 0 then redis.call('HINCRBY', KEYS[1], 'skipped', skipped) end
 return 1
 """,
 )
 
-# KEYS: leader, state. ARGV: lease value, up to ms. Missed occurrences dropped by the catch-up policy.
-# Reply: -1 not the leader, 1 moved, 0 not moved.
+# KEYS: leader, state. ARGV: lease value, up to ms, how many occurrences that drops. Missed occurrences
+# dropped by the catch-up policy (counted in 'skipped' when the cursor moves). Reply: -1 not the leader,
+# 1 moved, 0 not moved.
 SKIP = Script(
     "sched-skip",
     """
@@ -88,6 +94,8 @@ local to = tonumber(ARGV[2])
 if not cur or to <= cur then return 0 end
 redis.call('HSET', KEYS[2], 'cursor', to)
 redis.call('HDEL', KEYS[2], 'pending', 'pending_by')
+local skipped = tonumber(ARGV[3]) or 0
+if skipped > 0 then redis.call('HINCRBY', KEYS[2], 'skipped', skipped) end
 return 1
 """,
 )

@@ -7,7 +7,9 @@ Keys (``p`` is ``settings.prefix``; ``{sched}`` is one Redis Cluster hash tag fo
   ``runtime``, ``updated_ms``);
 * ``p:{sched}:state:<name>``: hash, ``cursor`` (the last fired occurrence, ms; a new schedule's creation
   time), ``sig`` (its timing), ``pending``/``pending_by`` (an occurrence claimed and not yet confirmed),
-  ``paused``, ``last_occurrence``, ``last_task``, ``last_fired_at``, ``last_run_task``, ``last_run_at``;
+  ``paused``, ``last_occurrence``, ``last_task``, ``last_fired_at``, ``last_run_task``, ``last_run_at``,
+  and the fleet-wide counters ``fires``, ``caught_up`` (fires of missed occurrences, by the catch-up policy)
+  and ``skipped`` (missed occurrences the policy dropped);
 * ``p:{sched}:leader``: string ``<instance>|<token>``, expires after the lease; ``p:{sched}:epoch``: the
   fencing token counter (only grows).
 
@@ -60,6 +62,8 @@ class ScheduleState:
     last_run_task: str | None = None
     last_run_at: int | None = None
     fires: int = 0  # occurrences fired and recorded, fleet-wide, since the schedule was stored
+    caught_up: int = 0  # of those, missed occurrences fired late by the catch-up policy
+    skipped: int = 0  # missed occurrences the catch-up policy dropped (never fired)
 
     @classmethod
     def from_hash(cls, h: dict[Any, Any]) -> ScheduleState:
@@ -74,6 +78,8 @@ class ScheduleState:
             last_run_task=_text(get("last_run_task")),
             last_run_at=_int(get("last_run_at")),
             fires=_int(get("fires")) or 0,
+            caught_up=_int(get("caught_up")) or 0,
+            skipped=_int(get("skipped")) or 0,
         )
 
 
@@ -231,16 +237,26 @@ class ScheduleStore(AsyncClosing):
         keys = [self.leader_key, self.state_key(name)]
         return _CLAIMS[int(await self._run((_lua.CLAIM, keys, [lease.value, occurrence_ms])))]
 
-    async def record(self, name: str, occurrence_ms: int, task_id: str, fired_at_ms: int) -> bool:
-        """The occurrence's publish was confirmed: move the cursor to it."""
-        args: list[Arg] = [occurrence_ms, task_id, fired_at_ms]
+    async def record(
+        self,
+        name: str,
+        occurrence_ms: int,
+        task_id: str,
+        fired_at_ms: int,
+        *,
+        caught_up: bool = False,
+        skipped: int = 0,
+    ) -> bool:
+        """The occurrence's publish was confirmed: move the cursor to it, counting the fire (as caught up,
+        when the catch-up policy fired a missed occurrence) and the ``skipped`` occurrences it stands for."""
+        args: list[Arg] = [occurrence_ms, task_id, fired_at_ms, "1" if caught_up else "0", skipped]
         return bool(await self._run((_lua.RECORD, [self.state_key(name)], args)))
 
-    async def skip(self, lease: Lease, name: str, upto_ms: int) -> bool | None:
-        """Move the cursor to ``upto_ms`` without firing (``None``: fenced, not the leader)."""
-        reply = int(
-            await self._run((_lua.SKIP, [self.leader_key, self.state_key(name)], [lease.value, upto_ms]))
-        )
+    async def skip(self, lease: Lease, name: str, upto_ms: int, skipped: int = 0) -> bool | None:
+        """Move the cursor to ``upto_ms`` without firing, counting ``skipped`` dropped occurrences
+        (``None``: fenced, not the leader)."""
+        keys = [self.leader_key, self.state_key(name)]
+        reply = int(await self._run((_lua.SKIP, keys, [lease.value, upto_ms, skipped])))
         return None if reply < 0 else bool(reply)
 
     # --- the leader lease --------------------------------------------------------------------------

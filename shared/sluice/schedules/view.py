@@ -5,7 +5,8 @@ A row (``sluice schedule ls --json``, ``GET /v1/schedules``): ``name``, ``task``
 (``code`` or ``runtime``), ``paused``, ``next_fire`` / ``last_fire`` (ISO 8601 in UTC, or ``null``) with
 ``next_fire_ms`` / ``last_fire_ms`` (ms since the epoch), ``last_task_id``, ``last_fired_at_ms`` (when the
 broker confirmed it), ``last_lag_ms`` (from the last occurrence's due time to that confirm), ``fires``
-(occurrences fired, fleet-wide), ``pending_ms`` (an occurrence being fired now), ``last_run_task_id``.
+(occurrences fired, fleet-wide), ``caught_up`` (of those, missed occurrences fired late by the catch-up
+policy), ``skipped`` (missed occurrences the policy dropped), ``pending_ms`` (an occurrence being fired now), ``last_run_task_id``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def row(entry: Entry) -> dict[str, Any]:
         if st.last_fired_at is None or st.last_occurrence is None
         else st.last_fired_at - st.last_occurrence,
         "fires": st.fires,
+        "caught_up": st.caught_up,
+        "skipped": st.skipped,
         "pending_ms": st.pending,
         "last_run_task_id": st.last_run_task,
     }
