@@ -1,4 +1,5 @@
-"""``sluice status``: queues, workers, breakers, limits and schedules, from the metrics service's ``/api/summary``.
+"""``sluice status``: queues, workers, task handles, breakers, limits and schedules, from the metrics
+service's ``/api/summary``.
 
 Tables by default, ``--json`` for scripts (the summary document as the service sent it), ``--watch`` to
 refresh every ``--interval`` seconds until Ctrl-C. An unreachable service or a bad URL is one line on
@@ -103,11 +104,35 @@ def render(doc: dict[str, Any]) -> Any:
     limits = Table("limit", "override", "allowed", "deferred", title="limits")
     for lim in doc["limits"]:
         limits.add_row(lim["name"], lim["override"] or "declared", str(lim["allowed"]), str(lim["deferred"]))
-    parts: list[Any] = [head, queues, procs]
+    parts: list[Any] = [head, queues, procs, *_handles(doc["totals"].get("task_handles"))]
     parts += [breakers] if doc["breakers"] else []
     parts += [limits] if doc["limits"] else []
     parts += _schedules(doc.get("scheduler"))
     return Group(*parts)
+
+
+HANDLE_COLUMNS = (
+    ("tracked", "tracked"),
+    ("results stored", "results_stored"),
+    ("results refused", "results_refused"),
+    ("tracking failures", "tracking_failures"),
+    ("cancels recorded", "cancels_recorded"),
+    ("batch cancels", "cancel_rules_recorded"),
+    ("cancels honoured", "cancels_honoured"),
+    ("unique duplicates refused", "unique_duplicates"),
+    ("waiters", "waiters"),
+)
+
+
+def _handles(counts: dict[str, Any] | None) -> list[Any]:
+    """The task handles table (one row; ``-`` where the service could not read Redis)."""
+    from rich.table import Table
+
+    if not counts:
+        return []  # a metrics service older than these counts
+    table = Table(*(title for title, _ in HANDLE_COLUMNS), title="task handles")
+    table.add_row(*(_num(counts.get(key), 0) for _, key in HANDLE_COLUMNS))
+    return [table]
 
 
 def _schedules(sched: dict[str, Any] | None) -> list[Any]:
@@ -161,7 +186,8 @@ def status(
     interval: float = typer.Option(2.0, "--interval", min=0.2, help="seconds between refreshes with --watch"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Queues (depth, rate, oldest age), workers, breakers, limits and schedules, from the metrics service."""
+    """Queues (depth, rate, oldest age), workers, task handles, breakers, limits and schedules, from the
+    metrics service."""
     target = url or _default_url()
     if not watch:
         doc = fetch_summary(target)

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sluice.handles.client import CANCEL_RULES, CANCELS, UNIQUE_DUPLICATES
 from sluice.settings import Settings
-from sluice.telemetry import HANDLE_EVENTS, OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
+from sluice.telemetry import CANCELLED, HANDLE_EVENTS, OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
 from sluice.topology import Topology
 from sluice_metrics.collectors import QueueCollector
 from sluice_metrics.processes import Hist, ProcessTable, Totals
@@ -194,7 +195,7 @@ class Fleet:
                 "published": sum(totals.published.values()),
                 "completed": _by_outcome(totals),
                 "retry_budget_refusals": sum(totals.budget_refused.values()),
-                "task_handles": {e: totals.handles.get(e, 0) for e in HANDLE_EVENTS},
+                "task_handles": _handle_totals(totals, redis, self.table.gauge_sum("task_waiters", now)),
             },
             "rates": {
                 "published": rates["published"],
@@ -256,6 +257,22 @@ class Fleet:
                 }
             )
         return out
+
+
+def _handle_totals(t: Totals, redis: RedisSnapshot | None, waiters: float) -> dict[str, Any]:
+    """The task handles' figures: the workers' events, the counts kept in Redis (None while Redis is not
+    read), cancels honoured (the ``cancelled`` outcome) and the waiters of live producers now."""
+    out: dict[str, Any] = {e: t.handles.get(e, 0) for e in HANDLE_EVENTS}
+    counts = redis.handle_counts if redis is not None and redis.redis_up else None
+    for name, field in (
+        ("cancels_recorded", CANCELS),
+        ("cancel_rules_recorded", CANCEL_RULES),
+        ("unique_duplicates", UNIQUE_DUPLICATES),
+    ):
+        out[name] = None if counts is None else counts.get(field, 0)
+    out["cancels_honoured"] = _by_outcome(t)[CANCELLED]
+    out["waiters"] = waiters
+    return out
 
 
 def _by_outcome(t: Totals) -> dict[str, int]:

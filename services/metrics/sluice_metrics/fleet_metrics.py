@@ -1,5 +1,6 @@
 """The Prometheus collector of the fleet: task counters and histograms merged from the processes'
-snapshots, processes alive, oldest message age, DLQ size, rate limits, breakers and retry budgets.
+snapshots, processes alive, oldest message age, DLQ size, rate limits, breakers, retry budgets and the
+task handles (the workers' events, the producers' waiters, the cancels and unique duplicates counted in Redis).
 
 Every family is rendered at scrape time from :class:`~sluice_metrics.fleet.Fleet` (no state here).
 Labels are bounded: task names (capped per process), outcomes (a fixed set), queue, limit, breaker and
@@ -19,6 +20,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from sluice.errors import ConfigError
+from sluice.handles.client import CANCEL_RULES, CANCELS, UNIQUE_DUPLICATES
 from sluice.policy import parse_rate
 from sluice.resilience import BreakerState
 from sluice.telemetry import HANDLE_EVENTS, OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
@@ -53,6 +55,9 @@ METRIC_NAMES = (
     "sluice_breaker_state",
     "sluice_retry_budget_refusals_total",
     "sluice_task_handle_events_total",
+    "sluice_task_cancels_recorded_total",
+    "sluice_unique_duplicates_total",
+    "sluice_task_waiters",
 )
 
 
@@ -210,6 +215,11 @@ class FleetCollector(Collector):
             ["event"],
             (((e,), n) for e, n in sorted(totals.handles.items())),
         )
+        yield GaugeMetricFamily(
+            "sluice_task_waiters",
+            "waits on a task's end open now in live producers (GET /v1/tasks/{id}?wait=S)",
+            value=table.gauge_sum("task_waiters", now),
+        )
 
         redis = fleet.redis
         yield GaugeMetricFamily(
@@ -232,4 +242,18 @@ class FleetCollector(Collector):
                     overrides.add_metric([limit], per_s)
             for b, state in redis.breakers.items():
                 breakers.add_metric([b], BreakerState[state.upper()].value)
-        yield from (overrides, breakers)
+        cancels = CounterMetricFamily(
+            "sluice_task_cancels_recorded",
+            "cancels recorded fleet-wide, by scope: id (a task id), batch (a rule by task name and publish time)",
+            labels=["scope"],
+        )
+        duplicates = CounterMetricFamily(
+            "sluice_unique_duplicates",
+            "publishes refused fleet-wide as duplicates of the task holding their unique key",
+        )
+        if redis is not None and redis.redis_up:
+            counts = redis.handle_counts
+            cancels.add_metric(["id"], counts.get(CANCELS, 0))
+            cancels.add_metric(["batch"], counts.get(CANCEL_RULES, 0))
+            duplicates.add_metric([], counts.get(UNIQUE_DUPLICATES, 0))
+        yield from (overrides, breakers, cancels, duplicates)

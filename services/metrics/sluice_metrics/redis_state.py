@@ -1,9 +1,12 @@
-"""Breaker states, run-time rate-limit overrides and schedules, read through the library (no key layout here).
+"""Breaker states, run-time rate-limit overrides, schedules and the task handles' fleet-wide counts, read
+through the library (no key layout here).
 
 Breakers: :func:`sluice.resilience.breaker_states` (at most ``max_keys`` of them). Limits:
 :meth:`sluice.limits.LimitStore.all` (what ``sluice limits set`` wrote). Schedules:
 :meth:`sluice.schedules.ScheduleStore.entries` (at most ``max_keys``, each as ``sluice schedule ls --json``
-shows it) and the scheduler lease's holder and term (``None``: no scheduler leads). A read never takes longer than
+shows it) and the scheduler lease's holder and term (``None``: no scheduler leads). Task handles:
+:meth:`sluice.handles.TaskHandles.counts` (cancels and batch cancels recorded, unique duplicates refused,
+by every door: CLI, HTTP, Python). A read never takes longer than
 ``timeout``; an unreachable Redis gives ``redis_up=False`` and the previous values are not kept (shown as
 unknown).
 """
@@ -16,6 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from sluice.handles import TaskHandles, TrackingUnavailable
 from sluice.limits import LimitStore
 from sluice.redis_client import AnyRedis
 from sluice.resilience import KeySpace, breaker_states
@@ -32,6 +36,7 @@ class RedisSnapshot:
     schedules: tuple[dict[str, Any], ...] = ()  # sluice.schedules.row of each, by name
     scheduler_leader: str | None = None  # the lease holder's instance name
     scheduler_term: int | None = None  # its fencing token: leader changes so far, fleet-wide
+    handle_counts: dict[str, int] = field(default_factory=dict)  # sluice.handles.client.COUNTS -> n
 
 
 class RedisStateSource:
@@ -40,6 +45,7 @@ class RedisStateSource:
         self._keys = KeySpace(prefix)
         self._limits = LimitStore(redis, prefix)
         self._schedules = ScheduleStore(redis, prefix, timeout=timeout)
+        self._handles = TaskHandles(redis, prefix, timeout=timeout)
         self._timeout = timeout
         self._max_keys = max_keys
 
@@ -50,7 +56,8 @@ class RedisStateSource:
                 limits = await self._limits.all()
                 entries = await self._schedules.entries()
                 leader = await self._schedules.leader()
-        except (RedisError, OSError, TimeoutError, ScheduleError):
+                counts = await self._handles.counts()
+        except (RedisError, OSError, TimeoutError, ScheduleError, TrackingUnavailable):
             return RedisSnapshot(False)
         return RedisSnapshot(
             True,
@@ -59,8 +66,10 @@ class RedisStateSource:
             tuple(row(e) for e in entries[: self._max_keys]),
             None if leader is None else leader.holder,
             None if leader is None else leader.token,
+            counts,
         )
 
     async def aclose(self) -> None:
-        """Hand back the connections the schedule reads kept."""
+        """Hand back the connections the schedule and count reads kept."""
         await self._schedules.aclose()
+        await self._handles.aclose()

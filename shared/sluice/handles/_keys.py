@@ -9,6 +9,9 @@
   channel ``<prefix>:cancel`` (message: the id, or ``rule:<task>``).
 * channel ``<prefix>:ended`` (message: the id of a task that reached a terminal state).
 * ``<prefix>:unique:{<key>}``: string, the id holding the unique key (PX ttl).
+* ``<prefix>:handle-stats``: hash, fleet-wide counts (``cancels``, ``cancel_rules``,
+  ``unique_duplicates``), HINCRBY'd by :class:`~sluice.handles.TaskHandles` after each decision; a fixed
+  set of fields, no TTL.
 
 The ``{...}`` parts are Redis Cluster hash tags: a script touches the keys of one task id (or of one
 unique key) only, so each runs in one slot.
@@ -57,6 +60,10 @@ class HandleKeys:
     @property
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:handle-stats"
 
     @property
     def ended_channel(self) -> str:

@@ -10,12 +10,23 @@ Costs (round trips to Redis per call):
   read, then nothing until the task's end is published on ``<prefix>:ended`` (one subscription per
   ``TaskHandles``, opened by the first wait and shared by every waiter), then a status read; with a
   fallback read every ``fallback`` seconds (5 by default) in case a notification was lost.
-* ``cancel(*ids)``: 1 for any number of ids (one pipeline: the cancel set, then one script per id).
-* ``cancel_batch``, ``replayed``, ``claim_unique``, ``release_unique``: 1 script each.
+* ``cancel(*ids)``: 1 for any number of ids (one pipeline: the cancel set, then one script per id), and
+  1 ``HINCRBY`` counting them.
+* ``cancel_batch``, ``replayed``, ``claim_unique``, ``release_unique``: 1 script each; ``cancel_batch``
+  and a ``claim_unique`` that answers another task's id (a duplicate refused) 1 ``HINCRBY`` more.
+* ``counts()``: 1 (``HGETALL`` of the counts hash).
 * ``mark_queued(items)``: 1 per 500 items (pipelined scripts).
 
 Every call is bounded by ``timeout``; Redis unreachable raises :class:`TrackingUnavailable` (a status is
 never guessed as ``unknown``).
+
+Fleet-wide counts (``<prefix>:handle-stats``, read by the metrics service through :meth:`TaskHandles.counts`):
+:data:`CANCELS` (task ids a cancel was recorded for), :data:`CANCEL_RULES` (batch cancels by name and
+publish time), :data:`UNIQUE_DUPLICATES` (publishes refused as duplicates of the task holding their unique
+key). Counted in Redis whichever door decided (the CLI is a short-lived process): one ``HINCRBY`` after
+the decision, outside its script (the decision's keys carry a per-task or per-key hash tag, the counts
+hash does not, so they cannot share a script on Redis Cluster). Cancels and duplicates are rare, so the
+extra round trip is too. A count that fails is logged and lost; the decision stands.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from sluice._closing import AsyncClosing
 from sluice.errors import ConfigError
@@ -41,10 +54,15 @@ from .errors import ResultTooLarge, TaskCancelled, TaskDead, TaskFailed, Trackin
 from .state import TERMINAL, State
 from .status import CancelReport, QueuedInfo, TaskStatus
 
-__all__ = ["TaskHandles"]
+__all__ = ["CANCELS", "CANCEL_RULES", "COUNTS", "UNIQUE_DUPLICATES", "TaskHandles"]
 
 _log = logging.getLogger("sluice.handles")
 _CHUNK = 500
+# the fields of the counts hash (docs/metrics.md: sluice_task_cancels_recorded_total, sluice_unique_duplicates_total)
+CANCELS = "cancels"
+CANCEL_RULES = "cancel_rules"
+UNIQUE_DUPLICATES = "unique_duplicates"
+COUNTS = (CANCELS, CANCEL_RULES, UNIQUE_DUPLICATES)
 
 
 class TaskHandles(AsyncClosing):
@@ -130,7 +148,7 @@ class TaskHandles(AsyncClosing):
     async def cancel(self, *task_ids: str) -> list[CancelReport]:
         """Record a cancel of each id (kept ``ttl`` seconds; every worker is told) and act on its record:
         queued, deferred, retrying or unknown -> cancelled at once; running -> ``cancel_requested`` (the
-        worker finishes it); ended -> unchanged. One round trip."""
+        worker finishes it); ended -> unchanged. One round trip, and one more to count the cancels."""
         if not task_ids:
             return []
         keys, ttl = self.keys, ms(self.ttl)
@@ -153,6 +171,7 @@ class TaskHandles(AsyncClosing):
                 reports.append(CancelReport(task_id, previous, State.RUNNING, requested=True))
             else:
                 reports.append(CancelReport(task_id, previous, State.CANCELLED))
+        await self._count(CANCELS, len(set(task_ids)))
         return reports
 
     async def cancel_batch(self, task: str, before_ms: int) -> None:
@@ -163,6 +182,7 @@ class TaskHandles(AsyncClosing):
         keys = self.keys
         args: list[Arg] = ["", ms(self.ttl), keys.cancel_channel, task, int(before_ms)]
         await self._run((_lua.CANCEL_RULE, [keys.cancel_rules], args))
+        await self._count(CANCEL_RULES)
 
     async def mark_queued(self, items: Sequence[QueuedInfo]) -> None:
         """Record tasks as ``queued`` (generation 0, attempt 1): one pipelined round trip per 500."""
@@ -204,11 +224,38 @@ class TaskHandles(AsyncClosing):
         if not ttl > 0:
             raise ConfigError("a unique key's ttl must be positive")
         reply = await self._run((_lua.UNIQUE_CLAIM, [self.keys.unique(key)], [task_id, ms(ttl)]))
-        return None if reply is None else text(reply)
+        if reply is None:
+            return None
+        await self._count(UNIQUE_DUPLICATES)
+        return text(reply)
 
     async def release_unique(self, key: str, task_id: str) -> None:
         """Free the unique ``key`` if ``task_id`` still holds it (a failed publish, the task's end)."""
         await self._run((_lua.UNIQUE_RELEASE, [self.keys.unique(key)], [task_id]))
+
+    async def counts(self) -> dict[str, int]:
+        """The fleet-wide counts (:data:`COUNTS`, 0 when never counted). One round trip."""
+        try:
+            raw = await self._runner.command("HGETALL", self.keys.stats)
+        except BackendUnavailable as exc:
+            raise TrackingUnavailable(str(exc)) from exc
+        except RedisError as exc:  # not a hash (someone else's key): say so, do not guess zeros
+            raise TrackingUnavailable(f"cannot read {self.keys.stats}: {exc}") from exc
+        got = {text(k): v for k, v in (raw or {}).items()} if isinstance(raw, dict) else _pairs(raw)
+        out = {}
+        for name in COUNTS:
+            try:
+                out[name] = int(got.get(name, 0))
+            except (TypeError, ValueError):
+                out[name] = 0
+        return out
+
+    async def _count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the fleet-wide count ``name``. Never raises: the decision it counts is made."""
+        try:
+            await self._runner.command("HINCRBY", self.keys.stats, name, n)
+        except (BackendUnavailable, RedisError) as exc:
+            _log.warning("could not count %s in %s (%s): the count is lost", name, self.keys.stats, exc)
 
     async def _run(self, call: Call) -> Any:
         try:
@@ -230,3 +277,9 @@ class TaskHandles(AsyncClosing):
         """Close the waiters' subscription and hand kept connections back to the client's pool."""
         await self._waiters.aclose()
         await self._runner.aclose()
+
+
+def _pairs(raw: Any) -> dict[str, Any]:
+    """A flat ``[field, value, ...]`` HGETALL reply (a client without response callbacks) as a dict."""
+    items = list(raw or ())
+    return {text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
