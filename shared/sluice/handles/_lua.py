@@ -43,17 +43,19 @@ _TERMINAL = """
 local terminal = {succeeded = true, failed = true, dead = true, cancelled = true}
 """
 
-# KEYS: record, history. ARGV: now, "state gen attempt rank ttl_ms stamp" (stamp: 'started', 'finished'
-# or '-'), id, ended channel ('' none), history detail, fields (JSON object of strings: set, '' deletes),
-# info (JSON object: set only where absent: the task's name, queue, ...), and optionally the result (raw
-# JSON bytes, '' deletes it). Few arguments: packing each one costs the client more than the script's
-# cjson.decode costs Redis. Reply: 1 applied, 0 ignored.
+# KEYS: record, history. ARGV: now, "state gen attempt rank ttl_ms stamp [ran_ms]" (stamp: 'started',
+# 'finished' or '-'; ran_ms: this write also stands for the attempt's 'running' write, folded into it by
+# the worker because it had not been sent yet: 'started' is stamped ran_ms before now and the history
+# gets that 'running' entry first), id, ended channel ('' none), history detail, fields (JSON object of
+# strings: set, '' deletes), info (JSON object: set only where absent: the task's name, queue, ...), and
+# optionally the result (raw JSON bytes, '' deletes it). Few arguments: packing each one costs the client
+# more than the script's cjson.decode costs Redis. Reply: 1 applied, 0 ignored.
 WRITE = Script(
     "handles-write",
     _NOW
     + _HISTORY
     + """
-local state, sg, sa, sr, sttl, stamp = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)')
+local state, sg, sa, sr, sttl, stamp, ran = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(%d*)')
 local ng, na, nr = tonumber(sg), tonumber(sa), tonumber(sr)
 local v = redis.call('HMGET', KEYS[1], 'gen', 'attempt', 'rank')
 local g, a, r = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
@@ -65,7 +67,13 @@ end
 local now = now_ms()
 local set = {'state', state, 'gen', ng, 'attempt', na, 'rank', nr}
 if stamp ~= '-' then set[#set + 1] = stamp; set[#set + 1] = now end
-for name, value in pairs(cjson.decode(ARGV[6])) do
+local fields = cjson.decode(ARGV[6])
+local started = nil
+if ran ~= '' then
+  started = now - tonumber(ran)
+  set[#set + 1] = 'started'; set[#set + 1] = started
+end
+for name, value in pairs(fields) do
   if value == '' then redis.call('HDEL', KEYS[1], name)
   else set[#set + 1] = name; set[#set + 1] = value end
 end
@@ -76,6 +84,9 @@ end
 redis.call('HSET', KEYS[1], unpack(set))
 local ttl = tonumber(sttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
+if started then remember(KEYS[2], """
+    + str(HISTORY_CAP)
+    + """, 'running', started, na, fields.worker or '', ttl) end
 remember(KEYS[2], """
     + str(HISTORY_CAP)
     + """, state, now, na, ARGV[5], ttl)

@@ -40,18 +40,21 @@ def write_call(
     fields: Mapping[str, str] | None = None,
     info: Mapping[str, str | None] | None = None,
     result: bytes | None = None,
+    ran_ms: int | None = None,
 ) -> Call:
     """The ``WRITE`` call recording ``state``: ``fields`` are set ("" deletes one), ``info`` fields only
     where absent (the task's name, queue, publish time: the same for every write), ``result`` (JSON bytes;
     ``b""`` deletes it) if given. A terminal state stamps ``finished`` and is published on the ended
-    channel; ``running`` stamps ``started``."""
+    channel; ``running`` stamps ``started``. ``ran_ms``: the write also stands for the attempt's
+    ``running`` write, which started that many ms before it (``started`` and a history entry)."""
     rank = RANK[state]
     terminal = rank == 4
     stamp = "finished" if terminal else "started" if state is State.RUNNING else "-"
     present = {} if info is None else {k: v for k, v in info.items() if v is not None}
+    head = f"{state.value} {generation} {attempt} {rank} {ms(ttl)} {stamp}"
     args: list[Arg] = [
         "",
-        f"{state.value} {generation} {attempt} {rank} {ms(ttl)} {stamp}",
+        head if ran_ms is None else f"{head} {max(0, ran_ms)}",
         task_id,
         keys.ended_channel if terminal else "",
         detail or "",

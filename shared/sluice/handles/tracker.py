@@ -7,6 +7,12 @@ notification reads the final state) but never raises. Each transition is one ``W
 share one round trip (:class:`~sluice.resilience._coalesce.Coalescer`): one script call for the whole
 batch on a standalone server (:data:`sluice.handles._lua.MULTI`), a pipeline elsewhere. ``ended`` with a unique key adds a release call to the same batch.
 
+A task's ``running`` write that has not left yet when its attempt ends (or fails into ``retrying``) is
+not sent at all: the later write takes its place in the queue and stands for both (``started`` stamped
+by how long before the end the start was, and its history entry; :func:`~._writes.write_call`'s
+``ran_ms``). Short tasks then cost one write an attempt, not two; a long task's ``running`` is written
+as soon as the batch on the wire returns.
+
 Redis down: the writes fail, are counted (``stats``) and logged once per outage; while it is down only
 one write per second tries Redis, the others are dropped at once (counted), so tracked tasks run at
 full speed and the caller never sees an error.
@@ -22,7 +28,7 @@ from typing import Any
 
 from sluice.errors import ConfigError
 from sluice.redis_client import AnyRedis
-from sluice.resilience._coalesce import Coalescer, CoalescingClient
+from sluice.resilience._coalesce import Coalescer, CoalescingClient, Queued
 from sluice.resilience._scripts import Call, ScriptRunner
 from sluice.resilience.clock import SYSTEM, Clock
 from sluice.resilience.outage import FailOpen, OutageMonitor
@@ -36,6 +42,19 @@ from .status import UniqueRelease
 __all__ = ["Tracker", "TrackerStats"]
 
 _log = logging.getLogger("sluice.handles")
+
+#: ``running`` writes remembered for folding (beyond it, the ones already sent are forgotten)
+_MAX_STARTS = 4096
+
+
+@dataclass(slots=True)
+class _Start:
+    """A ``running`` write queued for ``attempt``/``generation`` at ``at`` (monotonic seconds)."""
+
+    entry: Queued
+    attempt: int
+    generation: int
+    at: float
 
 
 @dataclass(slots=True)
@@ -87,6 +106,7 @@ class Tracker(CoalescingClient):
         self._batches = self._coalescer = Coalescer(self._runner, max_inflight=1, multi=_lua.MULTI)
         self._outage = OutageMonitor("Tracker", FailOpen(), clock=clock.monotonic, logger=logger or _log)
         self._pending: set[asyncio.Future[Any]] = set()
+        self._starts: dict[str, _Start] = {}
 
     @property
     def in_outage(self) -> bool:
@@ -105,7 +125,15 @@ class Tracker(CoalescingClient):
         """The delivery was admitted and its handler starts (write it after the steps that may defer)."""
         info = {"task": task, "queue": queue, "published": _opt(published_ms)}
         fields = {"worker": self.worker, "reason": "", "next": ""}
-        self._fire(self._write(msg_id, State.RUNNING, attempt, generation, self.worker, fields, info))
+        call = self._write(msg_id, State.RUNNING, attempt, generation, self.worker, fields, info)
+        if not self._outage.should_try():
+            self._drop(1)
+            return
+        starts = self._starts
+        if len(starts) >= _MAX_STARTS:  # attempts that never ended here (a delivery given back)
+            for key in [k for k, v in starts.items() if v.entry.sent]:
+                del starts[key]
+        starts[msg_id] = _Start(self._queue(call), attempt, generation, self._clock.monotonic())
 
     def deferred(
         self,
@@ -120,6 +148,7 @@ class Tracker(CoalescingClient):
         published_ms: int | None = None,
     ) -> None:
         """Sent back for later without spending an attempt (rate limit, breaker, concurrency, eta)."""
+        self._starts.pop(msg_id, None)
         fields = {"worker": self.worker, "reason": reason, "next": _opt(next_run_ms) or ""}
         info = {"task": task, "queue": queue, "published": _opt(published_ms)}
         self._fire(self._write(msg_id, State.DEFERRED, attempt, generation, reason, fields, info))
@@ -146,7 +175,13 @@ class Tracker(CoalescingClient):
         }
         info = {"task": task, "queue": queue, "published": _opt(published_ms)}
         detail = f"{error.type}: {error.message[:200]}"
-        self._fire(self._write(msg_id, State.RETRYING, attempt, generation, detail, fields, info))
+        start = self._fold(msg_id, attempt, generation)
+        ran = None if start is None else self._ran_ms(start)
+        call = self._write(msg_id, State.RETRYING, attempt, generation, detail, fields, info, ran_ms=ran)
+        if start is not None:
+            start.entry.call = call
+        else:
+            self._fire(call)
 
     async def ended(
         self,
@@ -183,16 +218,41 @@ class Tracker(CoalescingClient):
         detail = reason or (error.type if error is not None else None)
         info = {"task": task, "queue": queue, "published": _opt(published_ms)}
         result = b"" if result_json is None else result_json
-        calls = [self._write(msg_id, state, attempt, generation, detail, fields, info, ttl, result)]
+        start = self._fold(msg_id, attempt, generation)
+        ran = None if start is None else self._ran_ms(start)
+        write = self._write(msg_id, state, attempt, generation, detail, fields, info, ttl, result, ran)
+        calls: list[Call] = []
+        futures: list[asyncio.Future[Any]] = []
+        if start is not None:  # the queued start becomes this write: it goes out in any case
+            start.entry.call = write
+            futures.append(start.entry.fut)
+        else:
+            calls.append(write)
         if unique_key and (
             unique_release == "end" or (unique_release == "success" and state is State.SUCCEEDED)
         ):
             calls.append((_lua.UNIQUE_RELEASE, [self._keys.unique(unique_key)], [msg_id]))
-        if not self._outage.should_try():
+        if calls and not self._outage.should_try():
             self._drop(len(calls))
-            return
-        futures = [self._submit(call) for call in calls]
-        await asyncio.wait(futures)
+            calls = []
+        futures.extend(self._queue(call).fut for call in calls)
+        for fut in futures:  # the outcome is counted by _done; only our own cancellation goes up
+            try:
+                await fut  # (cancelled with us: the write still goes out, counted as failed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # failed writes are counted and logged by _done
+                pass
+
+    def _fold(self, msg_id: str, attempt: int, generation: int) -> _Start | None:
+        """The attempt's queued ``running`` write if it has not left yet (the later write takes its place)."""
+        start = self._starts.pop(msg_id, None)
+        if start is None or start.entry.sent or start.attempt != attempt or start.generation != generation:
+            return None
+        return start
+
+    def _ran_ms(self, start: _Start) -> int:
+        return round((self._clock.monotonic() - start.at) * 1000)
 
     def _write(
         self,
@@ -205,6 +265,7 @@ class Tracker(CoalescingClient):
         info: dict[str, str | None],
         ttl: float = LIVE_TTL,
         result: bytes | None = None,
+        ran_ms: int | None = None,
     ) -> Call:
         return write_call(
             self._keys,
@@ -217,20 +278,22 @@ class Tracker(CoalescingClient):
             fields=fields,
             info=info,
             result=result,
+            ran_ms=ran_ms,
         )
 
     def _fire(self, call: Call) -> None:
         if not self._outage.should_try():
             self._drop(1)
             return
-        self._submit(call)
+        self._queue(call)
 
-    def _submit(self, call: Call) -> asyncio.Future[Any]:
+    def _queue(self, call: Call) -> Queued:
         self.stats.writes += 1
-        fut = self._batches.submit(call)
+        entry = self._batches.queue(call)
+        fut = entry.fut
         self._pending.add(fut)
         fut.add_done_callback(self._done)
-        return fut
+        return entry
 
     def _drop(self, n: int) -> None:
         self.stats.dropped += n

@@ -26,7 +26,18 @@ from ._multi import MultiScript
 from ._scripts import Call, Runner
 from .errors import BackendUnavailable
 
-__all__ = ["Coalescer", "CoalescingClient"]
+__all__ = ["Coalescer", "CoalescingClient", "Queued"]
+
+
+class Queued:
+    """A call waiting for its batch; ``call`` may be replaced until ``sent``."""
+
+    __slots__ = ("call", "fut", "sent")
+
+    def __init__(self, call: Call, fut: asyncio.Future[Any]) -> None:
+        self.call = call
+        self.fut = fut
+        self.sent = False
 
 
 class Coalescer:
@@ -52,7 +63,7 @@ class Coalescer:
         self._max_inflight = max_inflight
         self._min_batch = min_batch
         self._linger = linger
-        self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._pending: list[Queued] = []
         self._since = 0.0  # when the oldest pending call was queued (loop time)
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -78,16 +89,20 @@ class Coalescer:
 
     def submit(self, call: Call) -> asyncio.Future[Any]:
         """Queue ``call`` for the next batch."""
+        return self.queue(call).fut
+
+    def queue(self, call: Call) -> Queued:
+        """Queue ``call`` for the next batch: its entry (replaceable until sent)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        entry = Queued(call, loop.create_future())
         pending = self._pending
         if not pending:
             self._since = loop.time()
-        pending.append((call, fut))
+        pending.append(entry)
         if not self._scheduled and (self._timer is None or len(pending) >= self._min_batch):
             self._scheduled = True
             loop.call_soon(self._flush)
-        return fut
+        return entry
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -104,6 +119,8 @@ class Coalescer:
                 self._timer = None
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
+            for entry in batch:
+                entry.sent = True
             if self._pending:
                 self._since = asyncio.get_running_loop().time()
             self._inflight += 1
@@ -113,20 +130,21 @@ class Coalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[Queued]) -> None:
         try:
-            results = await self._runner.run_many([call for call, _ in batch], self._multi)
+            results = await self._runner.run_many([e.call for e in batch], self._multi)
         except asyncio.CancelledError:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(BackendUnavailable("batch cancelled"))
+            for e in batch:
+                if not e.fut.done():
+                    e.fut.set_exception(BackendUnavailable("batch cancelled"))
             raise
         except Exception as exc:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+            for e in batch:
+                if not e.fut.done():
+                    e.fut.set_exception(exc)
         else:
-            for (_, fut), result in zip(batch, results, strict=True):
+            for e, result in zip(batch, results, strict=True):
+                fut = e.fut
                 if fut.done():
                     continue
                 if isinstance(result, Exception):
