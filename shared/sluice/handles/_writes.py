@@ -13,7 +13,7 @@ from ._keys import HandleKeys
 from ._lua import HISTORY_CAP
 from .state import RANK, State
 
-__all__ = ["HISTORY_CAP", "LIVE_TTL", "ms", "write_call"]
+__all__ = ["HISTORY_CAP", "LIVE_TTL", "encode_fields", "ms", "write_call"]
 
 #: Seconds a record of a task that has not ended is kept after its last write (a safety net: a task that
 #: never ends, e.g. its queue was deleted, does not stay in Redis forever).
@@ -28,6 +28,11 @@ def ms(seconds: float) -> int:
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
+def encode_fields(fields: Mapping[str, str]) -> str:
+    """``fields`` as :func:`write_call` sends them (to encode once what many writes send)."""
+    return _JSON.encode(fields)
+
+
 def write_call(
     keys: HandleKeys,
     task_id: str,
@@ -37,12 +42,13 @@ def write_call(
     attempt: int,
     ttl: float,
     detail: str | None = None,
-    fields: Mapping[str, str] | None = None,
-    info: Mapping[str, str | None] | None = None,
+    fields: Mapping[str, str] | str | None = None,
+    info: Mapping[str, str | None] | str | None = None,
     result: bytes | None = None,
     ran_ms: int | None = None,
 ) -> Call:
-    """The ``WRITE`` call recording ``state``: ``fields`` are set ("" deletes one), ``info`` fields only
+    """The ``WRITE`` call recording ``state``: ``fields`` are set ("" deletes one; a ``str`` is taken as
+    their JSON, encoded once by a caller that sends the same fields often), ``info`` fields (or their JSON) only
     where absent (the task's name, queue, publish time: the same for every write), ``result`` (JSON bytes;
     ``b""`` deletes it) if given. A terminal state stamps ``finished`` and is published on the ended
     channel; ``running`` stamps ``started``. ``ran_ms``: the write also stands for the attempt's
@@ -50,7 +56,10 @@ def write_call(
     rank = RANK[state]
     terminal = rank == 4
     stamp = "finished" if terminal else "started" if state is State.RUNNING else "-"
-    present = {} if info is None else {k: v for k, v in info.items() if v is not None}
+    if isinstance(info, str):  # its JSON already
+        present = info
+    else:
+        present = _JSON.encode({} if info is None else {k: v for k, v in info.items() if v is not None})
     head = f"{state.value} {generation} {attempt} {rank} {ms(ttl)} {stamp}"
     args: list[Arg] = [
         "",
@@ -58,8 +67,8 @@ def write_call(
         task_id,
         keys.ended_channel if terminal else "",
         detail or "",
-        _JSON.encode(fields or {}),
-        _JSON.encode(present),
+        fields if isinstance(fields, str) else _JSON.encode(fields or {}),
+        present,
     ]
     if result is not None:
         args.append(result)

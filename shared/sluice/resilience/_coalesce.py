@@ -17,6 +17,7 @@ queued calls linger: a call made when nothing is in flight still goes out at onc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sluice._closing import AsyncClosing
@@ -30,14 +31,21 @@ __all__ = ["Coalescer", "CoalescingClient", "Queued"]
 
 
 class Queued:
-    """A call waiting for its batch; ``call`` may be replaced until ``sent``."""
+    """A call waiting for its batch; ``call`` may be replaced until ``sent``. A call given as a function
+    is built only when its batch is sent: not at all if it is replaced first."""
 
     __slots__ = ("call", "fut", "sent")
 
-    def __init__(self, call: Call, fut: asyncio.Future[Any]) -> None:
+    def __init__(self, call: Call | Callable[[], Call], fut: asyncio.Future[Any]) -> None:
         self.call = call
         self.fut = fut
         self.sent = False
+
+    def built(self) -> Call:
+        call = self.call
+        if callable(call):
+            call = self.call = call()
+        return call
 
 
 class Coalescer:
@@ -91,8 +99,9 @@ class Coalescer:
         """Queue ``call`` for the next batch."""
         return self.queue(call).fut
 
-    def queue(self, call: Call) -> Queued:
-        """Queue ``call`` for the next batch: its entry (replaceable until sent)."""
+    def queue(self, call: Call | Callable[[], Call]) -> Queued:
+        """Queue ``call`` (or the call a function builds when it is sent) for the next batch: its entry
+        (replaceable until sent)."""
         loop = asyncio.get_running_loop()
         entry = Queued(call, loop.create_future())
         pending = self._pending
@@ -132,7 +141,7 @@ class Coalescer:
 
     async def _send(self, batch: list[Queued]) -> None:
         try:
-            results = await self._runner.run_many([e.call for e in batch], self._multi)
+            results = await self._runner.run_many([e.built() for e in batch], self._multi)
         except asyncio.CancelledError:
             for e in batch:
                 if not e.fut.done():
