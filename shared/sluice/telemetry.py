@@ -177,6 +177,7 @@ class Telemetry:
         self._limits: dict[tuple[str, str], int] = {}
         self._limit_wait: dict[str, Histogram] = {}
         self._budget: dict[str, int] = {}
+        self._throttles: dict[str, int] = {}
         self._handles: dict[str, int] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
 
@@ -242,6 +243,12 @@ class Telemetry:
         if budget in self._budget or len(self._budget) < _MAX_NAMES:
             self._budget[budget] = self._budget.get(budget, 0) + 1
 
+    def throttled(self, scope: str) -> None:
+        """Count one throttle an upstream answered (a handler raised ``sluice.Throttled``), by the key or
+        scope it froze."""
+        if scope in self._throttles or len(self._throttles) < _MAX_NAMES:
+            self._throttles[scope] = self._throttles.get(scope, 0) + 1
+
     def handle_event(self, event: str, n: int = 1) -> None:
         """Count ``n`` task-handle events, ``event`` one of :data:`HANDLE_EVENTS`."""
         if event not in _HANDLE_SET:
@@ -280,6 +287,7 @@ class Telemetry:
             "limits": [[n, d, c] for (n, d), c in self._limits.items()],
             "limit_wait": {n: h.dump() for n, h in self._limit_wait.items()},
             "budget_refused": dict(self._budget),
+            "throttles": dict(self._throttles),
             "handles": dict(self._handles),
             "gauges": gauges,
         }
@@ -309,6 +317,9 @@ class NullTelemetry:
         pass
 
     def budget_refused(self, budget: str) -> None:
+        pass
+
+    def throttled(self, scope: str) -> None:
         pass
 
     def handle_event(self, event: str, n: int = 1) -> None:

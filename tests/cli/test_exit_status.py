@@ -81,6 +81,9 @@ USAGE = [
     ["limits", "set", "demo.noop"],
     ["limits", "set", "demo.noop", "fast"],
     ["limits", "rm"],
+    ["limits", "thaw"],
+    ["limits", "thaw", "a{b}"],
+    ["limits", "set", "demo.noop", "5/s sliding", "--burst", "2"],
 ]
 
 
@@ -102,6 +105,7 @@ UNREACHABLE = [
     ["limits", "ls"],
     ["limits", "set", "demo.noop", "5/s"],
     ["limits", "rm", "demo.noop"],
+    ["limits", "thaw", "demo.noop"],
     ["worker"],
 ]
 
@@ -144,7 +148,7 @@ def test_success_exits_0(env: dict[str, str]) -> None:
     ):
         r = sluice(*args, env=env)
         assert r.returncode == 0, (args, r.stderr)
-    assert json.loads(sluice("limits", "ls", "--json", env=env).stdout) == {}
+    assert json.loads(sluice("limits", "ls", "--json", env=env).stdout) == []
 
 
 # ---- partial failure: 1 (the defect: these exited 0)

@@ -10,7 +10,7 @@ import asyncio
 
 from pydantic import BaseModel
 
-from sluice import task
+from sluice import Throttled, task
 from sluice.policy import Breaker, Concurrency, Idempotency, RateLimit, RetryBudgetPolicy
 from sluice.resilience import BreakerPolicy, ExponentialBackoff, RetryPolicy
 
@@ -94,6 +94,12 @@ async def rate(p: Item) -> None:
 async def pair(p: Item) -> None:
     """One at a time fleet-wide, for 1 s: the rest deferred_limit (concurrency)."""
     await asyncio.sleep(1.0)
+
+
+@task("sweep.throttled")
+async def throttled(p: Item) -> None:
+    """The upstream answers 429: deferred_limit (throttled), its key frozen for 30 s."""
+    raise Throttled(retry_after=30, status=429)
 
 
 @task(

@@ -48,6 +48,7 @@ SCENARIOS = {
     "duplicate": ("sweep.once", "deduplicated"),
     "rate_limited": ("sweep.rate", "deferred_limit"),
     "concurrency": ("sweep.pair", "deferred_limit"),
+    "throttled": ("sweep.throttled", "deferred_limit"),
     "breaker_open": ("sweep.guarded", "deferred_breaker"),
     "eta": ("sweep.later", "deferred"),
     "in_progress": ("sweep.slowonce", "deferred"),
@@ -218,6 +219,7 @@ def test_every_documented_series_outcome_and_reason_appears_in_a_real_run(
         *[e("sweep.slowonce", idempotency_key="k2") for _ in range(2)],
         *[e("sweep.rate", i) for i in range(3)],
         *[e("sweep.pair", i) for i in range(3)],
+        e("sweep.throttled"),
         *[e("sweep.guarded", i) for i in range(2)],
         e("sweep.later", delay="15s"),  # the 8 s tier, then 7 s still ahead: an eta hop however slow the box
         e("sweep.down", queue="sweepdown"),

@@ -174,13 +174,13 @@ async def test_a_high_rate_takes_units_in_small_batches(gate: Policies) -> None:
     async def h(p: T) -> None: ...
 
     assert await _run(gate, h, TaskMessage("g.fast", {})) is ACK
-    limiter = gate.cache.limiters[(100_000, 1.0, 1000)]
+    limiter = gate.cache.limiters[("gcra", 100_000, 1.0, 1000)]
     decisions: list[int] = []
     take = limiter.try_acquire
 
-    async def counted(name: str, cost: int = 1) -> Decision:
+    async def counted(name: str, cost: int = 1, *, freeze: str | None = None) -> Decision:
         decisions.append(cost)
-        return await take(name, cost)
+        return await take(name, cost, freeze=freeze)
 
     limiter.try_acquire = counted  # type: ignore[method-assign]
     _step(gate, h, RateLimitStep)._units.clear()  # type: ignore[attr-defined]

@@ -31,9 +31,11 @@ EXITS: dict[str, str] = {
     "dlq replay": "0 every selected dead letter replayed; 1 some could not be (each named on stderr, "
     "left in the DLQ) or the broker cannot be reached. Nothing to replay is 0",
     "dlq purge": "0 purged; 1 not at a terminal and no --yes, or the broker cannot be reached",
-    "limits ls": "0 listed; 1 Redis cannot be reached",
-    "limits set": "0 set; 1 Redis cannot be reached",
-    "limits rm": "0 removed (also when there was none); 1 Redis cannot be reached",
+    "limits ls": "0 listed (also when empty); 1 Redis cannot be reached",
+    "limits set": "0 set; 1 Redis cannot be reached (a bad rate, window or burst is a usage error)",
+    "limits rm": "0 removed; 1 the task had no run-time limit, or Redis cannot be reached",
+    "limits thaw": "0 thawed; 1 the key was not frozen, or Redis cannot be reached (a malformed key is a "
+    "usage error)",
     "task status": "0 shown (also a task in state unknown); 1 Redis cannot be reached",
     "task wait": "0 the task succeeded; 1 it failed, is dead or was cancelled, or Redis cannot be reached; "
     "3 timed out (--timeout) before it ended",

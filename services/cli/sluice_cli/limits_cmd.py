@@ -1,4 +1,5 @@
-"""``sluice limits``: list, set and remove run-time rate limits (read by every worker within seconds)."""
+"""``sluice limits``: list, set and remove run-time rate limits (read by every worker within seconds), and
+see and end the fleet-wide freezes an upstream's throttling set (``ls``, ``thaw``)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,34 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis, RedisCluster
+
     from sluice.limits import LimitStore
+    from sluice.policy import RateLimit
+    from sluice.resilience import Freeze
 
 app = typer.Typer(
-    help="Rate limits changed at run time: every worker applies them within seconds.", no_args_is_help=True
+    help="Rate limits changed at run time (every worker applies them within seconds), and the freezes an "
+    "upstream's throttling set.",
+    no_args_is_help=True,
 )
 
 T = TypeVar("T")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_\-.:]{1,200}$")
+_KEY = re.compile(r"^[^{}\s]{1,300}$")  # a limit key or a throttle scope: no hash-tag braces, no blanks
 
 
 def _with_store(action: Callable[[LimitStore], Awaitable[T]]) -> T:
+    return _with_redis(lambda store, redis, prefix: action(store))
+
+
+def _with_redis(action: Callable[[LimitStore, Redis | RedisCluster, str], Awaitable[T]]) -> T:
     from redis.exceptions import RedisError
 
     from sluice.errors import BrokerUnavailable
     from sluice.limits import LimitStore
     from sluice.redis_client import redis_client
+    from sluice.resilience import BackendUnavailable
     from sluice.settings import Settings, mask_url
 
     settings = Settings()
@@ -34,8 +47,8 @@ def _with_store(action: Callable[[LimitStore], Awaitable[T]]) -> T:
     async def go() -> T:
         redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         try:
-            return await action(LimitStore(redis, settings.prefix))
-        except (RedisError, OSError) as e:
+            return await action(LimitStore(redis, settings.prefix), redis, settings.prefix)
+        except (RedisError, OSError, BackendUnavailable) as e:
             raise BrokerUnavailable(f"cannot reach Redis at {mask_url(settings.redis_url)}: {e}") from None
         finally:
             await redis.aclose()
@@ -49,36 +62,86 @@ def _check_task(task: str) -> str:
     return task
 
 
+def _rows(limits: dict[str, RateLimit], freezes: list[Freeze]) -> list[dict[str, Any]]:
+    """One row per run-time limit and per freeze (a freeze of a task's own key shares its row)."""
+    frozen = {f.name: f for f in freezes}
+    rows: list[dict[str, Any]] = []
+    for task, limit in limits.items():
+        rows.append(_row(task, task, limit, frozen.pop(task, None)))
+    for key, f in sorted(frozen.items()):
+        task = f.reason.split(": ", 1)[0] if ": " in f.reason else key  # the worker writes "TASK: why"
+        rows.append(_row(task, key, limits.get(task), f))
+    return rows
+
+
+def _row(task: str, key: str, limit: RateLimit | None, freeze: Freeze | None) -> dict[str, Any]:
+    per_second = None if limit is None else limit.limit / limit.period
+    return {
+        "task": task,
+        "key": key,
+        "rate": None if limit is None else str(limit).split(" ")[0],
+        "window": None if limit is None else limit.window,
+        "burst": None if limit is None else limit.burst,
+        "frozen_until": None if freeze is None else freeze.until.isoformat(timespec="milliseconds"),
+        "frozen_for": None if freeze is None else round(max(freeze.remaining, 0.0), 3),
+        "frozen_by": None if freeze is None else freeze.reason,
+        "effective_rate": 0.0 if freeze is not None else per_second,
+    }
+
+
 @app.command("ls")
-def ls(as_json: bool = typer.Option(False, "--json", help="one JSON object instead of a table")) -> None:
-    """List the run-time limits."""
+def ls(as_json: bool = typer.Option(False, "--json", help="a JSON array of rows instead of a table")) -> None:
+    """List the run-time limits and the frozen keys (until when, and what froze them).
 
-    async def read(store: LimitStore) -> dict[str, Any]:
-        return {name: {"rate": str(r), "burst": r.burst} for name, r in (await store.all()).items()}
+    Each row: task, key, rate, window (gcra or sliding), burst, frozen_until (UTC, or null), frozen_for
+    (seconds left), frozen_by, effective_rate (tasks per second a run-time limit admits now: 0 while frozen;
+    null without one).
+    """
 
-    rows = _with_store(read)
+    async def read(store: LimitStore, redis: Redis | RedisCluster, prefix: str) -> list[dict[str, Any]]:
+        from sluice.resilience import Freezes, KeySpace
+
+        return _rows(await store.all(), await Freezes(redis, keys=KeySpace(prefix)).frozen())
+
+    rows = _with_redis(read)
     if as_json:
         typer.echo(json.dumps(rows))
         return
     if not rows:
-        typer.echo("no run-time limits (tasks run under their declared policies)")
+        typer.echo("no run-time limits and no frozen keys (tasks run under their declared policies)")
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("task", "rate", "burst", title="run-time rate limits")
-    for name, row in rows.items():
-        table.add_row(name, row["rate"], "" if row["burst"] is None else str(row["burst"]))
+    table = Table(title="limits")
+    table.add_column("task", no_wrap=True)
+    table.add_column("key or scope", no_wrap=True)
+    for col in ("rate", "frozen until (UTC)", "tasks/s"):
+        table.add_column(col)
+    for row in rows:
+        rate = "" if row["rate"] is None else f"{row['rate']} {row['window']}"
+        if row["burst"] is not None:
+            rate += f" burst {row['burst']}"
+        frozen = ""
+        if row["frozen_until"] is not None:
+            frozen = f"{row['frozen_until'][11:19]} ({row['frozen_for']:.0f} s left)"
+        eff = row["effective_rate"]
+        table.add_row(row["task"], row["key"], rate, frozen, "" if eff is None else f"{eff:g}")
     Console().print(table)
 
 
 @app.command("set")
 def set_limit(
     task: str = typer.Argument(..., help="task name, as given to @task"),
-    rate: str = typer.Argument(..., help="N/unit: 50/s, 6000/min, 10/5s, 1000/h"),
+    rate: str = typer.Argument(
+        ..., help="N/unit, then optionally a window: 50/s, 6000/min, 10/5s, 1000/h, '50/s sliding'"
+    ),
     burst: int | None = typer.Option(None, "--burst", min=1, help="runs allowed at once (default: N)"),
 ) -> None:
-    """Limit TASK to RATE fleet-wide, replacing its declared rate limit until `sluice limits rm`."""
+    """Limit TASK to RATE fleet-wide, replacing its declared rate limit until `sluice limits rm`.
+
+    A window after the rate says how it counts: gcra (the default: smooth, bursts up to --burst) or sliding
+    (never more than N in any window of the period; takes no --burst)."""
     from sluice.errors import ConfigError
     from sluice.policy import RateLimit
 
@@ -93,6 +156,26 @@ def set_limit(
 
     _with_store(write)
     typer.echo(f"{task}: {limit}" + (f" burst {burst}" if burst is not None else ""))
+
+
+@app.command("thaw")
+def thaw(
+    key: str = typer.Argument(..., help="a frozen key or scope, as `sluice limits ls` shows it"),
+) -> None:
+    """End the freeze of KEY now: every worker admits its tasks again (at their rate limit)."""
+    if not _KEY.match(key):
+        raise typer.BadParameter(f"bad key {key!r}: 1-300 characters, no braces or blanks")
+
+    async def end(store: LimitStore, redis: Redis | RedisCluster, prefix: str) -> bool:
+        from sluice.resilience import Freezes, KeySpace
+
+        return await Freezes(redis, keys=KeySpace(prefix)).thaw(key)
+
+    if not _with_redis(end):
+        from sluice.errors import ConfigError
+
+        raise ConfigError(f"{key!r} is not frozen (sluice limits ls lists the frozen keys)")
+    typer.echo(f"{key}: thawed")
 
 
 @app.command("rm")

@@ -15,8 +15,8 @@ outcome                what the consumer does                                  `
 =====================  =====================================================  ===========================
 
 Every reason the worker gives is a constant here, and :data:`REASONS` maps each to its metric (a
-deferral by a rate or concurrency limit is ``deferred_limit``, by an open breaker ``deferred_breaker``,
-anything else ``deferred``; a dead letter for a message that could not run at all is ``dead_lettered``,
+deferral by a rate or concurrency limit or an upstream's throttle is ``deferred_limit``, by an open
+breaker ``deferred_breaker``, anything else ``deferred``; a dead letter for a message that could not run at all is ``dead_lettered``,
 one whose handler failed for good ``failed``). The metric names are :data:`sluice.telemetry.OUTCOMES`,
 the vocabulary of the snapshots; ``tests/worker/test_outcome_model.py`` checks that the model, that
 tuple and docs/metrics.md name the same outcomes and reasons. How a :class:`Deferred` or :class:`Retry`
@@ -70,6 +70,7 @@ __all__ = [
     "REASONS",
     "RETRY",
     "RETRY_BUDGET_EXHAUSTED",
+    "THROTTLED",
     "UNSUPPORTED_OUTCOME",
     "Ack",
     "Cancelled",
@@ -105,6 +106,8 @@ DUPLICATE: Final = "duplicate"
 # deferred (no attempt spent)
 ETA: Final = "eta"  # its x-sluice-eta is still ahead: the next hop
 RATE_LIMITED: Final = "rate_limited"
+# the upstream said "not now" (the handler raised sluice.Throttled), or a freeze it caused still holds
+THROTTLED: Final = "throttled"
 CONCURRENCY: Final = "concurrency"
 BREAKER_OPEN: Final = "breaker_open"
 IN_PROGRESS: Final = "in_progress"  # its idempotency key is claimed by a run elsewhere
@@ -117,6 +120,7 @@ UNSUPPORTED_OUTCOME: Final = "unsupported_outcome"
 _DEFERRALS: Final = {
     ETA: DEFERRED,
     RATE_LIMITED: DEFERRED_LIMIT,
+    THROTTLED: DEFERRED_LIMIT,
     CONCURRENCY: DEFERRED_LIMIT,
     BREAKER_OPEN: DEFERRED_BREAKER,
     IN_PROGRESS: DEFERRED,

@@ -10,33 +10,61 @@ limiter's ``retry_after``, spread at the limit's emission interval over this wor
 (:meth:`RateLimitStep._line_up`). At a high rate one decision takes a small batch of units that the
 tasks arriving in the next few milliseconds share (:mod:`sluice_worker._unit_batches`). Each decision
 is counted (``telemetry.limit_decision``). Redis: one (pipelined, coalesced) round trip per decision.
+
+The limit counts by its ``window``: GCRA (the default) or the exact sliding log (``"50/s sliding"``:
+never more than the limit in any window of the period; the worker's limiter counts each admission for
+:data:`~sluice_worker._resilience_cache.SLIDING_MARGIN` beyond the period, for the spread between an
+admission and its request's arrival upstream).
+
+Upstream throttling: a handler that raises :class:`sluice.Throttled` (``raise_for_throttle``) is
+deferred (``throttled``, no attempt and no retry budget spent, never the DLQ: the failure step turns
+it into a deferral), and on the way out this step freezes, fleet-wide in Redis
+(:class:`~sluice.resilience.Freezes`), the task's rate-limit key, or the throttle's ``scope``, until
+the time the upstream named. Every worker's decision reads that freeze in the limiter's own script
+(no extra round trip): while it holds, the key's tasks are deferred (``throttled``) until it ends,
+spread at the limit's interval, for :data:`FREEZE_RECHECK` seconds at most (then decided again: a
+thawed key's tasks run within that). A scope is learned per worker from the throttles its tasks raise: a
+key whose task named a scope is then decided against the scope's freeze. A task with no rate limit
+takes no decision: once one of its throttles was seen here, this worker reads its freeze (one round
+trip a delivery) until it finds it ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import TYPE_CHECKING
 
+from redis.asyncio import RedisCluster
+
 from sluice.limits import LimitStore, effective_rate
 from sluice.policy import RateLimit, payload_field
-from sluice.resilience import GCRALimiter, Rate
+from sluice.resilience import Freezes, Rate
 from sluice.resilience.clock import Clock
 from sluice.tasks import Task
 from sluice.telemetry import NullTelemetry, Telemetry
-from sluice_worker._resilience_cache import ResilienceCache
+from sluice.throttle import Throttled
+from sluice_worker._resilience_cache import Limiter, ResilienceCache
 from sluice_worker._unit_batches import UnitBatches
-from sluice_worker.outcome import RATE_LIMITED, Deferred, FailurePolicy, Outcome
+from sluice_worker.outcome import RATE_LIMITED, THROTTLED, Deferred, FailurePolicy, Outcome
 from sluice_worker.policies.step import BACKEND_RETRY, Delivery, Step
 
 if TYPE_CHECKING:
     from sluice_worker.policies.shared import Policies
 
-__all__ = ["IN_PLACE", "MAX_BATCH", "UNIT_HOLD", "RateLimitStep", "batch_size"]
+__all__ = ["FREEZE_RECHECK", "IN_PLACE", "MAX_BATCH", "UNIT_HOLD", "RateLimitStep", "batch_size"]
+
+log = logging.getLogger("sluice.worker")
 
 IN_PLACE = 0.25  # seconds a rate-limited task may wait in place before it is deferred instead
 UNIT_HOLD = 0.005  # seconds a unit taken ahead may wait for its task (then it is dropped, unused)
 MAX_BATCH = 64
+_MAX_SCOPES = 10_000  # limit names whose throttles named a scope, remembered per step
+#: seconds at most a task deferred by a freeze waits before its key is decided again: a freeze ended
+#: early (``sluice limits thaw``) lets its tasks run within this, at the cost of one trip through a delay
+#: tier per deferred task this often while a long freeze holds
+FREEZE_RECHECK = 16.0
 
 
 def batch_size(rate: RateLimit) -> int:
@@ -54,6 +82,7 @@ def _batch(rate: Rate, burst: int) -> int:
 
 class RateLimitStep(Step):
     name = "rate limit"
+    after_on_ack = False  # on the way out it acts on a throttled handler only
 
     def __init__(
         self,
@@ -64,6 +93,8 @@ class RateLimitStep(Step):
         clock: Clock,
         telemetry: Telemetry | NullTelemetry,
         in_place: float = IN_PLACE,
+        *,
+        split_scopes: bool = False,
     ) -> None:
         super().__init__(task)
         self._declared = declared
@@ -75,6 +106,11 @@ class RateLimitStep(Step):
         self._pollers: dict[str, asyncio.Lock] = {}
         self._slots: dict[str, float] = {}  # per limit: when this worker's last deferral comes back
         self._units = UnitBatches(UNIT_HOLD, clock=clock)  # per limit: units taken ahead, for a few ms
+        self._freezes: Freezes = cache.freezes
+        self._scopes: dict[str, str] = {}  # limit name -> the scope its throttles named (learned here)
+        self._watch: str | None = None  # no limit: a freeze a throttle set here, read until it ends
+        # Redis Cluster: a scope's freeze is in another slot than the limit's key, so it is read apart
+        self._split = split_scopes
 
     @classmethod
     def build(cls, task: Task, policies: Policies, failures: FailurePolicy) -> RateLimitStep:
@@ -86,44 +122,110 @@ class RateLimitStep(Step):
             policies.clock,
             policies.telemetry,
             policies.in_place,
+            split_scopes=isinstance(policies.redis, RedisCluster),
         )
+
+    def _limit(self, d: Delivery, override: RateLimit | None) -> tuple[RateLimit | None, str]:
+        """The limit that applies to ``d`` (``None``: none) and the name of its key."""
+        task = self.task
+        if override is None and self._declared is None:
+            return None, task.name
+        rate = effective_rate(self._declared, override)
+        if rate is None:
+            return None, task.name
+        part = payload_field(d.msg.payload, rate.key) if rate.key else None
+        return rate, task.name if part is None else f"{task.name}:{part}"
 
     async def before(self, d: Delivery) -> Outcome | None:
         task = self.task
         override = await self._limits.current(task.name)
         if override is None and self._declared is None:
-            return None  # the common case: no limit on this task
-        rate = effective_rate(self._declared, override)
+            if self._watch is None:
+                return None  # the common case: no limit on this task
+            return await self._watched(self._watch)
+        rate, name = self._limit(d, override)
         if rate is None:
             return None
-        part = payload_field(d.msg.payload, rate.key) if rate.key else None
-        name = task.name if part is None else f"{task.name}:{part}"
         limiter = self._cache.limiter(rate)
-        wait, waited = await self._take(name, limiter)
+        freeze = self._scopes.get(name, name) if self._scopes else name
+        if freeze != name and self._split:
+            held = await self._watched(freeze, keep=True)
+            if held is not None:
+                return held
+            freeze = name
+        wait, waited, frozen = await self._take(name, limiter, freeze)
         if wait is not None:
-            put_off = self._line_up(name, limiter.rate, wait)
+            put_off = self._line_up(name, limiter.rate, min(wait, FREEZE_RECHECK) if frozen else wait)
             self._telemetry.limit_decision(task.name, False, put_off)
-            return Deferred(RATE_LIMITED, put_off)
+            return Deferred(THROTTLED if frozen else RATE_LIMITED, put_off)
         self._telemetry.limit_decision(task.name, True, waited or None)
         return None
 
-    async def _take(self, name: str, limiter: GCRALimiter) -> tuple[float | None, float]:
-        """Take one unit of the limit ``name``: (``None`` when taken, else seconds to defer by; seconds
-        the task waited here for it)."""
+    async def after(self, d: Delivery, outcome: Outcome | None) -> Outcome | None:
+        """A throttled handler (the failure step made it a ``throttled`` deferral): freeze its key or scope
+        fleet-wide until the upstream's time, and defer it behind that freeze."""
+        error = d.error
+        if not (
+            isinstance(outcome, Deferred) and outcome.reason == THROTTLED and isinstance(error, Throttled)
+        ):
+            return outcome
+        task = self.task
+        rate, name = self._limit(d, await self._limits.current(task.name))
+        target = error.scope or name
+        if target != name:
+            if len(self._scopes) >= _MAX_SCOPES:
+                self._scopes.clear()
+            self._scopes[name] = target
+        if rate is None:
+            self._watch = target
+        self._telemetry.throttled(target)
+        left = error.retry_after
+        why = f"{task.name}: " + ("throttled" if error.status is None else f"HTTP {error.status}")
+        try:
+            frozen = await self._freezes.freeze(target, left, reason=why)
+        except Exception as e:  # Redis away: the task is deferred all the same, the freeze is lost
+            log.warning("task %s: cannot freeze %s for %.1f s: %s", task.name, target, left, e)
+            frozen = None
+        if frozen is not None:
+            left = max(left, frozen.remaining)
+        left = min(left, FREEZE_RECHECK)
+        return Deferred(THROTTLED, left if rate is None else self._line_up(name, rate.rate, left))
+
+    async def _watched(self, freeze: str, *, keep: bool = False) -> Outcome | None:
+        """A deferral while ``freeze`` holds (one read), else ``None``; an ended freeze is no longer read
+        (unless ``keep``: a scope read apart on Redis Cluster)."""
+        try:
+            found = await self._freezes.get(freeze)
+        except Exception as e:  # Redis away: the task runs (no limit of its own to fail closed on)
+            log.debug("freeze %s unreadable: %s", freeze, e)
+            return None
+        if found is None or found.remaining <= 0:
+            if not keep:
+                self._watch = None
+            return None
+        return Deferred(THROTTLED, min(found.remaining, FREEZE_RECHECK))
+
+    async def _take(self, name: str, limiter: Limiter, freeze: str) -> tuple[float | None, float, bool]:
+        """Take one unit of the limit ``name`` unless ``freeze`` holds: (``None`` when taken, else seconds
+        to defer by; seconds the task waited here for it; refused by the freeze)."""
         rate = limiter.rate
         clock = self._clock
         deadline = clock.monotonic() + self._in_place
         batch = _batch(rate, limiter.burst)
         # a high rate: a few milliseconds' worth of units per decision, shared by the tasks arriving
-        if batch > 1 and await self._units.take(name, batch, lambda n: limiter.try_acquire(name, n)):
-            return None, 0.0
-        d = await limiter.try_acquire(name)  # the common case: room, one (pipelined) round trip
+        if batch > 1 and await self._units.take(
+            name, batch, lambda n: limiter.try_acquire(name, n, freeze=freeze)
+        ):
+            return None, 0.0, False
+        d = await limiter.try_acquire(name, freeze=freeze)  # the common case: room, one round trip
         if d.allowed:
-            return None, 0.0
+            return None, 0.0, False
+        if d.frozen:  # a freeze (also one a fail-open limiter saw before Redis went away)
+            return d.retry_after, 0.0, True
         if d.degraded:
-            return BACKEND_RETRY, 0.0
+            return BACKEND_RETRY, 0.0, False
         if math.isinf(d.retry_after) or d.retry_after > self._in_place:
-            return (d.retry_after if math.isfinite(d.retry_after) else rate.period), 0.0
+            return (d.retry_after if math.isfinite(d.retry_after) else rate.period), 0.0, False
         # a short wait: waited here, by one poller per key at a time (no herd polling Redis)
         start = clock.monotonic()
         lock = self._pollers.get(name)
@@ -133,20 +235,22 @@ class RateLimitStep(Step):
             async with asyncio.timeout(self._in_place):
                 await lock.acquire()
         except TimeoutError:
-            return d.retry_after, 0.0
+            return d.retry_after, 0.0, False
         try:
             while True:
                 wait = d.retry_after
                 if clock.monotonic() + wait > deadline:
-                    return wait, 0.0
+                    return wait, 0.0, False
                 await clock.sleep(wait)
-                d = await limiter.try_acquire(name)
+                d = await limiter.try_acquire(name, freeze=freeze)
                 if d.allowed:
-                    return None, clock.monotonic() - start
+                    return None, clock.monotonic() - start, False
+                if d.frozen:
+                    return d.retry_after, 0.0, True
                 if d.degraded:
-                    return BACKEND_RETRY, 0.0
+                    return BACKEND_RETRY, 0.0, False
                 if math.isinf(d.retry_after):
-                    return rate.period, 0.0
+                    return rate.period, 0.0, False
         finally:
             lock.release()
 
