@@ -42,7 +42,7 @@ def test_promtool_checks_config_and_rules() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 5 rules found" in rules.stdout
+    assert "SUCCESS: 6 rules found" in rules.stdout
 
 
 def test_alerts_fire_when_they_should() -> None:

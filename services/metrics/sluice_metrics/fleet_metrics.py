@@ -54,6 +54,8 @@ METRIC_NAMES = (
     "sluice_rate_limit_override_per_second",
     "sluice_breaker_state",
     "sluice_retry_budget_refusals_total",
+    "sluice_upstream_throttles_total",
+    "sluice_rate_limit_frozen_seconds",
     "sluice_task_handle_events_total",
     "sluice_task_cancels_recorded_total",
     "sluice_unique_duplicates_total",
@@ -204,6 +206,12 @@ class FleetCollector(Collector):
             WAIT_BUCKETS,
         )
         yield _counter(
+            "sluice_upstream_throttles",
+            "throttles an upstream answered (sluice.Throttled), by the rate-limit key or scope they froze",
+            ["scope"],
+            (((k,), n) for k, n in sorted(totals.throttles.items())),
+        )
+        yield _counter(
             "sluice_retry_budget_refusals",
             "retries a retry budget refused, by budget",
             ["budget"],
@@ -235,7 +243,14 @@ class FleetCollector(Collector):
         breakers = GaugeMetricFamily(
             "sluice_breaker_state", "circuit breaker state: 0 closed, 1 open, 2 half-open", labels=["breaker"]
         )
+        frozen = GaugeMetricFamily(
+            "sluice_rate_limit_frozen_seconds",
+            "seconds left of each freeze an upstream's throttle set (sluice limits ls), by key or scope",
+            labels=["key"],
+        )
         if redis is not None:
+            for key, left in sorted(redis.frozen.items()):
+                frozen.add_metric([key], left)
             for limit, doc in redis.limits.items():
                 per_s = rate_per_second(str(doc.get("rate", "")))
                 if per_s is not None:
@@ -256,4 +271,4 @@ class FleetCollector(Collector):
             cancels.add_metric(["id"], counts.get(CANCELS, 0))
             cancels.add_metric(["batch"], counts.get(CANCEL_RULES, 0))
             duplicates.add_metric([], counts.get(UNIQUE_DUPLICATES, 0))
-        yield from (overrides, breakers, cancels, duplicates)
+        yield from (overrides, frozen, breakers, cancels, duplicates)

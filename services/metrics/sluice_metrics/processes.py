@@ -54,9 +54,10 @@ class Totals:
     limit_wait: dict[str, Hist] = field(default_factory=dict)
     budget_refused: dict[str, int] = field(default_factory=dict)
     handles: dict[str, int] = field(default_factory=dict)  # task-handle event (HANDLE_EVENTS)
+    throttles: dict[str, int] = field(default_factory=dict)  # upstream throttles, by the key or scope frozen
 
     def _counters(self) -> tuple[dict[Any, int], ...]:
-        return (self.done, self.published, self.limits, self.budget_refused, self.handles)
+        return (self.done, self.published, self.limits, self.budget_refused, self.handles, self.throttles)
 
     def add(self, other: Totals, sign: int = 1) -> None:
         """Add ``other`` in (``sign=-1``: take out what an earlier ``add`` put in)."""
@@ -99,6 +100,7 @@ class Totals:
         t.budget_refused = {str(b): int(n) for b, n in doc.get("budget_refused", {}).items()}
         events = set(HANDLE_EVENTS)
         t.handles = {str(e): int(n) for e, n in doc.get("handles", {}).items() if e in events}
+        t.throttles = {str(k): int(n) for k, n in doc.get("throttles", {}).items()}
         return t
 
 

@@ -6,7 +6,8 @@ Breakers: :func:`sluice.resilience.breaker_states` (at most ``max_keys`` of them
 :meth:`sluice.schedules.ScheduleStore.entries` (at most ``max_keys``, each as ``sluice schedule ls --json``
 shows it) and the scheduler lease's holder and term (``None``: no scheduler leads). Task handles:
 :meth:`sluice.handles.TaskHandles.counts` (cancels and batch cancels recorded, unique duplicates refused,
-by every door: CLI, HTTP, Python). A read never takes longer than
+by every door: CLI, HTTP, Python). Freezes: :meth:`sluice.resilience.Freezes.frozen` (the keys an
+upstream's throttle froze, at most ``max_keys``). A read never takes longer than
 ``timeout``; an unreachable Redis gives ``redis_up=False`` and the previous values are not kept (shown as
 unknown).
 """
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from sluice.handles import TaskHandles, TrackingUnavailable
 from sluice.limits import LimitStore
 from sluice.redis_client import AnyRedis
-from sluice.resilience import KeySpace, breaker_states
+from sluice.resilience import BackendUnavailable, Freezes, KeySpace, breaker_states
 from sluice.schedules import ScheduleError, ScheduleStore, row
 
 __all__ = ["RedisSnapshot", "RedisStateSource"]
@@ -37,6 +38,7 @@ class RedisSnapshot:
     scheduler_leader: str | None = None  # the lease holder's instance name
     scheduler_term: int | None = None  # its fencing token: leader changes so far, fleet-wide
     handle_counts: dict[str, int] = field(default_factory=dict)  # sluice.handles.client.COUNTS -> n
+    frozen: dict[str, float] = field(default_factory=dict)  # frozen key or scope -> seconds left
 
 
 class RedisStateSource:
@@ -46,6 +48,7 @@ class RedisStateSource:
         self._limits = LimitStore(redis, prefix)
         self._schedules = ScheduleStore(redis, prefix, timeout=timeout)
         self._handles = TaskHandles(redis, prefix, timeout=timeout)
+        self._freezes = Freezes(redis, keys=self._keys, timeout=timeout)
         self._timeout = timeout
         self._max_keys = max_keys
 
@@ -57,7 +60,8 @@ class RedisStateSource:
                 entries = await self._schedules.entries()
                 leader = await self._schedules.leader()
                 counts = await self._handles.counts()
-        except (RedisError, OSError, TimeoutError, ScheduleError, TrackingUnavailable):
+                frozen = await self._freezes.frozen(max_keys=self._max_keys)
+        except (RedisError, OSError, TimeoutError, ScheduleError, TrackingUnavailable, BackendUnavailable):
             return RedisSnapshot(False)
         return RedisSnapshot(
             True,
@@ -67,6 +71,7 @@ class RedisStateSource:
             None if leader is None else leader.holder,
             None if leader is None else leader.token,
             counts,
+            {f.name: max(f.remaining, 0.0) for f in frozen},
         )
 
     async def aclose(self) -> None:
