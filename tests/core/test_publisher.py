@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-from sluice.errors import BrokerUnavailable, MessageTooLarge, PublishReturned
+from sluice.errors import BrokerUnavailable, MessageTooLarge, PublishNacked, PublishReturned
 from sluice.protocol import H_ATTEMPT, H_IDEMPOTENCY_KEY, H_TASK, TaskMessage
 from sluice.publisher import Publisher, PublishOutcome
 from sluice.settings import Settings
@@ -100,3 +100,27 @@ async def test_publish_after_close_is_a_broker_error(
         pass
     with pytest.raises(BrokerUnavailable):
         await asyncio.wait_for(pub.publish(TaskMessage("t", {})), 5)
+
+
+async def test_a_nack_renews_the_channel_at_most_once_a_second(
+    settings: Settings, admin: aio_pika.abc.AbstractChannel
+) -> None:
+    """A queue full with ``reject-publish`` nacks: the publish raises PublishNacked, the next publish
+    goes out on a new channel (at most one a second), and once there is room it is confirmed."""
+    full = f"{settings.prefix}.q.full"
+    async with Publisher(settings) as pub:
+        q = await admin.declare_queue(full, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        await q.bind(f"{settings.prefix}.tasks", routing_key="full")
+        props = pub.properties(TaskMessage("demo.noop", {}))
+        try:
+            await pub.publish_properties(b"{}", "full", props)  # fills the queue
+            first = pub._channel
+            for _ in range(3):
+                with pytest.raises(PublishNacked):
+                    await pub.publish_properties(b"{}", "full", props)
+            assert pub.renewals == 1 and pub._channel is not first  # once, within the second
+            await q.purge()
+            await pub.publish_properties(b"{}", "full", props)  # confirmed on the new channel
+            assert pub.renewals == 1
+        finally:
+            await q.delete(if_unused=False, if_empty=False)
