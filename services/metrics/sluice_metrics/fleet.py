@@ -115,11 +115,16 @@ class Fleet:
         snap = await self.source.read()
         self.collector.update(snap)
         self.queues = snap
-        if self.redis_source is not None and self._ticks % 2 == 0:
-            self.redis = await self.redis_source.read()
         self._ticks += 1
         self._update_ages(snap, now)
         self.history.append(self._point(snap))
+
+    async def read_redis(self) -> None:
+        """Read the breakers, limits, schedules and counts from Redis (its own loop, apart from
+        :meth:`tick`: a slow read, such as a ``SCAN`` over a keyspace of millions of task records, must
+        not hold up the queue samples and their age bounds)."""
+        if self.redis_source is not None:
+            self.redis = await self.redis_source.read()
 
     def _update_ages(self, snap: QueueSnapshot, now: float) -> None:
         if not snap.broker_up:

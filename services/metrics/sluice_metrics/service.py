@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
 from prometheus_client.registry import CollectorRegistry
@@ -73,6 +73,9 @@ async def serve(
             background.create_task(
                 _sample_loop(fleet, interval, stop_background), name="sluice-metrics-sampler"
             )
+            background.create_task(
+                _every(fleet.read_redis, 2 * interval, stop_background), name="sluice-metrics-redis"
+            )
             config = uvicorn.Config(
                 app,
                 lifespan="off",
@@ -123,9 +126,14 @@ async def _feed_loop(settings: Settings, table: ProcessTable, stop: asyncio.Even
 
 async def _sample_loop(fleet: Fleet, interval: float, stop: asyncio.Event) -> None:
     """``fleet.tick()`` every ``interval`` seconds until ``stop``."""
+    await _every(fleet.tick, interval, stop)
+
+
+async def _every(sample: Callable[[], Awaitable[None]], interval: float, stop: asyncio.Event) -> None:
+    """``sample()`` every ``interval`` seconds until ``stop``."""
     while not stop.is_set():
         try:
-            await fleet.tick()
+            await sample()
         except Exception:  # a bug in a sample must not stop the service
             log.exception("sampling the fleet failed")
         with contextlib.suppress(TimeoutError):
