@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from sluice import Throttled, task
-from sluice.policy import RateLimit, RetryBudgetPolicy
+from sluice.policy import Breaker, RateLimit, RetryBudgetPolicy
 from sluice.protocol import TaskMessage
-from sluice.resilience import Freezes, GCRALimiter, KeySpace, RetryPolicy, SlidingLogLimiter
+from sluice.resilience import BreakerPolicy, Freezes, GCRALimiter, KeySpace, RetryPolicy, SlidingLogLimiter
 from sluice.tasks import Task
 from sluice.telemetry import Telemetry
 from sluice_worker.outcome import ACK, RATE_LIMITED, THROTTLED, Deferred, Outcome
@@ -201,3 +201,20 @@ async def test_the_test_harness_honours_a_throttle_in_simulated_time() -> None:
         await w.join()
         assert calls == [0, 0, 1, 2] and w.elapsed == pytest.approx(5.0, abs=0.5)
         assert w.counts()["success"] == 3 and not w.dead_letters and w.counts()["retried"] == 0
+
+
+async def test_a_throttle_is_not_a_failure_to_the_breaker(fleet: tuple[Worker, Worker, Freezes]) -> None:
+    """The upstream answered (it asked us to slow down): a breaker on the task records nothing, so a burst
+    of 429s freezes the key but never opens the breaker."""
+    a, _, freezes = fleet
+    policy = BreakerPolicy(failure_rate=0.5, minimum_calls=2, window=10.0)
+
+    @task("t.brk", rate_limit="100/s", breaker=Breaker("t-brk", policy))
+    async def brk(p: P) -> None: ...
+
+    for _ in range(4):
+        out = await a.run(brk, fail=Throttled(retry_after=30, status=429))
+        assert isinstance(out, Deferred) and out.reason == THROTTLED, out
+        assert await freezes.thaw("t.brk")
+    assert await a.run(brk) is ACK  # closed: an open breaker would defer it (breaker_open)
+    assert a.calls["t.brk"].calls == 5

@@ -4,7 +4,9 @@ Last before the handler, so only a task that will run takes a permit (a half-ope
 are few). An open breaker defers the task (``breaker_open``, no attempt spent), so the worker stops
 running that task's work while it is open; half-open trials follow the breaker's permits. On the way
 out, once the handler answered, its success or failure (as the breaker's policy counts it) is
-recorded; a task cancelled by the worker records nothing. Redis: one round trip to allow (none while
+recorded; a task cancelled by the worker records nothing, and neither does a ``Throttled`` (the upstream
+answered and asked for less: the rate-limit step freezes the key; a burst of 429s must not open the
+breaker, nor a throttled half-open trial close it). Redis: one round trip to allow (none while
 the open state is cached), one to record.
 """
 
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from sluice.resilience import BackendUnavailable, CircuitBreaker, CircuitOpen, Permit
 from sluice.tasks import Task
+from sluice.throttle import Throttled
 from sluice_worker.outcome import BREAKER_OPEN, Deferred, FailurePolicy, Outcome
 from sluice_worker.policies.step import Delivery, Step, backend_down
 
@@ -53,6 +56,8 @@ class BreakerStep(Step):
         permit: Permit | None = d.held(self)
         if permit is not None and d.called:
             error = d.error
+            if isinstance(error, Throttled):  # the upstream answered, asking for less: the freeze's job
+                return outcome
             success = error is None or not self.breaker.policy.counts_as_failure(error)
             try:
                 await self.breaker.record(permit, success)
