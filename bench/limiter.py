@@ -1,6 +1,7 @@
 """Benchmark: GCRA decisions per second against the client's own round-trip ceiling and the `limits` library.
 
     .venv/bin/python bench/limiter.py [--url redis://127.0.0.1:6379/0] [--seconds 1] [--rounds 3] [--uvloop]
+        [--cluster-url redis://127.0.0.1:7001/0]
 
 Measures, on one Redis, for 1 and 64 concurrent asyncio tasks, on one hot key and on 10,000 keys:
 
@@ -11,6 +12,10 @@ Measures, on one Redis, for 1 and 64 concurrent asyncio tasks, on one hot key an
 * ``limits`` (moving window and sliding-window counter, async redis-py storage), if installed
   (``pip install -r bench/requirements.txt``; a benchmark dependency only, never a runtime one).
   Without it the script says so on stderr and prints the other rows.
+
+With ``--cluster-url`` (a node of a Redis Cluster, e.g. ``deploy/cluster/redis-cluster.sh up``), the two
+sluice rows are measured on ``redis.asyncio.RedisCluster`` too, in the same interleaved rounds, and a
+second table gives each one against the same row on the standalone server (issue 16's bar: 0.7x).
 
 Prints a Markdown table (calls/s, and the ratios to PING and to a trivial EVALSHA at the same
 concurrency). Each case runs once per round, the rounds interleaved, and the best round counts, so
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from sluice.resilience import GCRALimiter, KeySpace, Rate
 from sluice.resilience._wire import pack, wire_for
@@ -73,9 +78,13 @@ async def run_for(call: Callable[[int], Awaitable[Any]], tasks: int, seconds: fl
 Case = tuple[str, int, int, Callable[[int], Awaitable[Any]]]
 
 
-async def bench(url: str, seconds: float, rounds: int) -> list[Row]:
+CLUSTER = " (Redis Cluster)"
+
+
+async def bench(url: str, seconds: float, rounds: int, cluster_url: str | None = None) -> list[Row]:
     prefix = f"bench:{uuid.uuid4().hex[:8]}"
     client = Redis.from_url(url)
+    cluster: RedisCluster | None = None
     names = [f"k{i}" for i in range(max(KEYSETS))]
 
     def spread(decide: Callable[[str], Awaitable[Any]], keys: int) -> Callable[[int], Awaitable[Any]]:
@@ -93,7 +102,21 @@ async def bench(url: str, seconds: float, rounds: int) -> list[Row]:
 
     plain = GCRALimiter(client, Rate.per_second(LIMIT), keys=KeySpace(prefix))
     batched = GCRALimiter(client, Rate.per_second(LIMIT), keys=KeySpace(prefix + "b"), coalesce=True)
-    for label, limiter in (("sluice GCRA", plain), ("sluice GCRA, coalesce=True", batched)):
+    limiters: list[tuple[str, GCRALimiter]] = [
+        ("sluice GCRA", plain),
+        ("sluice GCRA, coalesce=True", batched),
+    ]
+    if cluster_url is not None:
+        cluster = RedisCluster.from_url(cluster_url)
+        await cluster.initialize()
+        limiters += [
+            ("sluice GCRA" + CLUSTER, GCRALimiter(cluster, Rate.per_second(LIMIT), keys=KeySpace(prefix))),
+            (
+                "sluice GCRA, coalesce=True" + CLUSTER,
+                GCRALimiter(cluster, Rate.per_second(LIMIT), keys=KeySpace(prefix + "b"), coalesce=True),
+            ),
+        ]
+    for label, limiter in limiters:
         for keys in KEYSETS:
             for tasks in TASKS:
                 cases.append((label, tasks, keys, spread(limiter.try_acquire, keys)))
@@ -128,11 +151,16 @@ async def bench(url: str, seconds: float, rounds: int) -> list[Row]:
             await run_for(call, tasks, min(0.2, seconds / 4))  # warm-up: connections, script cache
             best[index] = max(best.get(index, 0.0), await run_for(call, tasks, seconds))
 
-    await batched.aclose()
+    for _, limiter in limiters:
+        await limiter.aclose()
     found = [k async for k in client.scan_iter(match=f"*{prefix}*", count=1000)]
     for i in range(0, len(found), 1000):
         await client.delete(*found[i : i + 1000])
     await client.aclose()
+    if cluster is not None:
+        for key in [k async for k in cluster.scan_iter(match=f"*{prefix}*", count=1000)]:
+            await cluster.delete(key)
+        await cluster.aclose()
     return [Row(label, tasks, keys, best[i]) for i, (label, tasks, keys, _) in enumerate(cases)]
 
 
@@ -153,25 +181,48 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def cluster_table(rows: list[Row]) -> str:
+    """Each sluice row on Redis Cluster against the same row on the standalone server."""
+    alone = {(r.what, r.tasks, r.keys): r.rate for r in rows}
+    lines = [
+        "| what | tasks | keys | standalone calls/s | Redis Cluster calls/s | x standalone (bar 0.7) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if not r.what.endswith(CLUSTER):
+            continue
+        base = alone[(r.what.removesuffix(CLUSTER), r.tasks, r.keys)]
+        lines.append(
+            f"| {r.what.removesuffix(CLUSTER)} | {r.tasks} | {r.keys:,} | {base:,.0f} | {r.rate:,.0f} "
+            f"| {r.rate / base:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--seconds", type=float, default=0.6, help="per case and round")
     parser.add_argument("--rounds", type=int, default=6, help="rounds (interleaved); the best one counts")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--cluster-url", help="a node of a Redis Cluster: the sluice rows on it too")
     args = parser.parse_args()
+    work = bench(args.url, args.seconds, args.rounds, args.cluster_url)
     if args.uvloop:
         import uvloop
 
-        rows = uvloop.run(bench(args.url, args.seconds, args.rounds))
+        rows = uvloop.run(work)
     else:
-        rows = asyncio.run(bench(args.url, args.seconds, args.rounds))
+        rows = asyncio.run(work)
     loop_name = "uvloop" if args.uvloop else "asyncio"
     print(
         f"Python {platform.python_version()}, {loop_name} loop, limit {LIMIT}/s (burst {LIMIT}), "
         f"best of {args.rounds} interleaved rounds of {args.seconds} s per case\n"
     )
     print(table(rows))
+    if args.cluster_url:
+        print("\nOn Redis Cluster, against the same row on the standalone server:\n")
+        print(cluster_table(rows))
 
 
 if __name__ == "__main__":
