@@ -69,6 +69,7 @@ async def _under_load(
     cluster: RabbitCluster,
     unique: str,
     redis_url: str,
+    r: redis_sync.Redis,
     tmp_path: Path,
     blow: Callable[[str], Awaitable[None]],
 ) -> tuple[Load, list[WorkerProcess]]:
@@ -92,7 +93,7 @@ async def _under_load(
                 kinds = sorted(set(load.unconfirmed.values()))[:4]
                 raise AssertionError(
                     f"{e}; the load: {len(load.confirmed)} confirmed, {len(load.unconfirmed)} unconfirmed "
-                    f"{kinds}; {len(_seen(redis_sync.Redis.from_url(redis_url), unique))} run"
+                    f"{kinds}; {len(_seen(r, unique))} run"
                 ) from None
             load.mark = len(load.confirmed)
             await asyncio.wait_for(load.stop.wait(), 180)
@@ -154,7 +155,7 @@ async def test_three_workers_lose_nothing_when_the_queue_leader_is_killed(
         await asyncio.to_thread(rabbit_cluster.up)
         await _rejoined(rabbit_cluster, queue, via=survivor)
 
-    load, workers = await _under_load(rabbit_cluster, unique, redis_url, tmp_path, kill_leader)
+    load, workers = await _under_load(rabbit_cluster, unique, redis_url, r, tmp_path, kill_leader)
     _check(load, workers, r, unique)
     assert resumed and resumed[0] < RESUME_BOUND
 
@@ -171,5 +172,5 @@ async def test_a_rolling_restart_of_the_three_nodes_loses_nothing(
             await _rejoined(rabbit_cluster, queue, via=n % 3 + 1)
             print(f"node {n} stopped, started and rejoined in {time.monotonic() - started:.1f}s")
 
-    load, workers = await _under_load(rabbit_cluster, unique, redis_url, tmp_path, rolling)
+    load, workers = await _under_load(rabbit_cluster, unique, redis_url, r, tmp_path, rolling)
     _check(load, workers, r, unique)

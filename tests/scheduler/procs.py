@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ __all__ = [
     "leader_is",
     "leader_pid",
     "scheduler_env",
+    "sluice",
     "start_scheduler",
     "wait_leader",
     "wait_phase",
@@ -26,6 +28,11 @@ __all__ = [
 HERE = Path(__file__).resolve().parent
 SLUICE = str(Path(sys.executable).with_name("sluice"))
 SCHEDULER = [SLUICE, "scheduler"]
+
+
+def sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script with ``args``, its output captured (never raises on its status)."""
+    return subprocess.run([SLUICE, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 def scheduler_env(amqp_url: str, redis_url: str, prefix: str) -> dict[str, str]:

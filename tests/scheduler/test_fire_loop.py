@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 
 import pytest
 import redis as redis_sync
@@ -17,17 +16,13 @@ from sluice_scheduler import LazyPublisher, Scheduler
 from support.workers import worker_env
 
 from .conftest import drain
-from .procs import SLUICE
+from .procs import sluice
 
 
 def _scheduler(store: ScheduleStore, publisher: LazyPublisher, clock: FakeClock, name: str) -> Scheduler:
     return Scheduler(
         store, publisher, instance=name, lease=5.0, clock=clock, task_queues={"demo.noop": "default"}
     )
-
-
-def _sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SLUICE, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 async def _pass(s: Scheduler) -> float:
@@ -72,12 +67,12 @@ async def test_catch_up_after_ten_missed_occurrences(
         assert skipped == {"skip": 10, "latest": 9, "all": 0}[policy]
         # the same counts, fleet-wide in Redis, as `sluice schedule ls --json` shows them
         ls_env = worker_env(amqp_url, settings.redis_url, settings.prefix)
-        ls = await asyncio.to_thread(_sluice, ls_env, "schedule", "ls", "--json")
+        ls = await asyncio.to_thread(sluice, ls_env, "schedule", "ls", "--json")
         assert ls.returncode == 0, ls.stderr
         (got,) = json.loads(ls.stdout)
         caught_up = {"skip": 0, "latest": 1, "all": 10}[policy]
         assert (got["fires"], got["caught_up"], got["skipped"]) == (len(expected) + 1, caught_up, skipped)
-        table = await asyncio.to_thread(_sluice, ls_env, "schedule", "ls")
+        table = await asyncio.to_thread(sluice, ls_env, "schedule", "ls")
         assert table.returncode == 0, table.stderr
         (line,) = [ln for ln in table.stdout.splitlines() if "tick:" in ln]
         cells = [c.strip() for c in line.split("│")[8:11]]

@@ -4,7 +4,6 @@ Redis and RabbitMQ."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import redis as redis_sync
@@ -13,13 +12,7 @@ from support.ports import free_port
 from support.workers import worker_env
 
 from .conftest import drain
-from .procs import SLUICE
-
-ENTRY = [SLUICE]
-
-
-def sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ENTRY, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+from .procs import sluice
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ _log = logging.getLogger("sluice.handles")
 
 #: ``running`` writes remembered for folding (beyond it, the ones already sent are forgotten)
 _MAX_STARTS = 4096
+_MAX_INFO_HEADS = 1024  # cached info heads, one per (task, queue)
 
 
 @dataclass(slots=True)
@@ -260,7 +261,7 @@ class Tracker(CoalescingClient):
         heads = self._info_heads
         head = heads.get((task, queue))
         if head is None:
-            if len(heads) >= _MAX_STARTS:
+            if len(heads) >= _MAX_INFO_HEADS:  # a (task, queue) pair each: few in any real fleet
                 heads.clear()
             named = {k: v for k, v in (("task", task), ("queue", queue)) if v is not None}
             head = heads[(task, queue)] = encode_fields(named)[:-1]
