@@ -4,6 +4,10 @@ A script is sent by its SHA1. When Redis answers NOSCRIPT (after ``SCRIPT FLUSH`
 fail-over to a replica that never saw it) the runner loads it and sends it again: NOSCRIPT means the
 script did not run, so the second send cannot double an effect. Connection errors and deadlines
 become :class:`BackendUnavailable`, which each primitive turns into its outage policy.
+
+Transports: on a plain standalone client the lean one (:mod:`._wire`); on a ``RedisCluster`` the lean one
+per node (:mod:`._wire_cluster`), which hands a call back to the client's ``execute_command`` (or its
+pipeline) whenever the slot map is stale or a node is gone; otherwise the client's ``execute_command``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sluice.errors import ConfigError
 from sluice.redis_client import AnyRedis
 
 from ._wire import Arg, bulk, pack, wire_for
+from ._wire_cluster import REROUTE, cluster_wire_for
 from .errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -88,6 +93,7 @@ class ScriptRunner:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_loop: asyncio.AbstractEventLoop | None = None
         self._wire = wire_for(redis)
+        self._cluster = cluster_wire_for(redis)
         self._heads: dict[tuple[str, int, int], bytes] = {}
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -104,6 +110,13 @@ class ScriptRunner:
                 if isinstance(reply, Exception):
                     raise reply
                 return reply
+            cluster = self._cluster
+            if cluster is not None and (node := cluster.node(keys)) is not None:
+                reply = await cluster.call(node, self._pack(script, keys, args), script.source)
+                if reply is not REROUTE:
+                    if isinstance(reply, Exception):
+                        raise reply
+                    return reply
             execute = self.redis.execute_command
             try:
                 return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -150,11 +163,12 @@ class ScriptRunner:
         """Many script calls in one round trip. Per-call Redis errors come back as values.
 
         With ``multi`` (covering every call) and on the lean transport (a standalone server), the calls go
-        as one call of that script; otherwise as a pipeline.
+        as one call of that script; on a cluster, split by node, each node's calls as one call of its node
+        script (:mod:`._wire_cluster`); otherwise as a pipeline.
         """
         if multi is not None and self._wire is not None and len(calls) > 1 and multi.covers(calls):
             return await self._bounded(f"a batch of {len(calls)}", self._multi(multi, calls))  # type: ignore[no-any-return]
-        return await self._bounded(f"a batch of {len(calls)}", self._batch(calls))  # type: ignore[no-any-return]
+        return await self._bounded(f"a batch of {len(calls)}", self._batch(calls, multi))  # type: ignore[no-any-return]
 
     async def _multi(self, multi: MultiScript, calls: Sequence[Call]) -> list[Any]:
         assert self._wire is not None
@@ -167,8 +181,8 @@ class ScriptRunner:
             raise reply
         return list(reply)
 
-    async def _batch(self, calls: Sequence[Call]) -> list[Any]:
-        results = await self._pipeline(calls)
+    async def _batch(self, calls: Sequence[Call], multi: MultiScript | None = None) -> list[Any]:
+        results = await self._pipeline(calls, multi)
         missing = [i for i, r in enumerate(results) if isinstance(r, rexc.NoScriptError)]
         if missing:
             for script in {calls[i][0] for i in missing}:
@@ -178,10 +192,21 @@ class ScriptRunner:
                 results[i] = r
         return results
 
-    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+    async def _pipeline(self, calls: Sequence[Call], multi: MultiScript | None = None) -> list[Any]:
         if self._wire is not None:
             packed = b"".join([self._pack(script, keys, args) for script, keys, args in calls])
             return await self._wire.request(packed, len(calls))
+        if self._cluster is not None:
+            results = await self._cluster.run_many(calls, lambda c: self._pack(*c), multi)
+            back = [i for i, r in enumerate(results) if r is REROUTE]
+            if back:  # a stale slot map or a node gone: the client's pipeline follows and refreshes it
+                again = await self._client_pipeline([calls[i] for i in back])
+                for i, r in zip(back, again, strict=True):
+                    results[i] = r
+            return results
+        return await self._client_pipeline(calls)
+
+    async def _client_pipeline(self, calls: Sequence[Call]) -> list[Any]:
         # queued inside the block (a cluster pipeline drops what was queued before entering it) and as a
         # raw EVALSHA (redis-py's cluster pipeline refuses its evalsha method): the same on one server
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -18,8 +18,9 @@ a small machine. The primitives send few, known commands, so this module does th
   request with its own deadline; the wire is not used without one.
 
 Only a plain ``ConnectionPool`` on a plain ``Redis`` client takes this path (:func:`wire_for`):
-a ``BlockingConnectionPool`` must not have connections held out of it, and other clients (single
-connection, cluster) keep ``execute_command``.
+a ``BlockingConnectionPool`` must not have connections held out of it, and a single-connection client
+keeps ``execute_command``. A ``RedisCluster`` client has its own lean transport, on each node's
+connections (:mod:`._wire_cluster`, built on :func:`pack`).
 """
 
 from __future__ import annotations
