@@ -15,7 +15,11 @@ Measures, on one Redis, for 1 and 64 concurrent asyncio tasks, on one hot key an
 
 With ``--cluster-url`` (a node of a Redis Cluster, e.g. ``deploy/cluster/redis-cluster.sh up``), the two
 sluice rows are measured on ``redis.asyncio.RedisCluster`` too, in the same interleaved rounds, and a
-second table gives each one against the same row on the standalone server (issue 16's bar: 0.7x).
+second table gives each one against the same row on the standalone server (issue 16's bar: 0.7x):
+the ratio of the best rounds, the median of the rounds' ratios (each cluster case runs right after its
+standalone twin, so a round's two figures share one minute of a busy machine), and this process's CPU
+time a call on each (the client's cost; on one small box the cluster's six servers and the client share
+the cores). Point ``--url`` at a standalone server nobody else uses when others share the machine.
 
 Prints a Markdown table (calls/s, and the ratios to PING and to a trivial EVALSHA at the same
 concurrency). Each case runs once per round, the rounds interleaved, and the best round counts, so
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import statistics
 import sys
 import time
 import uuid
@@ -54,10 +59,14 @@ class Row:
     tasks: int
     keys: int
     rate: float
+    cpu_us: float = 0.0  # this process's CPU time a call (user + system), in the best round
+    rounds: tuple[float, ...] = ()  # calls/s in each round, in order
 
 
-async def run_for(call: Callable[[int], Awaitable[Any]], tasks: int, seconds: float) -> float:
-    """Calls per second of ``call(i)`` from ``tasks`` concurrent tasks during ``seconds``."""
+async def run_for(call: Callable[[int], Awaitable[Any]], tasks: int, seconds: float) -> tuple[float, float]:
+    """Calls per second of ``call(i)`` from ``tasks`` concurrent tasks during ``seconds``, and this
+    process's CPU microseconds a call (the client's cost: less disturbed than the rate by a busy machine,
+    which it is not on its own)."""
     loop = asyncio.get_running_loop()
     stop = loop.time() + seconds
     done = 0
@@ -71,8 +80,9 @@ async def run_for(call: Callable[[int], Awaitable[Any]], tasks: int, seconds: fl
             done += 1
 
     began = time.perf_counter()
+    cpu = time.process_time()
     await asyncio.gather(*(run(t) for t in range(tasks)))
-    return done / (time.perf_counter() - began)
+    return done / (time.perf_counter() - began), (time.process_time() - cpu) / max(done, 1) * 1e6
 
 
 Case = tuple[str, int, int, Callable[[int], Awaitable[Any]]]
@@ -102,24 +112,30 @@ async def bench(url: str, seconds: float, rounds: int, cluster_url: str | None =
 
     plain = GCRALimiter(client, Rate.per_second(LIMIT), keys=KeySpace(prefix))
     batched = GCRALimiter(client, Rate.per_second(LIMIT), keys=KeySpace(prefix + "b"), coalesce=True)
-    limiters: list[tuple[str, GCRALimiter]] = [
-        ("sluice GCRA", plain),
-        ("sluice GCRA, coalesce=True", batched),
+    # each sluice row with its Redis Cluster twin: the twin's case runs right after it, so the two see the
+    # same minute of a shared machine, and each round gives one ratio
+    pairs: list[list[tuple[str, GCRALimiter]]] = [
+        [("sluice GCRA", plain)],
+        [("sluice GCRA, coalesce=True", batched)],
     ]
     if cluster_url is not None:
         cluster = RedisCluster.from_url(cluster_url)
         await cluster.initialize()
-        limiters += [
-            ("sluice GCRA" + CLUSTER, GCRALimiter(cluster, Rate.per_second(LIMIT), keys=KeySpace(prefix))),
+        pairs[0].append(
+            ("sluice GCRA" + CLUSTER, GCRALimiter(cluster, Rate.per_second(LIMIT), keys=KeySpace(prefix)))
+        )
+        pairs[1].append(
             (
                 "sluice GCRA, coalesce=True" + CLUSTER,
                 GCRALimiter(cluster, Rate.per_second(LIMIT), keys=KeySpace(prefix + "b"), coalesce=True),
-            ),
-        ]
-    for label, limiter in limiters:
+            )
+        )
+    limiters = [one for pair in pairs for one in pair]
+    for pair in pairs:
         for keys in KEYSETS:
             for tasks in TASKS:
-                cases.append((label, tasks, keys, spread(limiter.try_acquire, keys)))
+                for label, limiter in pair:
+                    cases.append((label, tasks, keys, spread(limiter.try_acquire, keys)))
 
     try:
         from limits import RateLimitItemPerSecond
@@ -145,11 +161,14 @@ async def bench(url: str, seconds: float, rounds: int, cluster_url: str | None =
                     cases.append((label, tasks, keys, spread(partial(strategy.hit, item), keys)))
 
     # Every case once per round, rounds interleaved; the best round counts (the machine may be shared).
-    best: dict[int, float] = {}
+    best: dict[int, tuple[float, float]] = {}
+    every: dict[int, list[float]] = {i: [] for i in range(len(cases))}
     for _ in range(rounds):
         for index, (_, tasks, _, call) in enumerate(cases):
             await run_for(call, tasks, min(0.2, seconds / 4))  # warm-up: connections, script cache
-            best[index] = max(best.get(index, 0.0), await run_for(call, tasks, seconds))
+            got = await run_for(call, tasks, seconds)
+            best[index] = max(best.get(index, (0.0, 0.0)), got)
+            every[index].append(got[0])
 
     for _, limiter in limiters:
         await limiter.aclose()
@@ -161,7 +180,10 @@ async def bench(url: str, seconds: float, rounds: int, cluster_url: str | None =
         for key in [k async for k in cluster.scan_iter(match=f"*{prefix}*", count=1000)]:
             await cluster.delete(key)
         await cluster.aclose()
-    return [Row(label, tasks, keys, best[i]) for i, (label, tasks, keys, _) in enumerate(cases)]
+    rows = [
+        Row(label, tasks, keys, *best[i], tuple(every[i])) for i, (label, tasks, keys, _) in enumerate(cases)
+    ]
+    return sorted(rows, key=lambda r: r.what.endswith(CLUSTER))  # stable: the standalone rows first
 
 
 def table(rows: list[Row]) -> str:
@@ -183,18 +205,20 @@ def table(rows: list[Row]) -> str:
 
 def cluster_table(rows: list[Row]) -> str:
     """Each sluice row on Redis Cluster against the same row on the standalone server."""
-    alone = {(r.what, r.tasks, r.keys): r.rate for r in rows}
+    alone = {(r.what, r.tasks, r.keys): r for r in rows}
     lines = [
-        "| what | tasks | keys | standalone calls/s | Redis Cluster calls/s | x standalone (bar 0.7) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| what | tasks | keys | standalone calls/s | Redis Cluster calls/s | x standalone (bar 0.7) "
+        "| median of the rounds' ratios | client CPU µs a call: standalone | cluster |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if not r.what.endswith(CLUSTER):
             continue
         base = alone[(r.what.removesuffix(CLUSTER), r.tasks, r.keys)]
         lines.append(
-            f"| {r.what.removesuffix(CLUSTER)} | {r.tasks} | {r.keys:,} | {base:,.0f} | {r.rate:,.0f} "
-            f"| {r.rate / base:.2f} |"
+            f"| {r.what.removesuffix(CLUSTER)} | {r.tasks} | {r.keys:,} | {base.rate:,.0f} | {r.rate:,.0f} "
+            f"| {r.rate / base.rate:.2f} | {statistics.median(c / b for c, b in zip(r.rounds, base.rounds, strict=True)):.2f} "
+            f"| {base.cpu_us:.1f} | {r.cpu_us:.1f} |"
         )
     return "\n".join(lines)
 
