@@ -27,6 +27,7 @@ from sluice.resilience.budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFA
 __all__ = [
     "Breaker",
     "Concurrency",
+    "Fair",
     "Idempotency",
     "PolicyOptions",
     "RateLimit",
@@ -165,6 +166,52 @@ class Concurrency:
     when its lease expires.
     """
 
+#: sub-queues of a fair queue when ``fair=`` does not say (docs/policies.md, "Fair share")
+DEFAULT_SHARDS = 8
+MAX_SHARDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Fair:
+    """Fair share per tenant: the task's publishers route it by the payload field ``key`` (dotted) to one
+    of ``shards`` sub-queues of its queue, which the worker consumes side by side (docs/policies.md,
+    "Fair share"). ``key=None`` in a declaration is the rate limit's ``key`` (``fair=True``); a built
+    :class:`TaskPolicy` always holds a key. Every task of one queue must declare the same ``shards``.
+    """
+
+    key: str | None = None
+    shards: int = DEFAULT_SHARDS
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            _field_name(self.key, "fair key")
+        if (
+            isinstance(self.shards, bool)
+            or not isinstance(self.shards, int)
+            or not 2 <= self.shards <= MAX_SHARDS
+        ):
+            raise ConfigError(f"bad fair shards {self.shards!r}: use an integer from 2 to {MAX_SHARDS}")
+
+
+def _fair(fair: bool | str | Fair | None, rate_limit: RateLimit | None) -> Fair | None:
+    """``fair=`` as a :class:`Fair` with its key: ``True`` is the rate limit's key, a string a field."""
+    if fair is None or fair is False:
+        return None
+    if isinstance(fair, str):
+        return Fair(fair)
+    if fair is True:
+        fair = Fair()
+    if not isinstance(fair, Fair):
+        raise ConfigError(f"bad fair {fair!r}: use True, a payload field name or a Fair")
+    if fair.key is None:
+        if rate_limit is None or rate_limit.key is None:
+            raise ConfigError(
+                "fair=True takes the tenant from the rate limit's key: declare one, or name the field"
+            )
+        fair = Fair(rate_limit.key, fair.shards)
+    return fair
+
+
     limit: int
     key: str | None = None
     lease: float = 60.0
@@ -284,6 +331,7 @@ _NAMES = tuple(PolicyOptions.__annotations__)
 @dataclass(frozen=True, slots=True)
 class TaskPolicy:
     """Every policy of one task; ``None`` is "not declared". ``track``: the worker records the task's state
+    fair: bool | str | Fair | None
     (``result`` implies it)."""
 
     rate_limit: RateLimit | None = None
@@ -303,8 +351,13 @@ class TaskPolicy:
             raise ConfigError(f"bad result {self.result!r}: use True or a ResultPolicy")
         if self.result is not None and not self.track:
             object.__setattr__(self, "track", True)  # a stored result needs the task's record
+    fair: Fair | None = None
 
     @classmethod
+        if self.fair is not None and (not isinstance(self.fair, Fair) or self.fair.key is None):
+            raise ConfigError(
+                f"bad fair {self.fair!r}: use a Fair with a key (TaskPolicy.build resolves True)"
+            )
     def build(cls, **options: Unpack[PolicyOptions]) -> TaskPolicy:
         """From the decorator's convenient forms (strings, ints, ``True``); an unknown keyword is a
         ``TypeError``, as in any call."""
@@ -322,13 +375,14 @@ class TaskPolicy:
             options.get("retry_budget"),
         )
         return cls(
-            rate_limit=None if rate_limit is None else parse_rate(rate_limit),
+            rate_limit=limit,
             concurrency=Concurrency(concurrency) if isinstance(concurrency, int) else concurrency,
             timeout=None if timeout is None else parse_duration(timeout),
             retry=options.get("retry"),
             breaker=Breaker(breaker) if isinstance(breaker, str) else breaker,
             idempotency=Idempotency() if idempotency is True else (idempotency or None),
             retry_budget=RetryBudgetPolicy() if retry_budget is True else (retry_budget or None),
+        limit = None if rate_limit is None else parse_rate(rate_limit)
             track=bool(options.get("track")),
             result=_result(options.get("result")),
         )
@@ -339,6 +393,7 @@ class TaskPolicy:
 
 
 def _result(result: bool | ResultPolicy | None) -> ResultPolicy | None:
+            fair=_fair(options.get("fair"), limit),
     if result is True:
         return ResultPolicy()
     if result is None or result is False:

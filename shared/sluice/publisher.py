@@ -34,6 +34,7 @@ from sluice.errors import (
     PublishTimeout,
     UnknownQueue,
 )
+from sluice.fair import FairRoutes, sub_queues
 from sluice.protocol import CONTENT_TYPE, TaskMessage, encode_body, now_ms
 from sluice.settings import Settings
 from sluice.topology import Topology, next_hop
@@ -67,6 +68,10 @@ class Publisher(AsyncClosing):
     of others (the HTTP API, the CLI) passes :func:`creatable_queues`: a task for any other queue is
     published only if that queue already exists on the broker, else :class:`UnknownQueue` is raised,
     so no caller can make the broker create queues (each quorum queue is a Raft group).
+
+    ``fair``: the fair tasks it knows (:meth:`sluice.tasks.Registry.fair_routes`): each is published to
+    its tenant's sub-queue (:mod:`sluice.fair`), directly or through a delay tier, and the sub-queues are
+    declared (or found) with their queue.
     """
 
     def __init__(
@@ -76,8 +81,10 @@ class Publisher(AsyncClosing):
         connection: AbstractRobustConnection | None = None,
         name: str = "sluice-publisher",
         creatable: Collection[str] | None = None,
+        fair: FairRoutes | None = None,
     ) -> None:
         self.settings = settings
+        self.fair = fair if fair else None
         self.creatable = None if creatable is None else frozenset(creatable)
         self.topology = Topology.from_settings(settings)
         self._name = name
@@ -144,14 +151,17 @@ class Publisher(AsyncClosing):
                 return
             if self._channel is None or self._conn is None:
                 raise BrokerUnavailable("publisher is not open")
+            shards = self.fair.shards(name) if self.fair is not None else None
+            names = [name, *sub_queues(name, shards)] if shards is not None else [name]
             try:
-                if self.creatable is None or name in self.creatable:
-                    await self.topology.declare_queue(self._channel, name)
-                elif not await self._exists(self._conn, name):
-                    raise UnknownQueue(name, sorted(self.creatable))
+                for q in names:  # a fair queue's sub-queues with it (sluice.fair)
+                    if self.creatable is None or name in self.creatable:
+                        await self.topology.declare_queue(self._channel, q)
+                    elif not await self._exists(self._conn, q):
+                        raise UnknownQueue(q, sorted(self.creatable))
             except BROKER_ERRORS as e:
                 raise BrokerUnavailable(f"cannot declare queue {name!r}: {e}") from None
-            self._queues.add(name)
+            self._queues.update(names)
 
     async def _exists(self, conn: AbstractRobustConnection, name: str) -> bool:
         """Does the work queue ``name`` exist? A passive declare, on a channel of its own: a missing
@@ -217,13 +227,15 @@ class Publisher(AsyncClosing):
             await self.ensure_queue(msg.queue)
         if body is None:
             body = encode_body(msg.payload, self.settings.max_message_bytes)
+        # a fair task goes to its tenant's sub-queue (declared with its queue); its header keeps the queue
+        target = msg.queue if self.fair is None else self.fair.route(msg.task, msg.queue, msg.payload)
         if msg.eta_ms is not None:
             tier = next_hop(msg.eta_ms - now_ms())
             if tier is not None:
-                await self.publish_delayed(body, msg.queue, self.properties(msg), tier, bounded=bounded)
+                await self.publish_delayed(body, target, self.properties(msg), tier, bounded=bounded)
                 return msg.id
         await self._publish_body(
-            self.topology.tasks_exchange, msg.queue, body, self.properties(msg), bounded=bounded
+            self.topology.tasks_exchange, target, body, self.properties(msg), bounded=bounded
         )
         return msg.id
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Unpack, get_type_hints
 from pydantic import BaseModel, TypeAdapter
 
 from sluice.errors import ConfigError, SluiceError, TaskDefinitionError, UnknownTask
+from sluice.fair import FairRoutes
 from sluice.policy import PolicyOptions, TaskPolicy
 from sluice.protocol import TaskMessage
 from sluice.topology import check_queue_name
@@ -152,7 +153,9 @@ def task(
     :class:`~sluice.policy.RetryBudgetPolicy`: retries refused by it go to the DLQ;
     ``track``: record the task's state (``sluice task status``); ``result``: ``True`` or a
     :class:`~sluice.policy.ResultPolicy`: store the return value too (implies ``track``);
-    ``schedule``: ``every("5m")``, ``cron("0 6 * * *", tz=...)`` or a list of them (docs/schedules.md).
+    ``schedule``: ``every("5m")``, ``cron("0 6 * * *", tz=...)`` or a list of them (docs/schedules.md);
+    ``fair``: a payload field naming the tenant (``"tenant"``), ``True`` (the rate limit's ``key``) or a
+    :class:`~sluice.policy.Fair` (its ``shards``): fair share per tenant over sub-queues (docs/policies.md).
     """
     check_queue_name(queue)
     try:
@@ -229,6 +232,11 @@ class Registry(Mapping[str, Task]):
 
     def queues(self) -> set[str]:
         return {t.queue for t in self._tasks.values()}
+
+    def fair_routes(self) -> FairRoutes:
+        """How publishers route this registry's fair tasks and which sub-queues a worker consumes
+        (:mod:`sluice.fair`); a :class:`TaskDefinitionError` when fair tasks of a queue disagree."""
+        return FairRoutes.of((t.name, t.queue, t.policy.fair) for t in self._tasks.values())
 
     def __getitem__(self, name: str) -> Task:
         return self._tasks[name]

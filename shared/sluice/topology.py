@@ -11,6 +11,10 @@ Every name starts with the configured prefix (``sluice`` by default)::
                           no consumer: each message expires after exactly {ms} and is dead-lettered to
     {prefix}.requeue      topic exchange; work queue Q is bound to it with "*.{Q}", so an expired
                           delayed task returns to the queue it was meant for
+    {prefix}.q.{Q}.f{i}   the sub-queues of a fair queue Q (i < its shards, :mod:`sluice.fair`): each
+                          declared as the work queue of sluice queue "{Q}.f{i}", so it is bound with
+                          routing key "{Q}.f{i}" and "*.{Q}.f{i}", and a delayed fair task comes back
+                          to its sub-queue
 
 One queue per fixed delay, because RabbitMQ expires messages only from a queue's head: a short delay
 never waits behind a longer one. A delay is served by the largest tier that fits; what remains is

@@ -83,7 +83,12 @@ async def run(
     out = Stdout(sys.stdout)
     async with (
         SnapshotPublisher(settings, telemetry),
-        Publisher(settings, name="sluice-publish", creatable=creatable) as publisher,
+        Publisher(
+            settings,
+            name="sluice-publish",
+            creatable=creatable,
+            fair=registry.fair_routes() if registry else None,  # fair tasks to their tenants' sub-queues
+        ) as publisher,
         HandleOps(settings) as ops,  # Redis only for tasks with --track / --unique-key (or in envelopes)
     ):
         if fixed_queue is not None:  # every task goes there: an unknown queue refuses the run up front

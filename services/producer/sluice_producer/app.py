@@ -35,7 +35,7 @@ from sluice_producer.bulk import count_published, publish_claimed
 from sluice_producer.handled import HandleOps
 from sluice_producer.inputs import Rules, build_message
 from sluice_producer.known import check_payload, known_registry
-from sluice_producer.link import BrokerLink, PublisherFactory
+from sluice_producer.link import BrokerLink, PublisherFactory, fair_factory
 from sluice_producer.models import (
     BatchAccepted,
     BatchDuplicate,
@@ -80,7 +80,7 @@ def create_app(
     if registry is None:
         registry = known_registry()
     creatable = creatable_queues(settings, registry.queues())
-    link = BrokerLink(settings, creatable, publisher_factory)
+    link = BrokerLink(settings, creatable, publisher_factory or fair_factory(registry.fair_routes()))
     rules = Rules(settings.max_message_bytes, settings.default_queue, registry, strict)
     telemetry = telemetry_for(settings, "producer")  # published counts, one snapshot a second
     from sluice.redis_client import redis_client

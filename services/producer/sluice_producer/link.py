@@ -20,6 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from sluice.errors import BrokerUnavailable
+from sluice.fair import FairRoutes
 from sluice.publisher import Publisher
 from sluice.settings import Settings, mask_url
 
@@ -44,6 +45,15 @@ class BrokerState:
 
 def default_factory(settings: Settings, creatable: Collection[str]) -> AbstractAsyncContextManager[Publisher]:
     return Publisher(settings, name="sluice-producer", creatable=creatable)
+
+
+def fair_factory(fair: FairRoutes) -> PublisherFactory:
+    """The default publisher, routing the known fair tasks to their tenants' sub-queues (:mod:`sluice.fair`)."""
+
+    def make(settings: Settings, creatable: Collection[str]) -> AbstractAsyncContextManager[Publisher]:
+        return Publisher(settings, name="sluice-producer", creatable=creatable, fair=fair)
+
+    return make
 
 
 class BrokerLink:

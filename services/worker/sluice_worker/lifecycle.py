@@ -81,11 +81,13 @@ async def serve(
     burst: Burst | None = None,
     clock: Clock = SYSTEM,
 ) -> None:
-    """Consume ``queues`` until ``shutdown.stop`` (or SIGTERM/SIGINT when no ``shutdown`` is given),
-    or, with ``burst``, until nothing is left to do. ``clock``: the one clock of the worker (its
-    policies, runner, delivery recorder and burst watch)."""
+    """Consume ``queues`` (each fair queue with its sub-queues) until ``shutdown.stop`` (or SIGTERM/SIGINT
+    when no ``shutdown`` is given), or, with ``burst``, until nothing is left to do. ``clock``: the one
+    clock of the worker (its policies, runner, delivery recorder and burst watch)."""
     own = shutdown is None
     sd = shutdown or Shutdown(log)
+    # a fair queue is consumed with its sub-queues, one consumer each (sluice.fair, docs/policies.md)
+    queues = registry.fair_routes().expand(queues)
     names = sorted(registry)
     log.info("%d tasks: %s%s", len(names), ", ".join(names[:20]), ", ..." if len(names) > 20 else "")
     pool = ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="sluice-sync")

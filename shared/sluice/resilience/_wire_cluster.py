@@ -31,6 +31,7 @@ machine that doubled the client CPU of a decision. The primitives send few, know
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -71,9 +72,24 @@ _MAX_SLOTS_CACHED = 65_536  # keys whose slot is remembered (a key's slot never 
 Part = tuple[ClusterNode, bytes, int]  # a node, packed commands, how many replies
 
 
+def _supported() -> bool:
+    """Does this redis-py have the node pool and reconnect marks used here (8.x does; ``redis>=5.2`` is
+    allowed)? Without them a cluster client keeps ``execute_command``."""
+    return (
+        callable(getattr(ClusterNode, "acquire_connection", None))
+        and callable(getattr(ClusterNode, "release", None))
+        and not inspect.iscoroutinefunction(ClusterNode.release)
+        and callable(getattr(Connection, "should_reconnect", None))
+    )
+
+
+_SUPPORTED = _supported()
+
+
 def cluster_wire_for(redis: object) -> ClusterWire | None:
-    """The lean transport for a :class:`RedisCluster` client; None for any other client."""
-    return ClusterWire(redis) if isinstance(redis, RedisCluster) else None
+    """The lean transport for a :class:`RedisCluster` client; None for any other client (or a redis-py
+    without what it needs)."""
+    return ClusterWire(redis) if _SUPPORTED and isinstance(redis, RedisCluster) else None
 
 
 def _rerouted(reply: Any) -> bool:
@@ -97,7 +113,9 @@ class ClusterWire:
     def node(self, keys: Sequence[str]) -> ClusterNode | None:
         """The primary of ``keys``' slot as the client knows it; None: let the client route it."""
         client = self._client
-        if not keys or client._initialize:  # redis-py's flag: the slot map is missing or suspect
+        if not keys or getattr(
+            client, "_initialize", True
+        ):  # redis-py's flag: the slot map is missing or suspect
             return None
         slots = self._slots
         slot = -1
