@@ -44,6 +44,13 @@ class HandleKeys:
     def history(self, task_id: str) -> str:
         return self._space.key("task", task_id, "h")
 
+    def record(self, task_id: str) -> list[str]:
+        """``[task(task_id), history(task_id)]``, the keys of every write, built at once (the hot path)."""
+        if not task_id:
+            raise ConfigError("a task id must not be empty")
+        key = f"{self.prefix}:task:{{{task_id}}}"
+        return [key, key + ":h"]
+
     def unique(self, key: str) -> str:
         if not key:
             raise ConfigError("a unique key must not be empty")

@@ -33,10 +33,13 @@ local function now_ms()
 end
 """
 _HISTORY = """
-local function remember(key, cap, state, now, attempt, detail, ttl)
-  redis.call('RPUSH', key, cjson.encode({state, now, attempt, detail}))
-  redis.call('LTRIM', key, -cap, -1)
+local function entry(state, now, attempt, detail) return cjson.encode({state, now, attempt, detail}) end
+local function keep(key, cap, ttl, ...)
+  if redis.call('RPUSH', key, ...) > cap then redis.call('LTRIM', key, -cap, -1) end
   redis.call('PEXPIRE', key, ttl)
+end
+local function remember(key, cap, state, now, attempt, detail, ttl)
+  keep(key, cap, ttl, entry(state, now, attempt, detail))
 end
 """
 _TERMINAL = """
@@ -59,13 +62,15 @@ local state, sg, sa, sr, sttl, stamp, ran = string.match(ARGV[2], '(%S+) (%S+) (
 local ng, na, nr = tonumber(sg), tonumber(sa), tonumber(sr)
 local v = redis.call('HMGET', KEYS[1], 'gen', 'attempt', 'rank')
 local g, a, r = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
-for name, value in pairs(cjson.decode(ARGV[7])) do redis.call('HSETNX', KEYS[1], name, value) end
+local set = {'state', state, 'gen', ng, 'attempt', na, 'rank', nr}
 if g then
+  for name, value in pairs(cjson.decode(ARGV[7])) do redis.call('HSETNX', KEYS[1], name, value) end
   if ng < g then return 0 end
   if ng == g and (r >= 4 or na < a or (na == a and nr < r)) then return 0 end
+else  -- a new record: its info goes in with the rest, and it has nothing to delete
+  for name, value in pairs(cjson.decode(ARGV[7])) do set[#set + 1] = name; set[#set + 1] = value end
 end
 local now = now_ms()
-local set = {'state', state, 'gen', ng, 'attempt', na, 'rank', nr}
 if stamp ~= '-' then set[#set + 1] = stamp; set[#set + 1] = now end
 local fields = cjson.decode(ARGV[6])
 local started = nil
@@ -73,23 +78,29 @@ if ran ~= '' then
   started = now - tonumber(ran)
   set[#set + 1] = 'started'; set[#set + 1] = started
 end
+local gone = {}
 for name, value in pairs(fields) do
-  if value == '' then redis.call('HDEL', KEYS[1], name)
+  if value == '' then gone[#gone + 1] = name
   else set[#set + 1] = name; set[#set + 1] = value end
 end
 if ARGV[8] then
-  if ARGV[8] == '' then redis.call('HDEL', KEYS[1], 'result')
+  if ARGV[8] == '' then gone[#gone + 1] = 'result'
   else set[#set + 1] = 'result'; set[#set + 1] = ARGV[8] end
 end
+if g and #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
 redis.call('HSET', KEYS[1], unpack(set))
 local ttl = tonumber(sttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
-if started then remember(KEYS[2], """
+local last = entry(state, now, na, ARGV[5])
+if started then
+  keep(KEYS[2], """
     + str(HISTORY_CAP)
-    + """, 'running', started, na, fields.worker or '', ttl) end
-remember(KEYS[2], """
+    + """, ttl, entry('running', started, na, fields.worker or ''), last)
+else
+  keep(KEYS[2], """
     + str(HISTORY_CAP)
-    + """, state, now, na, ARGV[5], ttl)
+    + """, ttl, last)
+end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[3]) end
 return 1
 """,

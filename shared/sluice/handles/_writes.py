@@ -11,7 +11,7 @@ from sluice.resilience._scripts import Arg, Call
 from . import _lua
 from ._keys import HandleKeys
 from ._lua import HISTORY_CAP
-from .state import RANK, State
+from .state import RANK, TERMINAL, State
 
 __all__ = ["HISTORY_CAP", "LIVE_TTL", "encode_fields", "ms", "write_call"]
 
@@ -26,6 +26,12 @@ def ms(seconds: float) -> int:
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# each state's part of a write's head: its name, rank and the time it stamps
+_HEAD: dict[State, str] = {
+    s: f"{s.value} %d %d {RANK[s]} %d "
+    + ("finished" if RANK[s] == 4 else "started" if s is State.RUNNING else "-")
+    for s in RANK
+}
 
 
 def encode_fields(fields: Mapping[str, str]) -> str:
@@ -53,23 +59,20 @@ def write_call(
     ``b""`` deletes it) if given. A terminal state stamps ``finished`` and is published on the ended
     channel; ``running`` stamps ``started``. ``ran_ms``: the write also stands for the attempt's
     ``running`` write, which started that many ms before it (``started`` and a history entry)."""
-    rank = RANK[state]
-    terminal = rank == 4
-    stamp = "finished" if terminal else "started" if state is State.RUNNING else "-"
     if isinstance(info, str):  # its JSON already
         present = info
     else:
         present = _JSON.encode({} if info is None else {k: v for k, v in info.items() if v is not None})
-    head = f"{state.value} {generation} {attempt} {rank} {ms(ttl)} {stamp}"
+    head = _HEAD[state] % (generation, attempt, ms(ttl))
     args: list[Arg] = [
         "",
         head if ran_ms is None else f"{head} {max(0, ran_ms)}",
         task_id,
-        keys.ended_channel if terminal else "",
+        keys.ended_channel if state in TERMINAL else "",
         detail or "",
         fields if isinstance(fields, str) else _JSON.encode(fields or {}),
         present,
     ]
     if result is not None:
         args.append(result)
-    return (_lua.WRITE, [keys.task(task_id), keys.history(task_id)], args)
+    return (_lua.WRITE, keys.record(task_id), args)

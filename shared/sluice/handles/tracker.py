@@ -51,12 +51,14 @@ _MAX_INFO_HEADS = 1024  # cached info heads, one per (task, queue)
 
 @dataclass(slots=True)
 class _Start:
-    """A ``running`` write queued for ``attempt``/``generation`` at ``at`` (monotonic seconds)."""
+    """A ``running`` write queued for ``attempt``/``generation`` at ``at`` (monotonic seconds); ``entry`` is
+    its place in the batch (set once queued), ``write`` builds it if it leaves before the attempt ends."""
 
-    entry: Queued
+    write: Callable[[], Call]
     attempt: int
     generation: int
     at: float
+    entry: Queued | None = None
 
 
 @dataclass(slots=True)
@@ -109,7 +111,6 @@ class Tracker(CoalescingClient):
         # task (133 against 123 us), not less
         self._batches = self._coalescer = Coalescer(self._runner, max_inflight=1, multi=_lua.MULTI)
         self._outage = OutageMonitor("Tracker", FailOpen(), clock=clock.monotonic, logger=logger or _log)
-        self._pending: set[asyncio.Future[Any]] = set()
         self._starts: dict[str, _Start] = {}
         self._info_heads: dict[tuple[str | None, str | None], str] = {}
         # the fields of a running write and of a plain success: the same for every task, encoded once
@@ -137,13 +138,15 @@ class Tracker(CoalescingClient):
             return
         starts = self._starts
         if len(starts) >= _MAX_STARTS:  # attempts that never ended here (a delivery given back)
-            for key in [k for k, v in starts.items() if v.entry.sent]:
+            for key in [k for k, v in starts.items() if v.entry is None or v.entry.sent]:
                 del starts[key]
         # built only if it leaves before the attempt ends (else the end stands for it)
-        call = partial(
+        write = partial(
             self._write, msg_id, State.RUNNING, attempt, generation, self.worker, self._running_fields, info
         )
-        starts[msg_id] = _Start(self._queue(call), attempt, generation, self._clock.monotonic())
+        start = starts[msg_id] = _Start(write, attempt, generation, self._clock.monotonic())
+        self.stats.writes += 1
+        start.entry = self._batches.queue(partial(self._leave, start))
 
     def deferred(
         self,
@@ -189,7 +192,7 @@ class Tracker(CoalescingClient):
         ran = None if start is None else self._ran_ms(start)
         call = self._write(msg_id, State.RETRYING, attempt, generation, detail, fields, info, ran_ms=ran)
         if start is not None:
-            start.entry.call = call  # (the start's write is never built)
+            self._replace(start, call).add_done_callback(self._done)  # (the start's is never built)
         else:
             self._fire(call)
 
@@ -236,8 +239,7 @@ class Tracker(CoalescingClient):
         calls: list[Call] = []
         futures: list[asyncio.Future[Any]] = []
         if start is not None:  # the queued start becomes this write: it goes out in any case
-            start.entry.call = write
-            futures.append(start.entry.fut)
+            futures.append(self._replace(start, write))
         else:
             calls.append(write)
         if unique_key and (
@@ -247,14 +249,21 @@ class Tracker(CoalescingClient):
         if calls and not self._outage.should_try():
             self._drop(len(calls))
             calls = []
-        futures.extend(self._queue(call).fut for call in calls)
-        for fut in futures:  # the outcome is counted by _done; only our own cancellation goes up
+        for call in calls:
+            self.stats.writes += 1
+            futures.append(self._batches.queue(call).fut)
+        for fut in futures:  # counted here, once it answered; only our own cancellation goes up
             try:
-                await fut  # (cancelled with us: the write still goes out, counted as failed)
+                await fut
             except asyncio.CancelledError:
+                if fut.done():  # the write answered, we are cancelled: count it all the same
+                    self._done(fut)
+                else:  # (it still goes out, and is counted when it answers)
+                    fut.add_done_callback(self._done)
                 raise
             except Exception:  # failed writes are counted and logged by _done
                 pass
+            self._done(fut)
 
     def _info(self, task: str | None, queue: str | None, published_ms: int | None) -> str:
         """The info fields' JSON (the task's name, queue, publish time), its constant head cached."""
@@ -272,7 +281,13 @@ class Tracker(CoalescingClient):
     def _fold(self, msg_id: str, attempt: int, generation: int) -> _Start | None:
         """The attempt's queued ``running`` write if it has not left yet (the later write takes its place)."""
         start = self._starts.pop(msg_id, None)
-        if start is None or start.entry.sent or start.attempt != attempt or start.generation != generation:
+        if (
+            start is None
+            or start.entry is None
+            or start.entry.sent
+            or start.attempt != attempt
+            or start.generation != generation
+        ):
             return None
         return start
 
@@ -307,18 +322,25 @@ class Tracker(CoalescingClient):
         )
 
     def _fire(self, call: Call) -> None:
+        """Queue a write nobody awaits: counted by a callback when it answers."""
         if not self._outage.should_try():
             self._drop(1)
             return
-        self._queue(call)
-
-    def _queue(self, call: Call | Callable[[], Call]) -> Queued:
         self.stats.writes += 1
-        entry = self._batches.queue(call)
-        fut = entry.fut
-        self._pending.add(fut)
-        fut.add_done_callback(self._done)
-        return entry
+        self._batches.queue(call).fut.add_done_callback(self._done)
+
+    def _leave(self, start: _Start) -> Call:
+        """A ``running`` write leaving before its attempt ended: built now, counted when it answers."""
+        assert start.entry is not None
+        start.entry.fut.add_done_callback(self._done)
+        return start.write()
+
+    @staticmethod
+    def _replace(start: _Start, call: Call) -> asyncio.Future[Any]:
+        """A later write takes the place of the unsent ``start`` (the same entry, its future: one write)."""
+        assert start.entry is not None
+        start.entry.call = call
+        return start.entry.fut
 
     def _drop(self, n: int) -> None:
         self.stats.dropped += n
@@ -327,7 +349,6 @@ class Tracker(CoalescingClient):
             self._count("dropped")
 
     def _done(self, fut: asyncio.Future[Any]) -> None:
-        self._pending.discard(fut)
         exc: BaseException | None = asyncio.CancelledError() if fut.cancelled() else fut.exception()
         if exc is not None:
             self.stats.failed += 1
