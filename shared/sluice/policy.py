@@ -158,14 +158,6 @@ def parse_rate(spec: str | RateLimit) -> RateLimit:
     return spec if isinstance(spec, RateLimit) else RateLimit.parse(spec)
 
 
-@dataclass(frozen=True, slots=True)
-class Concurrency:
-    """At most ``limit`` runs at once fleet-wide (per value of the payload field ``key`` if given).
-
-    Each run holds a lease of ``lease`` seconds, renewed while it runs; a dead worker's slot comes back
-    when its lease expires.
-    """
-
 #: sub-queues of a fair queue when ``fair=`` does not say (docs/policies.md, "Fair share")
 DEFAULT_SHARDS = 8
 MAX_SHARDS = 64
@@ -211,6 +203,14 @@ def _fair(fair: bool | str | Fair | None, rate_limit: RateLimit | None) -> Fair 
         fair = Fair(rate_limit.key, fair.shards)
     return fair
 
+
+@dataclass(frozen=True, slots=True)
+class Concurrency:
+    """At most ``limit`` runs at once fleet-wide (per value of the payload field ``key`` if given).
+
+    Each run holds a lease of ``lease`` seconds, renewed while it runs; a dead worker's slot comes back
+    when its lease expires.
+    """
 
     limit: int
     key: str | None = None
@@ -323,6 +323,7 @@ class PolicyOptions(TypedDict, total=False):
     retry_budget: bool | RetryBudgetPolicy | None
     track: bool | None
     result: bool | ResultPolicy | None
+    fair: bool | str | Fair | None
 
 
 _NAMES = tuple(PolicyOptions.__annotations__)
@@ -331,7 +332,6 @@ _NAMES = tuple(PolicyOptions.__annotations__)
 @dataclass(frozen=True, slots=True)
 class TaskPolicy:
     """Every policy of one task; ``None`` is "not declared". ``track``: the worker records the task's state
-    fair: bool | str | Fair | None
     (``result`` implies it)."""
 
     rate_limit: RateLimit | None = None
@@ -343,21 +343,21 @@ class TaskPolicy:
     retry_budget: RetryBudgetPolicy | None = None
     track: bool = False
     result: ResultPolicy | None = None
+    fair: Fair | None = None
 
     def __post_init__(self) -> None:
+        if self.fair is not None and (not isinstance(self.fair, Fair) or self.fair.key is None):
+            raise ConfigError(
+                f"bad fair {self.fair!r}: use a Fair with a key (TaskPolicy.build resolves True)"
+            )
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"bad timeout {self.timeout}: must be > 0 seconds")
         if self.result is not None and not isinstance(self.result, ResultPolicy):
             raise ConfigError(f"bad result {self.result!r}: use True or a ResultPolicy")
         if self.result is not None and not self.track:
             object.__setattr__(self, "track", True)  # a stored result needs the task's record
-    fair: Fair | None = None
 
     @classmethod
-        if self.fair is not None and (not isinstance(self.fair, Fair) or self.fair.key is None):
-            raise ConfigError(
-                f"bad fair {self.fair!r}: use a Fair with a key (TaskPolicy.build resolves True)"
-            )
     def build(cls, **options: Unpack[PolicyOptions]) -> TaskPolicy:
         """From the decorator's convenient forms (strings, ints, ``True``); an unknown keyword is a
         ``TypeError``, as in any call."""
@@ -374,6 +374,7 @@ class TaskPolicy:
             options.get("idempotency"),
             options.get("retry_budget"),
         )
+        limit = None if rate_limit is None else parse_rate(rate_limit)
         return cls(
             rate_limit=limit,
             concurrency=Concurrency(concurrency) if isinstance(concurrency, int) else concurrency,
@@ -382,9 +383,9 @@ class TaskPolicy:
             breaker=Breaker(breaker) if isinstance(breaker, str) else breaker,
             idempotency=Idempotency() if idempotency is True else (idempotency or None),
             retry_budget=RetryBudgetPolicy() if retry_budget is True else (retry_budget or None),
-        limit = None if rate_limit is None else parse_rate(rate_limit)
             track=bool(options.get("track")),
             result=_result(options.get("result")),
+            fair=_fair(options.get("fair"), limit),
         )
 
     @property
@@ -393,7 +394,6 @@ class TaskPolicy:
 
 
 def _result(result: bool | ResultPolicy | None) -> ResultPolicy | None:
-            fair=_fair(options.get("fair"), limit),
     if result is True:
         return ResultPolicy()
     if result is None or result is False:
