@@ -56,9 +56,12 @@ async def test_cancelled_in_a_delay_tier_and_every_worker_restarted_is_not_run(r
     """The cancel is issued while a worker runs (it hears of it); that worker stops; a new one starts
     (it loads the live cancels from Redis) and gets the task when its delay tier returns it."""
     first = rig.worker(consuming=True)
-    later = rig.publish("handles.mark", {"key": rig.key}, "--delay", "4s")
-    rig.publish("handles.mark", {"key": f"{rig.key}:kept"}, "--delay", "4s")
-    await rig.handles.cancel(later)
+    # long enough for two CLI publishes and the cancel on a loaded machine (seen: 4 s was not, and the
+    # first worker ran the task before the cancel came)
+    later = rig.publish("handles.mark", {"key": rig.key}, "--delay", "10s")
+    rig.publish("handles.mark", {"key": f"{rig.key}:kept"}, "--delay", "10s")
+    [report] = await rig.handles.cancel(later)
+    assert not report.already_ended, f"the task ended before its cancel: {report}"
     ended_well(first, first.terminate(timeout=30))
 
     second = rig.worker("--burst")  # ends once the tier is empty and all settled
