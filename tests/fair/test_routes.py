@@ -175,3 +175,21 @@ def test_a_retry_comes_back_to_its_sub_queue_and_a_replay_too(
 def _dead(amqp_url: str, prefix: str) -> int:
     state = queue_state(amqp_url, f"{prefix}.dlq")
     return 0 if state is None else state[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_worker_runs_every_sub_queue_then_exits(
+    amqp_url: str, redis_url: str, prefix: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    """``sluice worker --burst`` waits for the sub-queues too: it exits 0 once all of them are empty."""
+    env = worker_env(amqp_url, redis_url, prefix, HERE)
+    record = f"{prefix}:burst"
+    tenants = [f"tenant-{i}" for i in range(10)]
+    lines = "".join(_payload(record, t, seconds=0.01) + "\n" for t in tenants for _ in range(3))
+    _sluice(env, "publish", "fair.work", "--tasks", "fair_tasks", "-", stdin=lines)
+    assert len(_where(amqp_url, prefix)) > 1  # spread over several sub-queues
+    worker = WorkerProcess(["--tasks", "fair_tasks", "--burst"], env, tmp_path / "w.log")
+    assert worker.wait(90) == 0, worker.stderr()[-3000:]
+    runs = [int(v) for v in r.hvals(f"{record}:runs")]
+    assert len(runs) == 30 and set(runs) == {1}, runs
+    assert _where(amqp_url, prefix) == {}
