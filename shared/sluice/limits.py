@@ -5,7 +5,8 @@ the whole hash at most every ``refresh`` seconds (2 by default) and from then on
 50/s fleet-wide, whatever its decorator says (a per-tenant ``key`` declared on the task is kept).
 ``sluice limits rm demo.email`` goes back to the declared limit (or none).
 
-The hash is ``{prefix}:limits:{overrides}``; each value is JSON ``{"rate": "50/s", "burst": 10}``.
+The hash is ``{prefix}:limits:{overrides}``; each value is JSON ``{"rate": "50/s", "burst": 10}`` (the rate as
+:class:`~sluice.policy.RateLimit` prints it: ``"50/s sliding"``, ``"200/s adaptive"`` keep their window).
 :meth:`LimitStore.in_memory` keeps the hash on a :class:`~sluice.resilience.memory.MemoryBackend` instead
 (tests, :mod:`sluice.testing`), under the same key: an override set there is read by every store on it.
 """

@@ -50,7 +50,7 @@ _UNITS = {
     "day": 86400.0,
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$")
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?)?\s*([a-z]+)(?:\s+([a-z]+))?\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?)?\s*([a-z]+)(?:\s+([a-z]+))?(?:\s+([a-z]+))?\s*$")
 #: how a rate limit counts: GCRA (smooth, bursts up to ``burst``) or an exact sliding window
 WINDOWS = ("gcra", "sliding")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -97,8 +97,9 @@ class RateLimit:
     ``window`` is how it counts: ``"gcra"`` (the default: smooth, up to ``burst + rate * t`` in any
     interval of length ``t``, so about twice ``limit`` in one period with the default burst) or
     ``"sliding"`` (never more than ``limit`` in any window of ``period``, exactly; ``burst`` does not apply).
-    With ``adaptive``, throttle signals from the upstream cut the fleet's effective rate and quiet time
-    raises it back to ``limit`` (:class:`~sluice.resilience.AdaptiveRate`).
+    With ``adaptive`` (GCRA only; ``"200/s adaptive"``), each throttle (a handler's ``sluice.Throttled``)
+    halves the fleet's effective rate and each quiet 5 s raises it by a tenth of ``limit``, back up to
+    ``limit`` (:class:`~sluice.resilience.AdaptiveRate`); the limiter admits at the effective rate.
     With ``key`` (a payload field, dotted), each value of that field has its own limit (per tenant).
     ``limit`` and ``period`` are the :class:`~sluice.resilience.Rate` the worker's limiter enforces
     (:attr:`rate`, checked the same way); ``burst`` is the limiter's ``burst`` (:attr:`effective_burst`).
@@ -121,20 +122,27 @@ class RateLimit:
             raise ConfigError(f"bad rate limit window {self.window!r}: use {' or '.join(WINDOWS)}")
         if self.window == "sliding" and self.burst is not None:
             raise ConfigError("a sliding window has no burst (all of its limit may go at once)")
+        if self.window == "sliding" and self.adaptive:
+            raise ConfigError("an adaptive rate is GCRA's: a sliding window cannot be adaptive")
 
     @classmethod
     def parse(
         cls, spec: str, *, burst: int | None = None, key: str | None = None, adaptive: bool = False
     ) -> RateLimit:
         """``"100/s"``, ``"6000/min"``, ``"10/5s"``, ``"1000/h"``, ``"50/d"``; a window after it:
-        ``"50/s sliding"`` (``"50/s gcra"`` is the default spelled out)."""
+        ``"50/s sliding"`` (``"50/s gcra"`` is the default spelled out); ``"200/s adaptive"`` (or
+        ``"200/s gcra adaptive"``) is ``adaptive=True``."""
         m = _RATE.match(spec.lower())
-        if m is None or m.group(3) not in _UNITS or (m.group(4) or "gcra") not in WINDOWS:
+        words = [w for w in (m.group(4), m.group(5)) if w] if m else []
+        spelled = words[-1:] == ["adaptive"]
+        window = (words[:-1] if spelled else words) or ["gcra"]
+        if m is None or m.group(3) not in _UNITS or len(window) > 1 or window[0] not in WINDOWS:
             raise ConfigError(
-                f"bad rate {spec!r}: use N/unit, e.g. 100/s, 6000/min, 10/5s, optionally with a window: 50/s sliding"
+                f"bad rate {spec!r}: use N/unit, e.g. 100/s, 6000/min, 10/5s, optionally with a window: "
+                "50/s sliding, or adaptive: 200/s adaptive"
             )
         count = float(m.group(2)) if m.group(2) else 1.0
-        return cls(int(m.group(1)), count * _UNITS[m.group(3)], burst, key, m.group(4) or "gcra", adaptive)
+        return cls(int(m.group(1)), count * _UNITS[m.group(3)], burst, key, window[0], adaptive or spelled)
 
     @property
     def rate(self) -> Rate:
@@ -147,7 +155,7 @@ class RateLimit:
         return self.limit if self.burst is None else self.burst
 
     def __str__(self) -> str:
-        suffix = "" if self.window == "gcra" else f" {self.window}"
+        suffix = ("" if self.window == "gcra" else f" {self.window}") + (" adaptive" if self.adaptive else "")
         for unit in ("s", "min", "h", "d"):
             if self.period == _UNITS[unit]:
                 return f"{self.limit}/{unit}{suffix}"

@@ -3,6 +3,7 @@ clock override, and the shared state on both backends."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from sluice.errors import ConfigError
-from sluice.resilience import AdaptiveRate, FakeClock, KeySpace, MemoryBackend, Rate
+from sluice.resilience import AdaptiveRate, Backend, FakeClock, KeySpace, MemoryBackend, Rate
 from sluice.resilience._reference_adaptive import AIMDModel, AIMDParams
+from sluice.resilience.adaptive import AdaptiveGCRALimiter, AdaptiveReading, adaptive_rates
 
 from .conftest import Store
 from .test_scripts_match_models import EPOCH, on_redis
@@ -125,3 +127,96 @@ def test_bad_parameters_are_refused() -> None:
     ):
         with pytest.raises(ConfigError):
             AdaptiveRate(backend, Rate(100, 1.0), **bad)  # type: ignore[arg-type]
+
+
+# ---- GCRA at the adaptive rate (AdaptiveGCRALimiter, the gcra_aimd script)
+limiter_ops = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=3_000_000),
+        st.sampled_from(["signal", "take", "take", "take", "peek", "take3"]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+async def _limiter_replies(
+    client: Backend, keys: KeySpace, rate: Rate, burst: int, ops: list[tuple[int, str]]
+) -> list[str]:
+    """The replies of the adaptive limiter's script and of the AIMD script, on one schedule and clock."""
+    aimd = AdaptiveRate(client, rate, keys=keys, step=rate.limit / 4, interval=1.0, cooldown=0.2)
+    lim = AdaptiveGCRALimiter(client, aimd, burst=burst, keys=keys)
+    now, out = EPOCH, []
+    for gap, op in ops:
+        now += gap
+        if op == "signal":
+            got = await aimd._call("k", True, now_us=now)
+            out.append(f"aimd {got.rate!r} {got.cut}")
+        else:
+            cost, peek = (3, False) if op == "take3" else (1, op == "peek")
+            out.append(" ".join(map(str, await lim._call("k", cost, peek, now_us=now))))
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rate=st.builds(Rate, st.sampled_from([1, 7, 20, 400]), st.sampled_from([0.25, 1.0, 60.0])),
+    burst=st.sampled_from([1, 5, 20]),
+    schedule=limiter_ops,
+)
+def test_the_adaptive_limiter_script_matches_the_models(
+    redis_url: str, rate: Rate, burst: int, schedule: list[tuple[int, str]]
+) -> None:
+    """Redis' gcra_aimd against the in-memory backend (GCRAModel at AIMDModel's rate), reply for reply."""
+    seen: list[list[str]] = []
+
+    async def body(client: Redis, keys: KeySpace) -> list[str]:
+        seen.append(await _limiter_replies(client, keys, rate, burst, schedule))
+        return [keys.key("gcra", "k"), keys.key("aimd", "k")]
+
+    on_redis(redis_url, body)
+    memory = asyncio.run(_limiter_replies(MemoryBackend(), KeySpace("m"), rate, burst, schedule))
+    assert seen[0] == memory
+
+
+async def _admitted(lim: AdaptiveGCRALimiter, clock: FakeClock, seconds: float, name: str = "api") -> int:
+    """Units taken in ``seconds``, one try every millisecond (after the bucket's saved-up burst is spent)."""
+    n = 0
+    for _ in range(round(seconds * 1000)):
+        n += (await lim.try_acquire(name)).allowed
+        clock.advance(0.001)
+    return n
+
+
+async def test_every_limiter_admits_at_the_cut_rate_and_climbs_back() -> None:
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    aimd = AdaptiveRate(backend, Rate(100, 1.0), step=10.0, interval=5.0, cooldown=0.0)
+    lim = AdaptiveGCRALimiter(backend, aimd)
+    other = AdaptiveGCRALimiter(backend, AdaptiveRate(backend, Rate(100, 1.0)))  # another worker
+    await _admitted(lim, clock, 2.0)  # the saved-up burst spent: from here on, the steady rate
+    assert await _admitted(lim, clock, 2.0) == 200
+    await aimd.throttled("api")  # 100 -> 50 for every limiter of the name
+    assert await _admitted(other, clock, 2.0) in (99, 100, 101)
+    assert await _admitted(lim, clock, 4.0) in (209, 210, 211)  # 3 s at 50/s, then 60/s: 5 s quiet
+    await aimd.throttled("api")
+    await aimd.throttled("api")  # 60 -> 30 -> 15
+    assert (await aimd.current("api")).rate == 15.0
+    assert await _admitted(lim, clock, 2.0) in (29, 30, 31)
+    assert await _admitted(lim, clock, 1.0, "other") >= 100  # another name: its own, declared rate
+
+
+async def test_adaptive_rates_lists_the_names_below_their_declared_rate(store: Store) -> None:
+    aimd = AdaptiveRate(store.client, Rate(60, 60.0), keys=store.keys, step=6.0, interval=5.0)
+    assert await adaptive_rates(store.client, keys=store.keys) == []
+    await aimd.throttled("up.call")
+    await aimd.throttled("up.call:acme")
+    await aimd.current("up.call:never")  # a read writes nothing
+    got = await adaptive_rates(store.client, keys=store.keys)
+    assert got == [
+        AdaptiveReading("up.call", 30.0, 60.0, 60.0),
+        AdaptiveReading("up.call:acme", 30.0, 60.0, 60.0),
+    ]
+    assert got[0].per_second == 0.5
+    await aimd.reset("up.call")
+    assert [a.name for a in await adaptive_rates(store.client, keys=store.keys)] == ["up.call:acme"]

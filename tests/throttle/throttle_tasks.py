@@ -1,10 +1,12 @@
 """Tasks for the fleet throttling tests: each calls the fake upstream (``UPSTREAM_URL``, tests/support/
-fake_upstream.py) with its API key and records every answer in Redis as "n attempt status" (the list
-``record``), then lets ``raise_for_throttle`` turn a 429 into ``sluice.Throttled``."""
+fake_upstream.py) with its API key and records every answer in Redis as "n attempt status time" (the
+list ``record``; time: the wall clock's seconds at the answer), then lets ``raise_for_throttle`` turn a
+429 into ``sluice.Throttled``."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import httpx
 from pydantic import BaseModel
@@ -35,7 +37,7 @@ def _client() -> httpx.AsyncClient:
 async def _call(p: Call, ctx: TaskContext) -> None:
     headers = {"X-API-Key": p.key, **({"X-Fake-Mode": p.mode} if p.mode else {})}
     answer = await _client().get("/v1/thing", headers=headers)
-    await task_redis().rpush(p.record, f"{p.n} {ctx.attempt} {answer.status_code}")
+    await task_redis().rpush(p.record, f"{p.n} {ctx.attempt} {answer.status_code} {time.time():.3f}")
     raise_for_throttle(answer)
     answer.raise_for_status()
 

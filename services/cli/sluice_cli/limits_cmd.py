@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sluice.limits import LimitStore
     from sluice.policy import RateLimit
     from sluice.resilience import Freeze
+    from sluice.resilience.adaptive import AdaptiveReading
 
 app = typer.Typer(
     help="Rate limits changed at run time (every worker applies them within seconds), and the freezes an "
@@ -62,20 +63,38 @@ def _check_task(task: str) -> str:
     return task
 
 
-def _rows(limits: dict[str, RateLimit], freezes: list[Freeze]) -> list[dict[str, Any]]:
-    """One row per run-time limit and per freeze (a freeze of a task's own key shares its row)."""
+def _rows(
+    limits: dict[str, RateLimit], freezes: list[Freeze], slowed: Sequence[AdaptiveReading] = ()
+) -> list[dict[str, Any]]:
+    """One row per run-time limit, per freeze and per adaptive rate below its declared one (a freeze or
+    an adaptive rate of a task's own key shares its row; a per-tenant key ``TASK:tenant`` has its own)."""
     frozen = {f.name: f for f in freezes}
+    reduced = {a.name: a for a in slowed}
     rows: list[dict[str, Any]] = []
     for task, limit in limits.items():
-        rows.append(_row(task, task, limit, frozen.pop(task, None)))
-    for key, f in sorted(frozen.items()):
-        task = f.reason.split(": ", 1)[0] if ": " in f.reason else key  # the worker writes "TASK: why"
-        rows.append(_row(task, key, limits.get(task), f))
+        rows.append(_row(task, task, limit, frozen.pop(task, None), reduced.pop(task, None)))
+    for key in sorted({*frozen, *reduced}):
+        f = frozen.get(key)
+        task = _task_of(key, f)
+        rows.append(_row(task, key, limits.get(task), f, reduced.get(key)))
     return rows
 
 
-def _row(task: str, key: str, limit: RateLimit | None, freeze: Freeze | None) -> dict[str, Any]:
+def _task_of(key: str, freeze: Freeze | None) -> str:
+    """The task of a key listed for its freeze (the worker writes the reason "TASK: why") or its adaptive
+    rate (a limit key is TASK or TASK:tenant)."""
+    if freeze is None:
+        return key.split(":", 1)[0]
+    return freeze.reason.split(": ", 1)[0] if ": " in freeze.reason else key
+
+
+def _row(
+    task: str, key: str, limit: RateLimit | None, freeze: Freeze | None, adaptive: AdaptiveReading | None
+) -> dict[str, Any]:
     per_second = None if limit is None else limit.limit / limit.period
+    is_adaptive = adaptive is not None or (limit is not None and limit.adaptive)
+    if adaptive is not None:  # a rate its throttles cut: below the declared one
+        per_second = round(adaptive.per_second, 3)
     return {
         "task": task,
         "key": key,
@@ -86,6 +105,8 @@ def _row(task: str, key: str, limit: RateLimit | None, freeze: Freeze | None) ->
         "frozen_for": None if freeze is None else round(max(freeze.remaining, 0.0), 3),
         "frozen_by": None if freeze is None else freeze.reason,
         "effective_rate": 0.0 if freeze is not None else per_second,
+        "adaptive": is_adaptive,
+        "adaptive_rate": per_second if is_adaptive else None,
     }
 
 
@@ -94,14 +115,21 @@ def ls(as_json: bool = typer.Option(False, "--json", help="a JSON array of rows 
     """List the run-time limits and the frozen keys (until when, and what froze them).
 
     Each row: task, key, rate, window (gcra or sliding), burst, frozen_until (UTC, or null), frozen_for
-    (seconds left), frozen_by, effective_rate (tasks per second a run-time limit admits now: 0 while frozen;
-    null without one).
+    (seconds left), frozen_by, effective_rate (tasks per second the limit admits now: 0 while frozen, an
+    adaptive limit's rate as its throttles left it; null without a run-time limit), adaptive, and
+    adaptive_rate (an adaptive limit's rate per second, frozen or not; else null).
     """
 
     async def read(store: LimitStore, redis: Redis | RedisCluster, prefix: str) -> list[dict[str, Any]]:
         from sluice.resilience import Freezes, KeySpace
+        from sluice.resilience.adaptive import adaptive_rates
 
-        return _rows(await store.all(), await Freezes(redis, keys=KeySpace(prefix)).frozen())
+        keys = KeySpace(prefix)
+        return _rows(
+            await store.all(),
+            await Freezes(redis, keys=keys).frozen(),
+            await adaptive_rates(redis, keys=keys),
+        )
 
     rows = _with_redis(read)
     if as_json:
@@ -120,6 +148,8 @@ def ls(as_json: bool = typer.Option(False, "--json", help="a JSON array of rows 
         table.add_column(col)
     for row in rows:
         rate = "" if row["rate"] is None else f"{row['rate']} {row['window']}"
+        if row["adaptive"]:
+            rate += " adaptive"
         if row["burst"] is not None:
             rate += f" burst {row['burst']}"
         frozen = ""
@@ -134,14 +164,17 @@ def ls(as_json: bool = typer.Option(False, "--json", help="a JSON array of rows 
 def set_limit(
     task: str = typer.Argument(..., help="task name, as given to @task"),
     rate: str = typer.Argument(
-        ..., help="N/unit, then optionally a window: 50/s, 6000/min, 10/5s, 1000/h, '50/s sliding'"
+        ...,
+        help="N/unit, then optionally a window or adaptive: 50/s, 6000/min, 10/5s, 1000/h, '50/s sliding', "
+        "'200/s adaptive'",
     ),
     burst: int | None = typer.Option(None, "--burst", min=1, help="runs allowed at once (default: N)"),
 ) -> None:
     """Limit TASK to RATE fleet-wide, replacing its declared rate limit until `sluice limits rm`.
 
     A window after the rate says how it counts: gcra (the default: smooth, bursts up to --burst) or sliding
-    (never more than N in any window of the period; takes no --burst)."""
+    (never more than N in any window of the period; takes no --burst). 'adaptive' after it (GCRA only):
+    each upstream throttle halves the fleet's effective rate, each quiet 5 s adds a tenth of N back."""
     from sluice.errors import ConfigError
     from sluice.policy import RateLimit
 

@@ -24,6 +24,7 @@ from sluice.resilience import (
     RetryBudget,
     SlidingLogLimiter,
 )
+from sluice.resilience.adaptive import AdaptiveGCRALimiter, AdaptiveRate
 from sluice.resilience.clock import SYSTEM, Clock
 
 __all__ = ["SLIDING_MARGIN", "Limiter", "ResilienceCache"]
@@ -36,18 +37,19 @@ __all__ = ["SLIDING_MARGIN", "Limiter", "ResilienceCache"]
 #: cost: a sustained rate of ``limit`` per ``period + 0.2 s`` (50/s sliding: about 41.7/s at most)
 SLIDING_MARGIN = 0.2
 
-Limiter: TypeAlias = GCRALimiter | SlidingLogLimiter
+Limiter: TypeAlias = GCRALimiter | SlidingLogLimiter  # AdaptiveGCRALimiter is a GCRALimiter
 
 
 class ResilienceCache:
-    """Rate limiters by (window, limit, period, burst), the fleet's freezes, breakers and retry budgets by name, semaphores by task, dedup
-    stores by (lease, ttl)."""
+    """Rate limiters by (window or "adaptive", limit, period, burst), adaptive rates by (limit, period), the
+    fleet's freezes, breakers and retry budgets by name, semaphores by task, dedup stores by (lease, ttl)."""
 
     def __init__(self, redis: Backend, keys: KeySpace, *, clock: Clock = SYSTEM) -> None:
         self.redis = redis
         self.keys = keys
         self.clock = clock
         self.limiters: dict[tuple[str, int, float, int], Limiter] = {}
+        self.adaptives: dict[tuple[int, float], AdaptiveRate] = {}
         self.freezes = Freezes(redis, keys=keys, clock=clock)
         self.breakers: dict[str, CircuitBreaker] = {}
         self.sems: dict[str, ConcurrencyLimiter] = {}
@@ -55,11 +57,22 @@ class ResilienceCache:
         self.budgets: dict[str, RetryBudget] = {}
 
     def limiter(self, rate: RateLimit) -> Limiter:
-        """The limiter of ``rate``'s shape: a GCRA one, or the exact sliding log (``window="sliding"``)."""
-        shape = (rate.window, rate.limit, rate.period, rate.effective_burst)
+        """The limiter of ``rate``'s shape: a GCRA one, GCRA at the adaptive rate (``adaptive``), or the
+        exact sliding log (``window="sliding"``)."""
+        shape = ("adaptive" if rate.adaptive else rate.window, rate.limit, rate.period, rate.effective_burst)
         lim = self.limiters.get(shape)
         if lim is None:
-            if rate.window == "sliding":
+            if rate.adaptive:
+                lim = AdaptiveGCRALimiter(
+                    self.redis,
+                    self.adaptive(rate),
+                    burst=rate.effective_burst,
+                    keys=self.keys,
+                    coalesce=True,
+                    clock=self.clock.monotonic,
+                    sleep=self.clock.sleep,
+                )
+            elif rate.window == "sliding":
                 lim = SlidingLogLimiter(
                     self.redis,
                     rate.rate,
@@ -81,6 +94,15 @@ class ResilienceCache:
                 )
             self.limiters[shape] = lim
         return lim
+
+    def adaptive(self, rate: RateLimit) -> AdaptiveRate:
+        """The fleet's adaptive (AIMD) rate of ``rate``'s limit and period, its defaults (halved by a
+        throttle, a tenth of the limit back each quiet 5 s, cuts at most once a second)."""
+        shape = (rate.limit, rate.period)
+        found = self.adaptives.get(shape)
+        if found is None:
+            found = self.adaptives[shape] = AdaptiveRate(self.redis, rate.rate, keys=self.keys)
+        return found
 
     def breaker(self, name: str, policy: BreakerPolicy) -> CircuitBreaker:
         b = self.breakers.get(name)

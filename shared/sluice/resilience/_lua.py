@@ -17,11 +17,12 @@ Conventions shared by every script:
 from __future__ import annotations
 
 from ._lua_base import build as _script
-from ._lua_throttle import AIMD, FREEZE, FREEZE_READ, SLIDING_LOG
+from ._lua_throttle import AIMD, AIMD_SHOW, FREEZE, FREEZE_READ, GCRA_AIMD, SLIDING_LOG
 from ._multi import MultiScript
 
 __all__ = [
     "AIMD",
+    "AIMD_SHOW",
     "BREAKER_ALLOW",
     "BREAKER_RECORD",
     "BUDGET",
@@ -32,6 +33,7 @@ __all__ = [
     "FREEZE",
     "FREEZE_READ",
     "GCRA",
+    "GCRA_AIMD",
     "LEASE_ACQUIRE",
     "LEASE_RENEW",
     "MULTI",
@@ -45,27 +47,17 @@ __all__ = [
 
 # KEYS: tat [, freeze]. ARGV: now, "T tau cost peek" (T: emission interval in µs per unit, tau = burst*T,
 # peek 0/1). Reply: "allowed retry_after_µs(-1: never) remaining reset_after_µs now"; frozen: "0 µs_left 0 0 now 1".
+# A freeze that ended (its hash lives a second past its end u) resumes at the rate, not with a burst: the
+# TAT is at least u + tau - T, as if the bucket had been emptied at u (one unit at u, then one per T), so
+# the fleet does not send `burst` requests at once into an upstream that has just throttled it.
 GCRA = _script(
     "gcra",
     """
 local now = now_us()
-local fz = frozen(now)
+local fz, ended = freeze_of(KEYS[2], now)
 if fz then return {ok = string.format('0 %d 0 0 %d 1', math.ceil(fz - now), now)} end
 local a, b, c, peek = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+)')
-local T, tau, cost = tonumber(a), tonumber(b), tonumber(c)
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then tat = now end
-local new_tat = tat + T * cost
-local diff = now - (new_tat - tau)
-if diff < 0 then
-  local retry = -1
-  if T * cost <= tau then retry = math.ceil(-diff) end
-  return {ok = string.format('0 %d %d %d %d', retry, math.floor((now - (tat - tau)) / T), math.ceil(tat - now), now)}
-end
-if peek == '0' then
-  redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-end
-return {ok = string.format('1 0 %d %d %d', math.floor(diff / T), math.ceil(new_tat - now), now)}
+return gcra_decide(now, tonumber(a), tonumber(b), tonumber(c), peek, ended)
 """,
 )
 
@@ -311,4 +303,6 @@ return 1
 
 #: Any sequence of the calls a batch carries (rate-limit decisions and claim steps), as one script
 #: call: see ``_multi.py``.
-MULTI = MultiScript("multi", [GCRA, WINDOW, SLIDING_LOG, CLAIM, CLAIM_COMPLETE, CLAIM_RELEASE, CLAIM_RENEW])
+MULTI = MultiScript(
+    "multi", [GCRA, GCRA_AIMD, WINDOW, SLIDING_LOG, CLAIM, CLAIM_COMPLETE, CLAIM_RELEASE, CLAIM_RENEW]
+)

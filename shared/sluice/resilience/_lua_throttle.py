@@ -1,4 +1,4 @@
-"""The scripts of issue 14's limits: the exact sliding log, freezes and the adaptive (AIMD) rate.
+"""The scripts of issue 14's limits: the exact sliding log, freezes, the adaptive (AIMD) rate and GCRA at it.
 
 Same conventions as every script (``_lua.py``): ``ARGV[1]`` is the test-only clock override, every key
 is in ``KEYS`` under one hash tag, every write keeps a TTL, times are microseconds.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._lua_base import build as _script
 
-__all__ = ["AIMD", "FREEZE", "FREEZE_READ", "SLIDING_LOG"]
+__all__ = ["AIMD", "AIMD_SHOW", "FREEZE", "FREEZE_READ", "GCRA_AIMD", "SLIDING_LOG"]
 
 # KEYS: log (zset: one member '<stamp>:<k>' per unit admitted, scored by its stamp, µs) [, freeze].
 # ARGV: now, "period_µs limit cost peek". Reply: "allowed retry_after_µs(-1: never) remaining stamp";
@@ -105,7 +105,9 @@ return {u, tonumber(v[2]) or 0, v[3] or '', now}
 # ARGV: now, "mode declared floor factor step interval_µs cooldown_µs" (mode 's': a throttle signal,
 # 'r': read only). Quiet intervals since t each add `step` (up to `declared`); a signal restarts the
 # quiet run and, unless the last cut is within `cooldown`, cuts: rate = max(floor, rate * factor).
-# No key: the declared rate. Reply: "rate(%.17g) cut(0/1) now".
+# No key: the declared rate. Reply: "rate(%.17g) cut(0/1) now". ARGV[3], optional: "declared step
+# interval_µs period_µs", kept in the hash by a signal (field d) for readers that know no parameters
+# (AIMD_SHOW: sluice limits ls, the metrics).
 AIMD = _script(
     "aimd",
     """
@@ -133,9 +135,66 @@ if cut_at == nil or now - cut_at >= cooldown then
 end
 t = now
 redis.call('HSET', KEYS[1], 'r', string.format('%.17g', r), 't', string.format('%d', t), 'c', string.format('%d', cut_at))
+if ARGV[3] then redis.call('HSET', KEYS[1], 'd', ARGV[3]) end
 local back = t + math.ceil((top - r) / step) * interval
 if cut_at + cooldown > back then back = cut_at + cooldown end
 keep(KEYS[1], back - now)
 return {ok = string.format('%.17g %d %d', r, cut, now)}
+""",
+)
+
+# GCRA at the adaptive rate: the GCRA script (``_lua.py``) whose emission interval is the AIMD hash's
+# effective rate now (read as the AIMD script's 'r' mode reads it: no hash is the declared rate), so
+# every worker admits at the rate the fleet's throttles left, in the decision's own round trip.
+# KEYS: tat, aimd hash [, freeze]. ARGV: now, "period_µs burst cost peek declared step interval_µs".
+# T = period / rate; the burst scales with the rate (burst * rate / declared units), so tau = period *
+# burst / declared stays what it is at the declared rate and a TAT set at one rate is right at another.
+# Reply: the GCRA script's; frozen: "0 µs_left 0 0 now 1"; a freeze that ended resumes at the rate, as
+# in the GCRA script.
+GCRA_AIMD = _script(
+    "gcra_aimd",
+    """
+local now = now_us()
+local fz, ended = freeze_of(KEYS[3], now)
+if fz then return {ok = string.format('0 %d 0 0 %d 1', math.ceil(fz - now), now)} end
+local a, b, c, peek, d, e, f = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)')
+local P, burst, cost = tonumber(a), tonumber(b), tonumber(c)
+local top, step, interval = tonumber(d), tonumber(e), tonumber(f)
+local v = redis.call('HMGET', KEYS[2], 'r', 't')
+local r, t = tonumber(v[1]), tonumber(v[2])
+if r == nil or t == nil then r, t = top, now end
+if now > t then
+  local k = math.floor((now - t) / interval)
+  if k > 0 then r = r + k * step end
+end
+if r > top then r = top end
+return gcra_decide(now, P / r, P * burst / top, cost, peek, ended)
+""",
+)
+
+# KEYS: AIMD hashes. ARGV: now. Each hash's effective rate now, by the parameters its last signal kept
+# (field d), as the 'r' mode of AIMD reads it. Reply: one "rate(%.17g) declared period_µs" per key,
+# "" for a key that is gone or keeps no parameters.
+AIMD_SHOW = _script(
+    "aimd_show",
+    """
+local now = now_us()
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'r', 't', 'd')
+  local r, t = tonumber(v[1]), tonumber(v[2])
+  out[i] = ''
+  if r and t and v[3] then
+    local a, b, c, d = string.match(v[3], '(%S+) (%S+) (%S+) (%S+)')
+    local top, step, interval = tonumber(a), tonumber(b), tonumber(c)
+    if now > t then
+      local k = math.floor((now - t) / interval)
+      if k > 0 then r = r + k * step end
+    end
+    if r > top then r = top end
+    out[i] = string.format('%.17g %s %s', r, a, d)
+  end
+end
+return out
 """,
 )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sluice.errors import ConfigError
 
 from . import _lua
-from ._memory_throttle import frozen_reply, handlers
+from ._memory_throttle import frozen_reply, gcra_after_freeze, handlers
 from ._reference import BreakerModel, BudgetModel, ClaimModel, GCRAModel, LeaseModel, SlidingWindowModel
 from ._scripts import Arg, Call, Script
 from .errors import BackendUnavailable
@@ -125,10 +125,8 @@ class MemoryRunner:
             return frozen
         model = self.backend.model(keys[0]) or GCRAModel(float(a), float(b))
         model.emission_us, model.tau_us = float(a), float(b)
-        reply = model.decide(now, int(c), peek == "1")
-        if reply[0] == 1 and peek == "0" and model.tat is not None:
-            self.backend.keep(keys[0], model, math.ceil((model.tat - now) / 1000) + 1000)
-        return " ".join(map(str, reply))
+        freeze = keys[1] if len(keys) > 1 else None  # ended: resume at the rate (gcra_after_freeze)
+        return gcra_after_freeze(self.backend, keys[0], freeze, model, now, int(c), peek == "1")
 
     def _window(self, keys: Sequence[str], args: Sequence[Arg]) -> str:
         now, (a, b, c, peek) = self._now(args), _text(args[1]).split()

@@ -1,21 +1,23 @@
 """The in-memory backend's answers to the scripts of ``_lua_throttle.py`` (and the freeze check that the
-GCRA and window scripts make): the sliding log, freezes and the adaptive rate, on their reference models.
+GCRA and window scripts make): the sliding log, freezes, the adaptive rate and GCRA at it, on their
+reference models.
 
 Split out of :mod:`._memory` (same conventions: the script's keys and arguments, its reply, its TTLs).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _lua
-from ._reference import SlidingLogModel
+from ._reference import GCRAModel, SlidingLogModel
 from ._reference_adaptive import AIMDModel, AIMDParams, FreezeModel
 from ._scripts import Arg
 from .memory import MemoryBackend, keep_ms
 
-__all__ = ["frozen_reply", "handlers"]
+__all__ = ["frozen_reply", "gcra_after_freeze", "handlers"]
 
 Handler = Callable[[Sequence[str], Sequence[Arg]], Any]
 
@@ -38,6 +40,24 @@ def frozen_reply(backend: MemoryBackend, keys: Sequence[str], now: int, zeros: i
     if not isinstance(model, FreezeModel) or model.until <= now:
         return None
     return " ".join(["0", str(model.until - now), *["0"] * zeros, str(now), "1"])
+
+
+def gcra_after_freeze(
+    backend: MemoryBackend, key: str, freeze: str | None, model: GCRAModel, now: int, cost: int, peek: bool
+) -> str:
+    """GCRA's decision on ``model`` (kept at ``key`` when it takes units), resuming at the rate after the
+    freeze ``freeze`` ended (its hash still there): the TAT at least its end + tau - T, as the scripts."""
+    ended = backend.model(freeze) if freeze is not None else None
+    decide = model
+    if isinstance(ended, FreezeModel) and ended.until:
+        tat = now if model.tat is None or model.tat < now else model.tat
+        hold = ended.until + model.tau_us - model.emission_us
+        decide = GCRAModel(model.emission_us, model.tau_us, hold if tat < hold else tat)
+    reply = decide.decide(now, cost, peek)
+    if reply[0] == 1 and not peek and decide.tat is not None:
+        model.tat = decide.tat
+        backend.keep(key, model, math.ceil((model.tat - now) / 1000) + 1000)
+    return " ".join(map(str, reply))
 
 
 def handlers(backend: MemoryBackend) -> dict[str, Handler]:
@@ -84,10 +104,39 @@ def handlers(backend: MemoryBackend) -> dict[str, Handler]:
             model = AIMDModel()
         rate, cut, at = model.decide(now, params, signal=mode == "s")
         if mode == "s":
+            if len(args) > 2:
+                model.described = _text(args[2])
             backend.keep(keys[0], model, keep_ms(model.ttl_us(now, params)))
         return f"{rate:.17g} {cut} {at}"
 
+    def gcra_aimd(keys: Sequence[str], args: Sequence[Arg]) -> str:
+        now = _now(backend, args)
+        frozen = frozen_reply(backend, [keys[0], *keys[2:]], now, 2)
+        if frozen is not None:
+            return frozen
+        a, b, c, peek, d, e, f = _text(args[1]).split()
+        period, burst, top = float(a), float(b), float(d)
+        aimd = backend.model(keys[1])
+        rate = top
+        if isinstance(aimd, AIMDModel):  # read as the AIMD script's 'r' mode reads it (floor, factor unused)
+            rate = aimd.decide(now, AIMDParams(top, 1.0, 0.5, float(e), int(f), 0), signal=False)[0]
+        emission, tau = period / rate, period * burst / top
+        model = backend.model(keys[0])
+        if not isinstance(model, GCRAModel):
+            model = GCRAModel(emission, tau)
+        model.emission_us, model.tau_us = emission, tau
+        return gcra_after_freeze(
+            backend, keys[0], keys[2] if len(keys) > 2 else None, model, now, int(c), peek == "1"
+        )
+
+    def aimd_show(keys: Sequence[str], args: Sequence[Arg]) -> list[str]:
+        now = _now(backend, args)
+        models = [backend.model(k) for k in keys]
+        return [m.show(now) if isinstance(m, AIMDModel) else "" for m in models]
+
     return {
+        _lua.AIMD_SHOW.sha: aimd_show,
+        _lua.GCRA_AIMD.sha: gcra_aimd,
         _lua.SLIDING_LOG.sha: sliding_log,
         _lua.FREEZE.sha: freeze,
         _lua.FREEZE_READ.sha: freeze_read,

@@ -61,12 +61,27 @@ class AIMDParams:
 class AIMDModel:
     """AIMD: ``rate`` now, ``quiet_since`` (start of the quiet run), ``cut_at`` (last cut; None: never).
 
-    ``rate is None`` is the missing key: the declared rate.
+    ``rate is None`` is the missing key: the declared rate. ``described``: the parameters the last
+    signal kept for readers that know none ("declared step interval_µs period_µs", AIMD_SHOW).
     """
 
     rate: float | None = None
     quiet_since: int = 0
     cut_at: int | None = None
+    described: str = ""
+
+    def show(self, now: int) -> str:
+        """AIMD_SHOW's answer for this hash: "rate declared period_µs", "" without parameters."""
+        if self.rate is None or not self.described:
+            return ""
+        a, b, c, d = self.described.split()
+        r, top, step, interval = self.rate, float(a), float(b), int(c)
+        if now > self.quiet_since:
+            k = math.floor((now - self.quiet_since) / interval)
+            if k > 0:
+                r = r + k * step
+        r = min(r, top)
+        return f"{r:.17g} {a} {d}"
 
     def decide(self, now: int, p: AIMDParams, signal: bool) -> tuple[float, int, int]:
         """rate, cut (0/1), now; with ``signal`` False the state is only read (not changed)."""

@@ -15,23 +15,31 @@ One hash per name, ``<prefix>:aimd:{<name>}``, one script per signal and per rea
 nothing), on Redis' clock; the hash expires once the rate would be back at the declared one, and a
 name with no hash runs at the declared rate. Rates are in units per the declared rate's period, as
 floats; :attr:`AdaptiveState.limit` is the whole number of units a limiter can take (at least 1).
+
+:class:`AdaptiveGCRALimiter` is GCRA at that rate: its script reads the hash in the decision itself
+(the same round trip, no local copy to go stale), so every worker admits at the effective rate the
+moment any worker's signal cut it. Its burst scales with the rate (``burst * rate / declared``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Unpack
 
 from sluice.errors import ConfigError
 
 from . import _lua
 from ._backend import Backend, runner_for
 from ._coalesce import CoalescingClient
-from ._limiter import Rate
+from ._limiter import LimiterOptions, Rate
 from ._reference_adaptive import AIMDParams
+from ._scripts import Arg, Call, Script
+from .gcra import GCRALimiter
 from .keys import KeySpace
+from .memory import MemoryBackend
 
-__all__ = ["AdaptiveRate", "AdaptiveState"]
+__all__ = ["AdaptiveGCRALimiter", "AdaptiveRate", "AdaptiveReading", "AdaptiveState", "adaptive_rates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,8 @@ class AdaptiveRate(CoalescingClient):
         self._runner = runner_for(redis, timeout=timeout)
         self._coalescer = None
         self._argv = {mode: self.params.argv(mode) for mode in ("s", "r")}
+        p = self.params
+        self._described = f"{p.declared!r} {p.step!r} {p.interval_us} {rate.period_us}"
 
     def key(self, name: str) -> str:
         return self._keys.key(self.kind, name)
@@ -118,10 +128,100 @@ class AdaptiveRate(CoalescingClient):
         await self._runner.command("DEL", self.key(name))
 
     async def _run(self, name: str, mode: str, now: int | str) -> AdaptiveState:
-        reply = await self._runner.run(_lua.AIMD, [self.key(name)], [now, self._argv[mode]])
+        args: list[Arg] = [now, self._argv[mode], self._described]
+        reply = await self._runner.run(_lua.AIMD, [self.key(name)], args)
         rate, cut, at = (reply.decode() if isinstance(reply, bytes) else str(reply)).split()
         return AdaptiveState(float(rate), self.rate, cut == "1", int(at))
 
     async def _call(self, name: str, signal: bool, now_us: int) -> AdaptiveState:
         """The script with the server clock overridden by ``now_us``: for tests only."""
         return await self._run(name, "s" if signal else "r", now_us)
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveReading:
+    """A name whose adaptive rate a signal moved and that is not back at its declared rate yet:
+    ``rate`` and ``declared`` units per ``period`` seconds."""
+
+    name: str
+    rate: float
+    declared: float
+    period: float
+
+    @property
+    def per_second(self) -> float:
+        return self.rate / self.period
+
+
+async def adaptive_rates(
+    redis: Backend, *, keys: KeySpace | None = None, max_keys: int = 1000
+) -> list[AdaptiveReading]:
+    """Every adaptive rate below its declared one under this key prefix, by name (at most ``max_keys``),
+    each by the parameters its last signal kept: one ``SCAN`` and one script on Redis. For ``sluice limits
+    ls`` and the metrics, which know no declared rates."""
+    space = keys or KeySpace()
+    head = space.key(AdaptiveRate.kind, "-")[:-3]  # "<prefix>:aimd:"
+    names: list[str] = []
+    if isinstance(redis, MemoryBackend):
+        names = [k[len(head) + 1 : -1] for k in redis.keys(head)][:max_keys]
+    else:
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "{*}"
+        async for raw in redis.scan_iter(match=pattern, count=500):
+            names.append((raw.decode() if isinstance(raw, bytes) else str(raw))[len(head) + 1 : -1])
+            if len(names) >= max_keys:
+                break
+    names = sorted(set(names))
+    if not names:
+        return []
+    runner = runner_for(redis, timeout=5.0)
+    calls = [(_lua.AIMD_SHOW, [space.key(AdaptiveRate.kind, n)], [""]) for n in names]
+    replies = await runner.run_many(calls) if len(calls) > 1 else [await runner.run(*calls[0])]
+    out: list[AdaptiveReading] = []
+    for name, reply in zip(names, replies, strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        text = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if text:
+            rate, declared, period_us = text.split()
+            if float(rate) < float(declared):
+                out.append(AdaptiveReading(name, float(rate), float(declared), int(period_us) / 1e6))
+    return out
+
+
+class AdaptiveGCRALimiter(GCRALimiter):
+    """A :class:`GCRALimiter` at ``aimd``'s effective rate for each name (see the module docstring).
+
+    Same keys as a GCRA limiter of the declared rate (a name switched to adaptive keeps its bucket),
+    plus the name's AIMD hash, read in the script: ``aimd.throttled(name)`` slows every worker's next
+    decision. ``rate`` and ``burst`` are the declared ones; ``aimd`` must use this limiter's key space.
+    """
+
+    def __init__(
+        self,
+        redis: Backend,
+        aimd: AdaptiveRate,
+        *,
+        burst: int | None = None,
+        **options: Unpack[LimiterOptions],
+    ) -> None:
+        super().__init__(redis, aimd.rate, burst=burst, **options)
+        self.aimd = aimd
+        self._aimd_head = aimd.key("-")[:-2]
+        p = aimd.params
+        self._tail = f"{p.declared!r} {p.step!r} {p.interval_us}"
+
+    @property
+    def _script(self) -> Script:
+        return _lua.GCRA_AIMD
+
+    def _params(self, cost: int, peek: bool) -> str:
+        return f"{self.rate.period_us} {self.burst} {cost} {int(peek)} {self._tail}"
+
+    def _make_call(self, name: str, cost: int, peek: bool, now: int | str, freeze: str | None = None) -> Call:
+        params = self._argv.get((cost, peek))
+        if params is None:
+            params = self._argv[(cost, peek)] = self._params(cost, peek)
+        keys = [self._key_head + name + "}", self._aimd_head + name + "}"]
+        if freeze is not None:
+            keys.append(self._freeze_head + freeze + "}")
+        return self._script, keys, [now, params]

@@ -16,6 +16,12 @@ never more than the limit in any window of the period; the worker's limiter coun
 :data:`~sluice_worker._resilience_cache.SLIDING_MARGIN` beyond the period, for the spread between an
 admission and its request's arrival upstream).
 
+An adaptive limit (``RateLimit(adaptive=True)``, ``"200/s adaptive"``) is decided by
+:class:`~sluice.resilience.adaptive.AdaptiveGCRALimiter`: its script reads the fleet's effective rate
+(:class:`~sluice.resilience.AdaptiveRate`, an AIMD hash next to the limit's key) in the same round
+trip, so no worker runs on a stale copy; each throttle of the limit's key cuts that rate on the way out
+(one more round trip per throttle, none per task).
+
 Upstream throttling: a handler that raises :class:`sluice.Throttled` (``raise_for_throttle``) is
 deferred (``throttled``, no attempt and no retry budget spent, never the DLQ: the failure step turns
 it into a deferral), and on the way out this step freezes, fleet-wide in Redis
@@ -188,8 +194,20 @@ class RateLimitStep(Step):
             frozen = None
         if frozen is not None:
             left = max(left, frozen.remaining)
+        if rate is not None and rate.adaptive:
+            await self._slow_down(rate, name)
         left = min(left, FREEZE_RECHECK)
         return Deferred(THROTTLED, left if rate is None else self._line_up(name, rate.rate, left))
+
+    async def _slow_down(self, rate: RateLimit, name: str) -> None:
+        """A throttle of an adaptive limit: cut its fleet-wide rate (at most once per cooldown)."""
+        try:
+            state = await self._cache.adaptive(rate).throttled(name)
+        except Exception as e:  # Redis away: the freeze (if set) still holds the key; no cut
+            log.warning("task %s: cannot cut the adaptive rate of %s: %s", self.task.name, name, e)
+            return
+        if state.cut:
+            log.info("%s: adaptive rate cut to %.3g/s (declared %s)", name, state.per_second, rate)
 
     async def _watched(self, freeze: str, *, keep: bool = False) -> Outcome | None:
         """A deferral while ``freeze`` holds (one read), else ``None``; an ended freeze is no longer read
