@@ -1,6 +1,7 @@
 """What the cluster tests' ``sluice worker --tasks cluster_tasks`` processes run: ``cluster.record`` adds its
-task id to the Redis set ``<prefix>:seen`` and counts its runs in ``<prefix>:runs`` (the machine's standalone
-Redis: the side effects a test counts, apart from the broker cluster under test)."""
+task id to the Redis set ``<prefix>:seen``, counts its runs in ``<prefix>:runs`` and per worker process in the
+hash ``<prefix>:by_pid`` (the machine's standalone Redis: the side effects a test counts, apart from the broker
+cluster under test)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,4 @@ async def record(ctx: TaskContext) -> None:
     prefix = os.environ["SLUICE_PREFIX"]
     await task_redis().sadd(f"{prefix}:seen", ctx.task_id)
     await task_redis().incr(f"{prefix}:runs")
+    await task_redis().hincrby(f"{prefix}:by_pid", str(os.getpid()), 1)
