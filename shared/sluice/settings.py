@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     prefetch: int = Field(256, ge=1, le=2000, description="unacked deliveries the broker sends ahead")
     grace_period: float = Field(30.0, ge=0, description="seconds in-flight tasks get to finish on shutdown")
     sync_threads: int = Field(16, ge=1, description="threads for plain (non-async) handlers")
+    pause_blocked: bool = Field(
+        True,
+        description="pause a queue's consumer while every task it carries is blocked (an open breaker, "
+        "a frozen limit) instead of cycling its messages through the delay tiers (docs/policies.md)",
+    )
 
     # HTTP services
     producer_host: str = Field("127.0.0.1", description="producer HTTP bind address")

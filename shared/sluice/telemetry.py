@@ -52,6 +52,7 @@ __all__ = [
     "MAX_TASK_LABELS",
     "OTHER",
     "OUTCOMES",
+    "PAUSE_REASONS",
     "RESULTS_REFUSED",
     "RESULTS_STORED",
     "RETRIED",
@@ -110,6 +111,9 @@ RESULTS_REFUSED: Final = "results_refused"
 TRACKING_FAILURES: Final = "tracking_failures"
 HANDLE_EVENTS: Final = (TRACKED, RESULTS_STORED, RESULTS_REFUSED, TRACKING_FAILURES)
 _HANDLE_SET: Final = frozenset(HANDLE_EVENTS)
+# Why a worker paused a queue's consumer (sluice_consumer_pauses_total): the deferral reasons of the worker's
+# outcome model that can block every task of a queue (an open breaker, a frozen limit; sluice_worker.pauses)
+PAUSE_REASONS: Final = ("breaker_open", "throttled")
 # histogram bucket upper bounds, seconds
 RUN_BUCKETS: Final = tuple(m * 10.0**e for e in range(-3, 2) for m in (1, 2.5, 5))  # 1 ms .. 50 s
 WAIT_BUCKETS: Final = (
@@ -178,6 +182,7 @@ class Telemetry:
         self._limit_wait: dict[str, Histogram] = {}
         self._budget: dict[str, int] = {}
         self._throttles: dict[str, int] = {}
+        self._pauses: dict[tuple[str, str], int] = {}  # (queue, reason): consumers paused
         self._handles: dict[str, int] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
 
@@ -249,6 +254,13 @@ class Telemetry:
         if scope in self._throttles or len(self._throttles) < _MAX_NAMES:
             self._throttles[scope] = self._throttles.get(scope, 0) + 1
 
+    def consumer_paused(self, queue: str, reason: str) -> None:
+        """Count one pause of ``queue``'s consumer: every task it carries is blocked by ``reason``
+        (``breaker_open``, ``throttled``). Whether it is paused now is the gauge ``consumers_paused:QUEUE``."""
+        key = (queue, reason)
+        if key in self._pauses or len(self._pauses) < _MAX_NAMES:
+            self._pauses[key] = self._pauses.get(key, 0) + 1
+
     def handle_event(self, event: str, n: int = 1) -> None:
         """Count ``n`` task-handle events, ``event`` one of :data:`HANDLE_EVENTS`."""
         if event not in _HANDLE_SET:
@@ -288,6 +300,7 @@ class Telemetry:
             "limit_wait": {n: h.dump() for n, h in self._limit_wait.items()},
             "budget_refused": dict(self._budget),
             "throttles": dict(self._throttles),
+            "pauses": [[q, r, n] for (q, r), n in self._pauses.items()],
             "handles": dict(self._handles),
             "gauges": gauges,
         }
@@ -320,6 +333,9 @@ class NullTelemetry:
         pass
 
     def throttled(self, scope: str) -> None:
+        pass
+
+    def consumer_paused(self, queue: str, reason: str) -> None:
         pass
 
     def handle_event(self, event: str, n: int = 1) -> None:

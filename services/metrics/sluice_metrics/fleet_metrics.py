@@ -23,7 +23,7 @@ from sluice.errors import ConfigError
 from sluice.handles.client import CANCEL_RULES, CANCELS, UNIQUE_DUPLICATES
 from sluice.policy import parse_rate
 from sluice.resilience import BreakerState
-from sluice.telemetry import HANDLE_EVENTS, OUTCOMES, RUN_BUCKETS, WAIT_BUCKETS
+from sluice.telemetry import HANDLE_EVENTS, OUTCOMES, PAUSE_REASONS, RUN_BUCKETS, WAIT_BUCKETS
 from sluice_metrics.fleet import Fleet
 from sluice_metrics.processes import Hist
 
@@ -56,6 +56,8 @@ METRIC_NAMES = (
     "sluice_retry_budget_refusals_total",
     "sluice_upstream_throttles_total",
     "sluice_rate_limit_frozen_seconds",
+    "sluice_consumers_paused",
+    "sluice_consumer_pauses_total",
     "sluice_task_handle_events_total",
     "sluice_task_cancels_recorded_total",
     "sluice_unique_duplicates_total",
@@ -210,6 +212,22 @@ class FleetCollector(Collector):
             "throttles an upstream answered (sluice.Throttled), by the rate-limit key or scope they froze",
             ["scope"],
             (((k,), n) for k, n in sorted(totals.throttles.items())),
+        )
+        paused = GaugeMetricFamily(
+            "sluice_consumers_paused",
+            "worker consumers paused now because every task of the queue is blocked, by queue",
+            labels=["queue"],
+        )
+        pausing = table.gauge_sums("consumers_paused:", now)
+        for q, count in sorted(pausing.items()):
+            paused.add_metric([name(q)], count)
+        yield paused
+        pauses = dict.fromkeys(((q, r) for q in pausing for r in PAUSE_REASONS), 0)  # 0 before the first
+        yield _counter(
+            "sluice_consumer_pauses",
+            f"pauses of a queue's consumer, by queue and the block that caused it ({', '.join(PAUSE_REASONS)})",
+            ["queue", "reason"],
+            (((name(q), r), n) for (q, r), n in sorted((pauses | totals.pauses).items())),
         )
         yield _counter(
             "sluice_retry_budget_refusals",

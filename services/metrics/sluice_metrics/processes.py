@@ -55,9 +55,18 @@ class Totals:
     budget_refused: dict[str, int] = field(default_factory=dict)
     handles: dict[str, int] = field(default_factory=dict)  # task-handle event (HANDLE_EVENTS)
     throttles: dict[str, int] = field(default_factory=dict)  # upstream throttles, by the key or scope frozen
+    pauses: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, reason): consumers paused
 
     def _counters(self) -> tuple[dict[Any, int], ...]:
-        return (self.done, self.published, self.limits, self.budget_refused, self.handles, self.throttles)
+        return (
+            self.done,
+            self.published,
+            self.limits,
+            self.budget_refused,
+            self.handles,
+            self.throttles,
+            self.pauses,
+        )
 
     def add(self, other: Totals, sign: int = 1) -> None:
         """Add ``other`` in (``sign=-1``: take out what an earlier ``add`` put in)."""
@@ -101,6 +110,8 @@ class Totals:
         events = set(HANDLE_EVENTS)
         t.handles = {str(e): int(n) for e, n in doc.get("handles", {}).items() if e in events}
         t.throttles = {str(k): int(n) for k, n in doc.get("throttles", {}).items()}
+        for queue, reason, n in doc.get("pauses", ()):
+            t.pauses[(str(queue), str(reason))] = int(n)
         return t
 
 
@@ -243,6 +254,15 @@ class ProcessTable:
 
     def gauge_sum(self, name: str, now: float) -> float:
         return sum(p.gauges.get(name, 0.0) for p in self.alive(now))
+
+    def gauge_sums(self, prefix: str, now: float) -> dict[str, float]:
+        """Gauges named ``prefix`` + a label value (``consumers_paused:QUEUE``), summed over live processes."""
+        out: dict[str, float] = {}
+        for p in self.alive(now):
+            for name, v in p.gauges.items():
+                if name.startswith(prefix):
+                    out[name[len(prefix) :]] = out.get(name[len(prefix) :], 0.0) + v
+        return out
 
     def last_waits(self, now: float) -> dict[str, tuple[float, float]]:
         """Per queue, the latest (process wall time, wait) any live worker reported."""

@@ -4,6 +4,8 @@ Reconnection is supervised here rather than left to aio-pika's robust connection
 a broker restart with zero consumers (aio-pika #231, #626): when the connection or a channel closes, or the
 broker cancels a consumer, the session is dropped whole (its unacked deliveries will be redelivered, its
 running handlers are cancelled with the channel) and a new one declares, sets QoS and consumes again.
+The consumer's :class:`~sluice_worker.pauses.Pauses` (``SLUICE_PAUSE_BLOCKED``, on by default) outlives
+its sessions: a queue paused when a session is lost starts paused in the next one while its block holds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import aiormq.exceptions
 from sluice.connection import BROKER_ERRORS, connect_plain
 from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.settings import Settings, mask_url
+from sluice.telemetry import NullTelemetry, Telemetry
+from sluice_worker._pause_reads import BlockReader
 from sluice_worker.log_throttle import LogThrottle
+from sluice_worker.pauses import Pauses
 from sluice_worker.recording import DeliveryRecorder
 from sluice_worker.runner import Runner
 from sluice_worker.session import Session
@@ -45,6 +50,7 @@ class Consumer:
         *,
         name: str = "sluice-worker",
         recorder: DeliveryRecorder | None = None,
+        telemetry: Telemetry | NullTelemetry | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -53,8 +59,27 @@ class Consumer:
         self.name = name
         self.sessions = 0  # sessions opened so far (1 + reconnects)
         self._throttle = LogThrottle(clock=runner.clock)
+        clock = runner.clock
+        self.pauses = (
+            Pauses(
+                runner.registry,
+                self.queues,
+                BlockReader(settings, clock=clock),
+                clock=clock,
+                telemetry=telemetry,
+            )
+            if settings.pause_blocked
+            else None
+        )
 
     async def run(self, stop: asyncio.Event, force: asyncio.Event) -> None:
+        try:
+            await self._run(stop, force)
+        finally:
+            if self.pauses is not None:
+                await self.pauses.aclose()
+
+    async def _run(self, stop: asyncio.Event, force: asyncio.Event) -> None:
         s = self.settings
         slots = asyncio.Semaphore(s.concurrency)
         delay = 0.5
@@ -96,7 +121,7 @@ class Consumer:
 
     async def _open(self, slots: asyncio.Semaphore) -> Session:
         conn = await connect_plain(self.settings, self.name)
-        session = Session(conn, self.settings, self.runner, slots, self._throttle, self.recorder)
+        session = Session(conn, self.settings, self.runner, slots, self._throttle, self.recorder, self.pauses)
         try:
             await session.open(self.queues)
         except aiormq.exceptions.ChannelPreconditionFailed as e:

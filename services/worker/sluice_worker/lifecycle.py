@@ -108,7 +108,7 @@ async def serve(
         await handles.start()  # the live cancels, before the first delivery (bounded: Redis may be down)
         recorder = DeliveryRecorder(telemetry, names, clock=clock)
         runner = Runner(registry, settings, pool, policy or policies.failures, policies, clock=clock)
-        consumer = Consumer(settings, runner, queues, recorder=recorder)
+        consumer = Consumer(settings, runner, queues, recorder=recorder, telemetry=telemetry)
         async with SnapshotPublisher(settings, telemetry):
             with sd.signals() if own else contextlib.nullcontext():
                 if burst is None:

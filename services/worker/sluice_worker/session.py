@@ -9,6 +9,11 @@ slots; finished deliveries are acked in batches (``multiple=True`` over the cont
 When the connection or a channel closes, or the broker cancels a consumer, :meth:`Session.wait_lost`
 answers and the consumer drops the session whole (its unacked deliveries will be redelivered, its running
 handlers are cancelled with the channel) and opens a new one.
+
+With :class:`~sluice_worker.pauses.Pauses` (``SLUICE_PAUSE_BLOCKED``, the default), each outcome tells it
+what blocks its task, and one task (:class:`~sluice_worker._pause_loop.PauseLoop`) cancels the consumer of
+a queue whose tasks are all blocked and consumes it again when the block ends (the module says when); a
+queue still blocked when a session opens is not consumed until then. Draining stops that task first.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sluice.errors import SluiceError
 from sluice.settings import Settings
 from sluice.topology import Topology
 from sluice_worker._acks import AckTracker
+from sluice_worker._pause_loop import PauseLoop
 from sluice_worker.dead_publish import DeadLetterPublisher
 from sluice_worker.delays import DelayPublisher
 from sluice_worker.failures import settled
@@ -43,6 +49,7 @@ from sluice_worker.outcome import (
     Retry,
     Skipped,
 )
+from sluice_worker.pauses import Pauses
 from sluice_worker.recording import DeliveryRecorder
 from sluice_worker.runner import Runner
 
@@ -72,8 +79,10 @@ class Session:
         slots: asyncio.Semaphore,
         throttle: LogThrottle,
         recorder: DeliveryRecorder | None = None,
+        pauses: Pauses | None = None,
     ) -> None:
         self.connection = connection
+        self._pauses = pauses
         self._recorder = recorder or DeliveryRecorder.off()
         self._settings = settings
         self._topology = Topology.from_settings(settings)
@@ -87,7 +96,9 @@ class Session:
         self._batch = max(1, settings.prefetch // 4)
         self._closing = False
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._consumer_tags: list[str] = []
+        self._consumer_tags: dict[str, str] = {}  # queue -> its consumer's tag (none while paused)
+        self._queues: list[str] = []
+        self._pauser: asyncio.Task[None] | None = None
         self._cancelled: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._lost_acks_logged = False
         # strong references to everything the broker objects hang on
@@ -115,10 +126,32 @@ class Session:
         raw = self._raw = await channel.get_underlay_channel()
         raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         self._flusher = asyncio.create_task(self._flush_loop(raw), name="sluice-acks")
+        self._queues = list(queues)
+        pauses = self._pauses
         for q in queues:
-            ok = await raw.basic_consume(topo.queue(q), self._consumer_for(q))
-            if ok.consumer_tag is not None:
-                self._consumer_tags.append(ok.consumer_tag)
+            still = pauses.blocked(q) if pauses is not None and q in pauses.paused else None
+            if still is not None and pauses is not None:  # a reconnect while it was paused: stays so
+                log.info("queue %s stays paused (%s) in the new session", q, still.reason)
+                pauses.hold(q, still)
+                continue
+            if pauses is not None:
+                pauses.release(q)
+            await self._consume(raw, q)
+        if pauses is not None:
+            loop = PauseLoop(
+                raw,
+                pauses,
+                self._queues,
+                self._consumer_tags,
+                lambda q: self._consume(raw, q),
+                lambda: self._closing,
+            )
+            self._pauser = asyncio.create_task(loop.run(), name="sluice-pauses")
+
+    async def _consume(self, raw: RawChannel, queue: str) -> None:
+        ok = await raw.basic_consume(self._topology.queue(queue), self._consumer_for(queue))
+        if ok.consumer_tag is not None:
+            self._consumer_tags[queue] = ok.consumer_tag
 
     def _on_broker_cancel(self, frame: Basic.Cancel) -> None:
         if not self._cancelled.done():
@@ -128,6 +161,7 @@ class Session:
     def _consumer_for(self, queue: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         acks, slots, inflight, run = self._acks, self._slots, self._inflight, self._runner.run
         begin, end = self._recorder.begin, self._recorder.end
+        observe = self._pauses.observe if self._pauses is not None else None
 
         async def on_delivery(dm: DeliveredMessage) -> None:
             tag = dm.delivery_tag
@@ -150,6 +184,8 @@ class Session:
                         outcome = settled(await run(dm.body, p.headers, p.message_id, bool(dm.redelivered)))
                     except GeneratorExit as e:  # see settled()
                         outcome = settled(e)
+                    if observe is not None:
+                        observe(queue, p.headers, outcome)  # what blocks its task, if anything
                     if outcome is ACK or type(outcome) in _ACK_ONLY:
                         acks.finish(tag)
                         self._finished()
@@ -297,9 +333,10 @@ class Session:
     async def drain(self, grace: float, force: asyncio.Event) -> None:
         """Stop consuming, give running tasks ``grace`` seconds (or until ``force``), ack them, close."""
         self._closing = True
+        await self._stop_pauses()
         raw = self._raw
         if raw is not None:
-            for ctag in self._consumer_tags:
+            for ctag in list(self._consumer_tags.values()):
                 try:
                     async with asyncio.timeout(_CANCEL_TIMEOUT):
                         await raw.basic_cancel(ctag)
@@ -347,9 +384,17 @@ class Session:
         except BROKER_ERRORS as e:
             self._log_lost_acks(e)
 
+    async def _stop_pauses(self) -> None:
+        pauser, self._pauser = self._pauser, None
+        if pauser is not None:
+            pauser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pauser
+
     async def close(self) -> None:
         """Close channels and connection; unacked deliveries go back to their queues."""
         self._closing = True
+        await self._stop_pauses()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
