@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt bench bench-publish clean images compose-test
+.PHONY: help install up test lint fmt bench bench-workers bench-publish clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,8 +53,11 @@ $(BENCH_STAMP): pyproject.toml bench/requirements.txt $(wildcard $(PEERS)/requir
 	$(BENCH_VENV)/bin/pip install -q -r $(PEERS)/requirements.txt -r bench/requirements.txt -e .
 	@touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) ## sluice vs the raw aio-pika ceilings on the peer workloads (BENCH_VARIANTS=all adds the peers)
+bench: $(BENCH_STAMP) ## sluice vs the raw aio-pika ceilings on the peer workloads (BENCH_VARIANTS=all adds the peers, =sluice-quorum,sluice-quorum-cluster the 3-node cluster)
 	$(BENCH_VENV)/bin/python bench/run.py
+
+bench-workers: $(BENCH_STAMP) ## drains by 1, 2, 4 worker processes, standalone and 3-node cluster broker (docs/scaling.md)
+	$(BENCH_VENV)/bin/python bench/workers.py $(BENCH_WORKERS_ARGS)
 
 bench-publish: install ## sluice publish fed 1,000,000 NDJSON lines: peak RSS, rate vs the aio-pika ceiling
 	$(BIN)/python bench/publish_stream.py

@@ -91,7 +91,8 @@ if os.environ.get("BENCH_SLUICE_POLICY") == "track":
 
 
 async def publish(workload: str, n: int) -> None:
-    settings = Settings(amqp_url=AMQP_URL)
+    # the variant's broker (bench/run.py sets SLUICE_AMQP_URL: one node, or the cluster's three)
+    settings = Settings(amqp_url=os.environ.get("SLUICE_AMQP_URL", AMQP_URL))
     async with Publisher(settings, name="bench-publisher") as pub:
         await pub.ensure_queue(settings.default_queue)
         flavour = os.environ.get("BENCH_SLUICE_POLICY", "")  # "", "policy", "idem" or "track"

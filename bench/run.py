@@ -18,6 +18,9 @@ header key) and -track (``@task(..., track=True, result=True)``: state tracked, 
 are compared with the plain sluice row of their queue type, targets 0.7x, 0.5x and 0.75x);
 sluice-{classic,quorum}-nometrics: the plain worker with SLUICE_METRICS_ENABLED=false; the plain row (metrics
 on) must keep 0.95x of it;
+sluice-quorum-cluster: the plain quorum worker and publisher on the 3-node loopback cluster (SLUICE_AMQP_URL
+with the three URLs of deploy/cluster/rabbitmq-cluster.sh, booted for the run if it is not running and
+taken down after if it was not; bench/rabbit_cluster.py), shown against sluice-quorum (one node);
 BENCH_BASELINE=<a source tree of sluice> (e.g. a ``git worktree`` of an older commit) adds a ``-base`` twin of
 every sluice variant (``sluice-classic-base``, ``sluice-classic-policy-base``...): the same worker command,
 publisher and tasks run from that tree's code (its shared/ and services/ first on PYTHONPATH, its bench/
@@ -29,6 +32,7 @@ The full JSON (with every run) goes to bench/results/bench-<time>.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -42,6 +46,7 @@ if not (PEERS / "run.py").exists():
     sys.exit(f"peer harness not found at {PEERS} (set BENCH_PEERS_DIR)")
 sys.path.insert(0, str(PEERS))
 
+import rabbit_cluster  # noqa: E402
 import run as harness  # noqa: E402  (the harness, by path)
 
 TARGET_XCEIL = 0.8
@@ -86,6 +91,68 @@ def add_sluice_variants(tree: Path | None = None) -> None:
         for flavour in ("policy", "idem", "track"):  # same worker and queue, tasks declaring policies
             penv = {**env, "BENCH_SLUICE_POLICY": flavour}
             harness.VARIANTS[f"sluice-{qt}-{flavour}{suffix}"] = (module, argv, penv, harness.PRIMARY)
+    if tree is None:  # the plain quorum worker on the 3-node loopback cluster (issue 16)
+        add_cluster_variant(sluice)
+
+
+CLUSTER = "sluice-quorum-cluster"
+ADMIN_URL: dict[str, str] = {}  # harness module or queue name -> the broker its purges and counts go to
+
+
+def add_cluster_variant(sluice: str) -> None:
+    """``sluice-quorum-cluster``: worker and publisher given the three nodes' URLs (SLUICE_AMQP_URL); the
+    harness's purges and queue counts for it go to node 1 (bench/rabbit_cluster.py); completions are
+    counted in the standalone Redis like every variant's."""
+    module, prefix = str(HERE / "peer_sluice_cluster"), "bench_sluice_cluster"
+    env = {
+        "SLUICE_PREFIX": prefix,
+        "SLUICE_QUEUE_TYPE": "quorum",
+        "SLUICE_AMQP_URL": rabbit_cluster.cluster_urls(),
+        "SLUICE_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(PEERS)]),
+    }
+    argv = [sluice, "worker", "--tasks", "peer_sluice", "--queues", "default"]
+    argv += ["--concurrency", "256", "--prefetch", "256"]
+    harness.VARIANTS[CLUSTER] = (module, argv, env, harness.PRIMARY)
+    harness.QUEUES[module] = [f"{prefix}.q.default", f"{prefix}.dlq"]
+    for name in (module, *harness.QUEUES[module]):
+        ADMIN_URL[name] = rabbit_cluster.admin_url()
+    harness.purge = _on_its_broker(harness.purge)
+    harness.queue_info = _on_its_broker(harness.queue_info)
+
+
+def _on_its_broker(fn: Any) -> Any:
+    """``fn(name, ...)`` of the harness with its AMQP_URL (read by its amqp_call) set to the broker of
+    ``name`` for the call: the cluster's node for the cluster variant, the harness's own otherwise."""
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        saved = harness.AMQP_URL
+        harness.AMQP_URL = ADMIN_URL.get(name, saved)
+        try:
+            return fn(name, *args, **kwargs)
+        finally:
+            harness.AMQP_URL = saved
+
+    return call
+
+
+def cluster_verdicts(summary: list[dict[str, Any]]) -> list[str]:
+    """The cluster row against the single node's plain quorum row, same run."""
+    rate = {(s["system"], s["test"], s["workload"]): s.get("rate") for s in summary}
+    lines = []
+    for s in summary:
+        if s["system"] != CLUSTER:
+            continue
+        single = rate.get(("sluice-quorum", s["test"], s["workload"]))
+        if not (single and s.get("rate")):
+            lines.append(f"{CLUSTER} {s['test']}:{s['workload']:<5} no comparison (missing rows)")
+            continue
+        s["x_single_node"] = round(s["rate"] / single, 3)
+        lines.append(
+            f"{CLUSTER} {s['test'] + ':' + s['workload']:<14} {s['rate']:>7.0f}/s "
+            f"vs sluice-quorum (one node) {single:>7.0f}/s = {s['x_single_node']:.2f}x"
+        )
+    return lines
 
 
 def baseline_verdicts(summary: list[dict[str, Any]]) -> list[str]:
@@ -184,7 +251,7 @@ def forget_keys() -> None:
 
     client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
-        for qt in ("classic", "quorum"):
+        for qt in ("classic", "quorum", "cluster"):
             batch = []
             for key in client.scan_iter(match=f"bench_sluice_{qt}:*", count=1000):
                 batch.append(key)
@@ -217,8 +284,10 @@ def main() -> None:
     results.mkdir(exist_ok=True)
     full = results / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     sys.argv = [sys.argv[0], str(full)]
+    on_cluster = CLUSTER in [v.strip() for v in os.environ["BENCH_VARIANTS"].split(",")]
     try:
-        harness.main()
+        with rabbit_cluster.cluster_up() if on_cluster else contextlib.nullcontext():
+            harness.main()
     finally:
         forget_keys()
     data = json.loads(full.read_text())
@@ -226,6 +295,7 @@ def main() -> None:
     policy_lines = policy_verdicts(data["summary"])
     metrics_lines = metrics_cost_verdicts(data["summary"])
     baseline_lines = baseline_verdicts(data["summary"])
+    cluster_lines = cluster_verdicts(data["summary"])
     full.write_text(json.dumps(data, indent=1))
     if metrics_lines:
         print("\nsluice with telemetry on against telemetry off, same run:")
@@ -235,6 +305,9 @@ def main() -> None:
     if policy_lines:
         print("\nsluice with task policies against plain sluice on the same queue type, same run:")
         print("\n".join(policy_lines))
+    if cluster_lines:
+        print("\nsluice on the 3-node cluster against the single node, quorum queues, same run:")
+        print("\n".join(cluster_lines))
     if baseline_lines:
         print(f"\nsluice against the same variant on BENCH_BASELINE={baseline}, same run:")
         print("\n".join(baseline_lines))
