@@ -77,7 +77,12 @@ async def test_limiters_on_the_cluster(rc: RedisCluster, cprefix: str) -> None:
             assert got == [True, True, True, False], (type(limiter).__name__, name, got)
             assert not (await limiter.peek(name)).allowed
             await limiter.reset(name)
-            assert (await limiter.try_acquire(name)).allowed
+            first = await limiter.try_acquire(name)
+            assert first.allowed
+            if limiter is sliding:  # the settle script, on each master
+                assert await sliding.settle(name, first.server_time_us) is True
+                assert await sliding.settle(name, 1) is False, "a unit long gone is counted afresh"
+                assert [(await sliding.try_acquire(name)).allowed for _ in range(2)] == [True, False]
         await limiter.aclose()
 
 

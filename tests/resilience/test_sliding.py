@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from sluice.errors import ConfigError
-from sluice.resilience import Decision, GCRALimiter, KeySpace, Rate, RateLimited, SlidingLogLimiter
+from sluice.resilience import Decision, GCRALimiter, KeySpace, Rate, RateLimited, SlidingLogLimiter, _lua
 from sluice.resilience._reference import SlidingLogModel
 
 from .conftest import Store
@@ -117,6 +117,71 @@ def test_sliding_script_matches_model(
         return [limiter.key("k")]
 
     on_redis(redis_url, body)
+
+
+settle_steps = st.lists(
+    st.tuples(
+        st.integers(min_value=-300_000, max_value=700_000),  # gap
+        st.integers(min_value=0, max_value=3),  # cost of a decision
+        st.integers(
+            min_value=-1, max_value=8
+        ),  # then settle the i-th logged stamp (-1: none; past the end: one gone)
+    ),
+    min_size=1,
+    max_size=50,
+)
+
+
+@slow
+@given(rate=rates, margin=st.integers(min_value=0, max_value=400_000), schedule=settle_steps)
+@example(
+    rate=Rate(2, 1.0), margin=200_000, schedule=[(0, 1, -1), (0, 1, -1), (500_000, 0, 0), (800_000, 1, -1)]
+)
+def test_settle_script_matches_model(
+    redis_url: str, rate: Rate, margin: int, schedule: list[tuple[int, int, int]]
+) -> None:
+    """Decisions and settles interleaved, the script on Redis and the model: the same replies and the
+    same stamps in the log after each step (the server clock fixed by the test, also going back)."""
+
+    async def body(client: Redis, keys: KeySpace) -> list[str]:
+        window = rate.period_us + margin
+        limiter = SlidingLogLimiter(client, rate, margin=margin / 1e6, keys=keys)
+        model = SlidingLogModel(window, rate.limit)
+        key = limiter.key("k")
+        now = EPOCH
+        for gap, cost, settle in schedule:
+            now += gap
+            assert await limiter._call("k", cost, False, now_us=now) == list(model.decide(now, cost))
+            if settle < 0:
+                continue
+            stamp = model.stamps[settle] if settle < len(model.stamps) else now - 10 * window
+            reply = await client.evalsha(_lua.SLIDING_SETTLE.sha, 1, key, now, f"{stamp} {margin} {window}")
+            assert list(map(int, reply.split())) == list(model.settle(now, stamp, margin))
+            scores = [int(s) for _, s in await client.zrange(key, 0, -1, withscores=True)]
+            assert scores == model.stamps
+        return [key]
+
+    on_redis(redis_url, body)
+
+
+async def test_a_settled_unit_counts_a_period_from_its_calls_end(store: Store) -> None:
+    """Rate 1/s, margin 0.25 s: a unit settled 0.5 s after its admission leaves the window 1 s after
+    the settle, not 1.25 s after the admission; settling a fast unit (within the margin) changes nothing."""
+    limiter = SlidingLogLimiter(store.client, Rate(1, 1.0), margin=0.25, keys=store.keys)
+    first = await limiter._call("k", 1, False, now_us=EPOCH)
+    assert first[0] == 1
+    runner = limiter._runner
+    window = 1_250_000
+    assert await runner.run(
+        _lua.SLIDING_SETTLE, [limiter.key("k")], [EPOCH + 100_000, f"{EPOCH} 250000 {window}"]
+    )
+    refused = await limiter._call("k", 1, False, now_us=EPOCH + 1_000_000)
+    assert refused[:2] == [0, 250_001], "within the margin: the admission stamp holds"
+    await runner.run(_lua.SLIDING_SETTLE, [limiter.key("k")], [EPOCH + 500_000, f"{EPOCH} 250000 {window}"])
+    refused = await limiter._call("k", 1, False, now_us=EPOCH + 1_400_000)
+    assert refused[:2] == [0, 100_001], "settled 0.5 s in: it leaves 1 s after that"
+    assert (await limiter._call("k", 1, False, now_us=EPOCH + 1_500_001))[0] == 1
+    assert await limiter.settle("k", 0) is False, "an outage's decision has no unit to settle"
 
 
 async def test_admits_the_limit_then_refuses_until_the_oldest_leaves(store: Store) -> None:

@@ -3,8 +3,10 @@
 Retry-After beyond it) through tasks/``raise_for_throttle`` (throttle_tasks.py), limited at run time
 with the installed ``sluice limits set``; 1,000 tasks a run (issue 14) against a 50/s upstream:
 
-* ``"N/s sliding"`` at the upstream's own limit: every task runs, the upstream answers at most 3 % 429s
-  (the issue asks none: see SLIDING_429_BOUND for what this box measured);
+* ``"N/s sliding"`` at the upstream's own limit: every task runs, the upstream answers no 429 (the
+  window is exact at admission on Redis' clock; the worker's margin covers a request that reaches the
+  upstream up to 0.2 s after its admission, and a call that ends later than ``SETTLE_AFTER`` has its
+  unit counted from its end, so a late request is covered too);
 * a GCRA limit twice the upstream's, the 429s turned into ``Throttled``: every task succeeds, none in
   the DLQ, every run is attempt 1 (no attempt spent on a 429), and the 429s are bounded (printed);
 * ``"4N/s adaptive"``: the throttles cut the fleet's effective rate (read through ``sluice limits ls
@@ -40,11 +42,6 @@ from support.workers import SLUICE, WorkerProcess, stop_all, worker_env
 
 HERE = Path(__file__).resolve().parent
 LIMIT = 50  # the upstream's: requests per second per API key
-#: 429s the sliding run may get, of N: the window is exact at admission (Redis' clock), but a full window
-#: goes at once and the upstream counts arrivals; on this 2-core box, busy, the spread from admission to
-#: arrival outgrew the worker's 0.2 s margin (SLIDING_MARGIN) at the start (new connections) and at
-#: scheduling hiccups: 19, 10 (at 20/s), 8 (with a 0.35 s margin) and 11 of 1,000 in four runs
-SLIDING_429_BOUND = 0.03
 N = 1000  # tasks a run
 
 
@@ -149,7 +146,7 @@ def _calls(fleet: Fleet, rate: str, n: int) -> str:
 
 
 @pytest.mark.timeout(150)
-def test_a_sliding_limit_at_the_upstreams_own_gets_almost_no_429(
+def test_a_sliding_limit_at_the_upstreams_own_gets_no_429(
     fleet: Fleet, upstream: FakeUpstream, r: redis.Redis
 ) -> None:
     start = time.monotonic()
@@ -161,7 +158,7 @@ def test_a_sliding_limit_at_the_upstreams_own_gets_almost_no_429(
     )
     if upstream.total_refused:
         print_curve([], answered_at(r, record))
-    assert upstream.total_refused <= SLIDING_429_BOUND * N, upstream.stats()
+    assert upstream.total_refused == 0, upstream.stats()
     assert spent_on_429(got) == [], "no attempt spent on a 429"
     assert sum(1 for *_, status in got if status == 200) == N
     assert fleet.dead() == 0

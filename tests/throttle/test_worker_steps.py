@@ -7,6 +7,7 @@ key in the limiter's own script, and enforces ``"N/s sliding"`` with the exact s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,9 +20,10 @@ from sluice.protocol import TaskMessage
 from sluice.resilience import BreakerPolicy, Freezes, GCRALimiter, KeySpace, RetryPolicy, SlidingLogLimiter
 from sluice.tasks import Task
 from sluice.telemetry import Telemetry
+from sluice_worker._resilience_cache import SLIDING_MARGIN
 from sluice_worker.outcome import ACK, RATE_LIMITED, THROTTLED, Deferred, Outcome
 from sluice_worker.policies import Policies
-from sluice_worker.policies.rate_limit import FREEZE_RECHECK
+from sluice_worker.policies.rate_limit import FREEZE_RECHECK, SETTLE_AFTER
 
 
 class P(BaseModel):
@@ -38,9 +40,12 @@ class Call:
     def __init__(self) -> None:
         self.fail: BaseException | None = None
         self.calls = 0
+        self.takes = 0.0  # seconds each call takes (a slow upstream)
 
     async def __call__(self, task: Task, args: list[object]) -> BaseException | None:
         self.calls += 1
+        if self.takes:
+            await asyncio.sleep(self.takes)
         return self.fail
 
 
@@ -48,6 +53,7 @@ class Worker:
     """One worker's policies (a Redis client of its own) and the pipelines of the tasks it ran."""
 
     def __init__(self, redis_url: str, prefix: str) -> None:
+        self.prefix = prefix
         self.client = aioredis.Redis.from_url(redis_url)
         self.telemetry = Telemetry("worker")
         self.policies = Policies(self.client, prefix, telemetry=self.telemetry)
@@ -55,9 +61,14 @@ class Worker:
         self._pipelines: dict[str, object] = {}
 
     async def run(
-        self, t: Task, payload: dict[str, object] | None = None, fail: Exception | None = None
+        self,
+        t: Task,
+        payload: dict[str, object] | None = None,
+        fail: Exception | None = None,
+        takes: float = 0.0,
     ) -> Outcome:
         call = self.calls.setdefault(t.name, Call())
+        call.takes = takes
         pipeline = self._pipelines.get(t.name)
         if pipeline is None:
             pipeline = self._pipelines[t.name] = self.policies.pipeline(t, self.policies.failures, call)  # type: ignore[arg-type]
@@ -180,6 +191,31 @@ async def test_a_sliding_limit_admits_exactly_its_limit_in_the_window(
     assert isinstance(shapes[("sliding", 5, 60.0, 5)], SlidingLogLimiter)
     await a.run(smooth)
     assert isinstance(shapes[("gcra", 5, 60.0, 5)], GCRALimiter), "the cache keys on the window"
+
+
+async def test_a_slow_calls_sliding_unit_counts_from_the_calls_end(
+    fleet: tuple[Worker, Worker, Freezes],
+) -> None:
+    """A call that ends later than SETTLE_AFTER after its admission may have reached the upstream that
+    late: its unit is stamped again at the call's end (less the margin, which the window adds back), so
+    the next admission waits a full period from then; a fast call's unit keeps its admission stamp."""
+    a, _, _ = fleet
+
+    @task("t.slowcall", rate_limit="2/s sliding")
+    async def slowcall(p: P) -> None: ...
+
+    assert await a.run(slowcall, takes=SETTLE_AFTER + 0.25) == ACK
+    assert await a.run(slowcall) == ACK
+    limiter = a.policies.cache.limiters[("sliding", 2, 1.0, 2)]
+    log = await a.client.zrange(limiter.key("t.slowcall"), 0, -1, withscores=True)
+    slow, fast = sorted(log, key=lambda m: m[0].count(b":s"), reverse=True)
+    assert b":s" in slow[0] and b":s" not in fast[0], log  # the slow one was stamped again, once
+    first_stamp = int(slow[0].split(b":s")[1].split(b":")[0])
+    # stamped at its end (>= 0.25 s + SETTLE_AFTER after admission) less the margin
+    assert slow[1] - first_stamp >= (SETTLE_AFTER + 0.25 - SLIDING_MARGIN) * 1e6, log
+    out = await a.run(slowcall)
+    # the window is full; the first to leave it is the fast unit (its admission), not the slow one
+    assert isinstance(out, Deferred) and out.reason == RATE_LIMITED, out
 
 
 async def test_the_test_harness_honours_a_throttle_in_simulated_time() -> None:

@@ -17,7 +17,7 @@ Conventions shared by every script:
 from __future__ import annotations
 
 from ._lua_base import build as _script
-from ._lua_throttle import AIMD, AIMD_SHOW, FREEZE, FREEZE_READ, GCRA_AIMD, SLIDING_LOG
+from ._lua_throttle import AIMD, AIMD_SHOW, FREEZE, FREEZE_READ, GCRA_AIMD, SLIDING_LOG, SLIDING_SETTLE
 from ._multi import MultiScript
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "LEASE_RENEW",
     "MULTI",
     "SLIDING_LOG",
+    "SLIDING_SETTLE",
     "WINDOW",
 ]
 
@@ -304,5 +305,6 @@ return 1
 #: Any sequence of the calls a batch carries (rate-limit decisions and claim steps), as one script
 #: call: see ``_multi.py``.
 MULTI = MultiScript(
-    "multi", [GCRA, GCRA_AIMD, WINDOW, SLIDING_LOG, CLAIM, CLAIM_COMPLETE, CLAIM_RELEASE, CLAIM_RENEW]
+    "multi",
+    [GCRA, GCRA_AIMD, WINDOW, SLIDING_LOG, SLIDING_SETTLE, CLAIM, CLAIM_COMPLETE, CLAIM_RELEASE, CLAIM_RENEW],
 )

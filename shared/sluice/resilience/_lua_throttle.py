@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._lua_base import build as _script
 
-__all__ = ["AIMD", "AIMD_SHOW", "FREEZE", "FREEZE_READ", "GCRA_AIMD", "SLIDING_LOG"]
+__all__ = ["AIMD", "AIMD_SHOW", "FREEZE", "FREEZE_READ", "GCRA_AIMD", "SLIDING_LOG", "SLIDING_SETTLE"]
 
 # KEYS: log (zset: one member '<stamp>:<k>' per unit admitted, scored by its stamp, µs) [, freeze].
 # ARGV: now, "period_µs limit cost peek". Reply: "allowed retry_after_µs(-1: never) remaining stamp";
@@ -62,6 +62,42 @@ if peek == '0' and cost > 0 then
   keep(KEYS[1], t + p - now)
 end
 return {ok = string.format('1 0 %d %d', limit - n - cost, t)}
+""",
+)
+
+# KEYS: log. ARGV: now, "stamp margin_µs window_µs". A unit admitted at ``stamp`` whose call ended now:
+# one member stamped ``stamp`` (any: they are alike) is stamped again ``t - margin`` (t the decision
+# clock: the server's, never below the newest stamp; the new stamp never below ``stamp``), so it counts a
+# full period from now, when its request had surely arrived upstream. Gone already (the call outlasted
+# the window), one is added at that stamp all the same: the window counts it once more, stricter, never
+# looser. Reply: "found(1/0) new_stamp".
+SLIDING_SETTLE = _script(
+    "sliding_settle",
+    """
+local now = now_us()
+local a, b, c = string.match(ARGV[2], '(%S+) (%S+) (%S+)')
+local stamp, margin, p = tonumber(a), tonumber(b), tonumber(c)
+local t = now
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local newest = tonumber(last[2]) or t
+if newest > t then t = newest end
+local s = math.max(stamp, t - margin)
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], a, a, 'LIMIT', 0, 1)[1]
+if found and s == stamp then return {ok = string.format('1 %d', s)} end
+local ss = string.format('%d', s)
+local m
+if found then
+  redis.call('ZREM', KEYS[1], found)
+  m = ss .. ':s' .. found
+else
+  m = ss .. ':s' .. a
+  local i = 0
+  while redis.call('ZSCORE', KEYS[1], m .. ':' .. i) do i = i + 1 end
+  m = m .. ':' .. i
+end
+redis.call('ZADD', KEYS[1], ss, m)
+keep(KEYS[1], math.max(s, newest) + p - now)
+return {ok = string.format('%d %d', found and 1 or 0, s)}
 """,
 )
 

@@ -80,6 +80,17 @@ def handlers(backend: MemoryBackend) -> dict[str, Handler]:
             backend.delete(keys[0])  # an empty sorted set is no key
         return " ".join(map(str, reply))
 
+    def sliding_settle(keys: Sequence[str], args: Sequence[Arg]) -> str:
+        now = _now(backend, args)
+        a, b, c = _text(args[1]).split()
+        model = backend.model(keys[0])
+        if not isinstance(model, SlidingLogModel):
+            model = SlidingLogModel(int(c), 1)
+        newest = max(model.stamps[-1], now) if model.stamps else now
+        found, s = model.settle(now, int(a), int(b))
+        backend.keep(keys[0], model, keep_ms(max(s, newest) + int(c) - now))
+        return f"{found} {s}"
+
     def freeze(keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         now = _now(backend, args)
         model = backend.model(keys[0])  # changed in place when kept: its TTL stays, as HSET keeps it
@@ -138,6 +149,7 @@ def handlers(backend: MemoryBackend) -> dict[str, Handler]:
         _lua.AIMD_SHOW.sha: aimd_show,
         _lua.GCRA_AIMD.sha: gcra_aimd,
         _lua.SLIDING_LOG.sha: sliding_log,
+        _lua.SLIDING_SETTLE.sha: sliding_settle,
         _lua.FREEZE.sha: freeze,
         _lua.FREEZE_READ.sha: freeze_read,
         _lua.AIMD.sha: aimd,

@@ -118,6 +118,21 @@ class SlidingLogModel:
             stamps.extend([t] * cost)
         return 1, 0, limit - n - cost, t
 
+    def settle(self, now: int, stamp: int, margin: int) -> tuple[int, int]:
+        """A unit admitted at ``stamp`` whose call ended ``now``: stamped again ``t - margin`` (never
+        below ``stamp``), or added there if it already left the log. (found, new stamp)."""
+        stamps = self.stamps
+        t = max(now, stamps[-1]) if stamps else now
+        s = max(stamp, t - margin)
+        i = bisect.bisect_left(stamps, stamp)
+        found = i < len(stamps) and stamps[i] == stamp
+        if found and s == stamp:
+            return 1, s
+        if found:
+            del stamps[i]
+        bisect.insort(stamps, s)
+        return int(found), s
+
 
 @dataclass(slots=True)
 class LeaseModel:

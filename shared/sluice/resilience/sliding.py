@@ -35,6 +35,7 @@ from ._backend import Backend
 from ._limiter import Decision, LimiterOptions, Rate, RateLimiterBase, _seconds
 from ._reference import SlidingLogModel
 from ._scripts import Script
+from .errors import BackendUnavailable
 
 __all__ = ["SlidingLogLimiter"]
 
@@ -51,7 +52,9 @@ class SlidingLogLimiter(RateLimiterBase):
     admission to arrival varies (connection set-up, scheduling, the network): two admissions a period
     apart can arrive a little less than a period apart. A margin of that variation (a few ms on one
     machine, more across a network) keeps every window the upstream sees within its limit too
-    (tests/throttle/test_upstream.py measures both).
+    (tests/throttle/test_upstream.py measures both). A call that may outlast the margin is
+    settled (:meth:`settle`) when it ends: its unit then counts a period from its end, and the window holds
+    however late its request arrived.
     """
 
     kind = "sliding"
@@ -65,7 +68,35 @@ class SlidingLogLimiter(RateLimiterBase):
         self.burst = rate.limit
         self.margin = margin
         self._window_us = round((rate.period + margin) * 1_000_000)
+        self._margin_us = round(margin * 1_000_000)
         super().__init__(redis, **options)
+
+    async def settle(self, name: str, stamp_us: int) -> bool:
+        """The unit of ``name`` admitted at ``stamp_us`` (its :attr:`Decision.server_time_us`) ended its
+        call now: it counts a full ``period`` from now on (stamped ``now - margin``, never earlier than
+        it was), so the window holds its request wherever in the call it reached the upstream. For a call
+        that outlasts ``margin``; a shorter one is covered by the margin and needs no settling.
+
+        One round trip (coalesced like the decisions). True when the unit was still in the log (False:
+        it had left the window, and one unit was counted afresh, which only makes the window stricter).
+        Redis away: False, and the unit keeps its admission stamp (the margin still covers a late
+        request of up to ``margin`` seconds); never raises for that.
+        """
+        if stamp_us <= 0 or not name:
+            return False  # decided by the outage policy: no unit in Redis to settle
+        call = (
+            _lua.SLIDING_SETTLE,
+            [self._key_head + name + "}"],
+            ["", f"{stamp_us} {self._margin_us} {self._window_us}"],
+        )
+        try:
+            if self._coalescer is not None:
+                reply = await self._coalescer.call(call)
+            else:
+                reply = await self._runner.run(*call)
+        except BackendUnavailable:
+            return False
+        return int(reply.split()[0]) == 1
 
     @property
     def _script(self) -> Script:

@@ -14,7 +14,8 @@ is counted (``telemetry.limit_decision``). Redis: one (pipelined, coalesced) rou
 The limit counts by its ``window``: GCRA (the default) or the exact sliding log (``"50/s sliding"``:
 never more than the limit in any window of the period; the worker's limiter counts each admission for
 :data:`~sluice_worker._resilience_cache.SLIDING_MARGIN` beyond the period, for the spread between an
-admission and its request's arrival upstream).
+admission and its request's arrival upstream, and a call that ends later than :data:`SETTLE_AFTER`
+after its admission has its unit settled on the way out, counted a period from the call's end).
 
 An adaptive limit (``RateLimit(adaptive=True)``, ``"200/s adaptive"``) is decided by
 :class:`~sluice.resilience.adaptive.AdaptiveGCRALimiter`: its script reads the fleet's effective rate
@@ -46,12 +47,12 @@ from redis.asyncio import RedisCluster
 
 from sluice.limits import LimitStore, effective_rate
 from sluice.policy import RateLimit, payload_field
-from sluice.resilience import Freezes, Rate
+from sluice.resilience import Freezes, Rate, SlidingLogLimiter
 from sluice.resilience.clock import Clock
 from sluice.tasks import Task
 from sluice.telemetry import NullTelemetry, Telemetry
 from sluice.throttle import Throttled
-from sluice_worker._resilience_cache import Limiter, ResilienceCache
+from sluice_worker._resilience_cache import SLIDING_MARGIN, Limiter, ResilienceCache
 from sluice_worker._unit_batches import UnitBatches
 from sluice_worker.outcome import RATE_LIMITED, THROTTLED, Deferred, FailurePolicy, Outcome
 from sluice_worker.policies.step import BACKEND_RETRY, Delivery, Step
@@ -59,7 +60,15 @@ from sluice_worker.policies.step import BACKEND_RETRY, Delivery, Step
 if TYPE_CHECKING:
     from sluice_worker.policies.shared import Policies
 
-__all__ = ["FREEZE_RECHECK", "IN_PLACE", "MAX_BATCH", "UNIT_HOLD", "RateLimitStep", "batch_size"]
+__all__ = [
+    "FREEZE_RECHECK",
+    "IN_PLACE",
+    "MAX_BATCH",
+    "SETTLE_AFTER",
+    "UNIT_HOLD",
+    "RateLimitStep",
+    "batch_size",
+]
 
 log = logging.getLogger("sluice.worker")
 
@@ -71,6 +80,11 @@ _MAX_SCOPES = 10_000  # limit names whose throttles named a scope, remembered pe
 #: early (``sluice limits thaw``) lets its tasks run within this, at the cost of one trip through a delay
 #: tier per deferred task this often while a long freeze holds
 FREEZE_RECHECK = 16.0
+#: seconds from a sliding-window admission to the end of its call past which the unit is settled
+#: (counted a period from the call's end; :meth:`SlidingLogLimiter.settle`, one round trip). A quarter of
+#: :data:`SLIDING_MARGIN`: a call that ends sooner sent its request within the margin even if the
+#: decision's reply took the rest of it to come back
+SETTLE_AFTER = SLIDING_MARGIN / 4
 
 
 def batch_size(rate: RateLimit) -> int:
@@ -88,7 +102,8 @@ def _batch(rate: Rate, burst: int) -> int:
 
 class RateLimitStep(Step):
     name = "rate limit"
-    after_on_ack = False  # on the way out it acts on a throttled handler only
+    # on the way out it settles a slow call's sliding-window unit, and acts on a throttled handler
+    after_on_ack = True
 
     def __init__(
         self,
@@ -159,7 +174,9 @@ class RateLimitStep(Step):
             if held is not None:
                 return held
             freeze = name
-        wait, waited, frozen = await self._take(name, limiter, freeze)
+        wait, waited, frozen, stamp = await self._take(name, limiter, freeze)
+        if stamp and isinstance(limiter, SlidingLogLimiter):
+            d.hold(self, (limiter, name, stamp, self._clock.monotonic()))
         if wait is not None:
             put_off = self._line_up(name, limiter.rate, min(wait, FREEZE_RECHECK) if frozen else wait)
             self._telemetry.limit_decision(task.name, False, put_off)
@@ -170,6 +187,9 @@ class RateLimitStep(Step):
     async def after(self, d: Delivery, outcome: Outcome | None) -> Outcome | None:
         """A throttled handler (the failure step made it a ``throttled`` deferral): freeze its key or scope
         fleet-wide until the upstream's time, and defer it behind that freeze."""
+        held = d.held(self)
+        if held is not None and d.called:
+            await self._settle(*held)
         error = d.error
         if not (
             isinstance(outcome, Deferred) and outcome.reason == THROTTLED and isinstance(error, Throttled)
@@ -199,6 +219,16 @@ class RateLimitStep(Step):
         left = min(left, FREEZE_RECHECK)
         return Deferred(THROTTLED, left if rate is None else self._line_up(name, rate.rate, left))
 
+    async def _settle(self, limiter: SlidingLogLimiter, name: str, stamp: int, taken: float) -> None:
+        """A sliding-window unit whose call took longer than :data:`SETTLE_AFTER`: counted a period from
+        the call's end (its request may have reached the upstream that late), one round trip."""
+        if self._clock.monotonic() - taken < SETTLE_AFTER:
+            return  # the margin covers it
+        try:
+            await limiter.settle(name, stamp)
+        except Exception as e:  # never fails the task: the unit keeps its admission stamp and margin
+            log.debug("task %s: cannot settle its sliding unit of %s: %s", self.task.name, name, e)
+
     async def _slow_down(self, rate: RateLimit, name: str) -> None:
         """A throttle of an adaptive limit: cut its fleet-wide rate (at most once per cooldown)."""
         try:
@@ -223,9 +253,10 @@ class RateLimitStep(Step):
             return None
         return Deferred(THROTTLED, min(found.remaining, FREEZE_RECHECK))
 
-    async def _take(self, name: str, limiter: Limiter, freeze: str) -> tuple[float | None, float, bool]:
+    async def _take(self, name: str, limiter: Limiter, freeze: str) -> tuple[float | None, float, bool, int]:
         """Take one unit of the limit ``name`` unless ``freeze`` holds: (``None`` when taken, else seconds
-        to defer by; seconds the task waited here for it; refused by the freeze)."""
+        to defer by; seconds the task waited here for it; refused by the freeze; the unit's stamp on
+        Redis' clock, 0 if none or shared by a batch)."""
         rate = limiter.rate
         clock = self._clock
         deadline = clock.monotonic() + self._in_place
@@ -234,16 +265,16 @@ class RateLimitStep(Step):
         if batch > 1 and await self._units.take(
             name, batch, lambda n: limiter.try_acquire(name, n, freeze=freeze)
         ):
-            return None, 0.0, False
+            return None, 0.0, False, 0
         d = await limiter.try_acquire(name, freeze=freeze)  # the common case: room, one round trip
         if d.allowed:
-            return None, 0.0, False
+            return None, 0.0, False, d.server_time_us
         if d.frozen:  # a freeze (also one a fail-open limiter saw before Redis went away)
-            return d.retry_after, 0.0, True
+            return d.retry_after, 0.0, True, 0
         if d.degraded:
-            return BACKEND_RETRY, 0.0, False
+            return BACKEND_RETRY, 0.0, False, 0
         if math.isinf(d.retry_after) or d.retry_after > self._in_place:
-            return (d.retry_after if math.isfinite(d.retry_after) else rate.period), 0.0, False
+            return (d.retry_after if math.isfinite(d.retry_after) else rate.period), 0.0, False, 0
         # a short wait: waited here, by one poller per key at a time (no herd polling Redis)
         start = clock.monotonic()
         lock = self._pollers.get(name)
@@ -253,22 +284,22 @@ class RateLimitStep(Step):
             async with asyncio.timeout(self._in_place):
                 await lock.acquire()
         except TimeoutError:
-            return d.retry_after, 0.0, False
+            return d.retry_after, 0.0, False, 0
         try:
             while True:
                 wait = d.retry_after
                 if clock.monotonic() + wait > deadline:
-                    return wait, 0.0, False
+                    return wait, 0.0, False, 0
                 await clock.sleep(wait)
                 d = await limiter.try_acquire(name, freeze=freeze)
                 if d.allowed:
-                    return None, clock.monotonic() - start, False
+                    return None, clock.monotonic() - start, False, d.server_time_us
                 if d.frozen:
-                    return d.retry_after, 0.0, True
+                    return d.retry_after, 0.0, True, 0
                 if d.degraded:
-                    return BACKEND_RETRY, 0.0, False
+                    return BACKEND_RETRY, 0.0, False, 0
                 if math.isinf(d.retry_after):
-                    return rate.period, 0.0, False
+                    return rate.period, 0.0, False, 0
         finally:
             lock.release()
 
