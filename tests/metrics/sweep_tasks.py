@@ -102,6 +102,13 @@ async def throttled(p: Item) -> None:
     raise Throttled(retry_after=30, status=429)
 
 
+@task("sweep.adaptive", rate_limit="100/s adaptive")
+async def adaptive(p: Item) -> None:
+    """An adaptive limit throttled: its key frozen for 30 s, and its fleet rate cut below 100/s
+    (sluice_rate_limit_effective_rate)."""
+    raise Throttled(retry_after=30, status=429)
+
+
 @task(
     "sweep.guarded",
     breaker=Breaker("sweepbrk", BreakerPolicy(minimum_calls=2, failure_rate=0.5, window=30.0, open_for=60.0)),

@@ -220,6 +220,7 @@ def test_every_documented_series_outcome_and_reason_appears_in_a_real_run(
         *[e("sweep.rate", i) for i in range(3)],
         *[e("sweep.pair", i) for i in range(3)],
         e("sweep.throttled"),
+        e("sweep.adaptive"),
         *[e("sweep.guarded", i) for i in range(2)],
         e("sweep.later", delay="15s"),  # the 8 s tier, then 7 s still ahead: an eta hop however slow the box
         e("sweep.down", queue="sweepdown"),
@@ -266,6 +267,8 @@ def test_every_documented_series_outcome_and_reason_appears_in_a_real_run(
     assert samples[("sluice_breaker_state", (("breaker", "sweepbrk"),))] == 1  # open
     assert samples[("sluice_rate_limit_override_per_second", (("limit", "sweep.ok"),))] == 1000
     assert samples[("sluice_retry_budget_refusals_total", (("budget", "sweep.budget"),))] == 1
+    # halved by the throttle, then back a tenth of 100/s each quiet 5 s: below the declared 100/s
+    assert 0 < samples[("sluice_rate_limit_effective_rate", (("key", "sweep.adaptive"),))] < 100
     assert (
         samples[("sluice_rate_limit_decisions_total", (("decision", "allowed"), ("limit", "sweep.rate")))]
         == 1

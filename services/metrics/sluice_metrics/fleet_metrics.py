@@ -56,6 +56,7 @@ METRIC_NAMES = (
     "sluice_retry_budget_refusals_total",
     "sluice_upstream_throttles_total",
     "sluice_rate_limit_frozen_seconds",
+    "sluice_rate_limit_effective_rate",
     "sluice_consumers_paused",
     "sluice_consumer_pauses_total",
     "sluice_task_handle_events_total",
@@ -266,9 +267,16 @@ class FleetCollector(Collector):
             "seconds left of each freeze an upstream's throttle set (sluice limits ls), by key or scope",
             labels=["key"],
         )
+        effective = GaugeMetricFamily(
+            "sluice_rate_limit_effective_rate",
+            "the fleet's effective rate of each adaptive limit a throttle cut below its declared rate, in units per second",
+            labels=["key"],
+        )
         if redis is not None:
             for key, left in sorted(redis.frozen.items()):
                 frozen.add_metric([key], left)
+            for key, (rate, _) in sorted(redis.adaptive.items()):
+                effective.add_metric([key], rate)
             for limit, doc in redis.limits.items():
                 per_s = rate_per_second(str(doc.get("rate", "")))
                 if per_s is not None:
@@ -289,4 +297,4 @@ class FleetCollector(Collector):
             cancels.add_metric(["id"], counts.get(CANCELS, 0))
             cancels.add_metric(["batch"], counts.get(CANCEL_RULES, 0))
             duplicates.add_metric([], counts.get(UNIQUE_DUPLICATES, 0))
-        yield from (overrides, frozen, breakers, cancels, duplicates)
+        yield from (overrides, frozen, effective, breakers, cancels, duplicates)

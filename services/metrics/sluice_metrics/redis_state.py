@@ -7,7 +7,9 @@ Breakers: :func:`sluice.resilience.breaker_states` (at most ``max_keys`` of them
 shows it) and the scheduler lease's holder and term (``None``: no scheduler leads). Task handles:
 :meth:`sluice.handles.TaskHandles.counts` (cancels and batch cancels recorded, unique duplicates refused,
 by every door: CLI, HTTP, Python). Freezes: :meth:`sluice.resilience.Freezes.frozen` (the keys an
-upstream's throttle froze, at most ``max_keys``). A read never takes longer than
+upstream's throttle froze, at most ``max_keys``). Adaptive rates:
+:func:`sluice.resilience.adaptive.adaptive_rates` (each adaptive limit a throttle moved below its declared
+rate, at most ``max_keys``; one at its declared rate is not listed). A read never takes longer than
 ``timeout``; an unreachable Redis gives ``redis_up=False`` and the previous values are not kept (shown as
 unknown).
 """
@@ -24,6 +26,7 @@ from sluice.handles import TaskHandles, TrackingUnavailable
 from sluice.limits import LimitStore
 from sluice.redis_client import AnyRedis
 from sluice.resilience import BackendUnavailable, Freezes, KeySpace, breaker_states
+from sluice.resilience.adaptive import adaptive_rates
 from sluice.schedules import ScheduleError, ScheduleStore, row
 
 __all__ = ["RedisSnapshot", "RedisStateSource"]
@@ -39,6 +42,8 @@ class RedisSnapshot:
     scheduler_term: int | None = None  # its fencing token: leader changes so far, fleet-wide
     handle_counts: dict[str, int] = field(default_factory=dict)  # sluice.handles.client.COUNTS -> n
     frozen: dict[str, float] = field(default_factory=dict)  # frozen key or scope -> seconds left
+    # adaptive limit key -> (its effective rate, its declared rate), units per second; below declared only
+    adaptive: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class RedisStateSource:
@@ -61,6 +66,7 @@ class RedisStateSource:
                 leader = await self._schedules.leader()
                 counts = await self._handles.counts()
                 frozen = await self._freezes.frozen(max_keys=self._max_keys)
+                adaptive = await adaptive_rates(self._redis, keys=self._keys, max_keys=self._max_keys)
         except (RedisError, OSError, TimeoutError, ScheduleError, TrackingUnavailable, BackendUnavailable):
             return RedisSnapshot(False)
         return RedisSnapshot(
@@ -72,6 +78,7 @@ class RedisStateSource:
             None if leader is None else leader.token,
             counts,
             {f.name: max(f.remaining, 0.0) for f in frozen},
+            {a.name: (a.per_second, a.declared / a.period) for a in adaptive},
         )
 
     async def aclose(self) -> None:
