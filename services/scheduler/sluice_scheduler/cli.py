@@ -44,6 +44,7 @@ def scheduler(
             settings,
             list(schedules.values()) if names else None,  # no --tasks: leave the declared ones be
             task_queues={name: t.queue for name, t in registry.items()},
+            fair=registry.fair_routes(),  # a fair task's fires go to its tenant's sub-queue
             host=host,
             port=port,
             lease=lease,

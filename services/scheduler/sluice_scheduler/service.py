@@ -16,6 +16,7 @@ from prometheus_client.exposition import choose_encoder
 
 from sluice.connection import BROKER_ERRORS
 from sluice.errors import BrokerUnavailable
+from sluice.fair import FairRoutes
 from sluice.protocol import TaskMessage
 from sluice.publisher import Publisher, creatable_queues
 from sluice.redis_client import redis_client
@@ -42,11 +43,15 @@ class LazyPublisher:
     """A :class:`~sluice.publisher.Publisher` opened on first use, and again after a failed open (the broker
     may be down when the scheduler starts); once open, its robust connection reconnects by itself.
     ``creatable``: the queues it may create (others must exist: a schedule added at run time cannot make the
-    broker create queues); ``None``: any."""
+    broker create queues); ``None``: any. ``fair``: the fair tasks of the loaded modules, each published to
+    its tenant's sub-queue (:mod:`sluice.fair`)."""
 
-    def __init__(self, settings: Settings, creatable: Collection[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, creatable: Collection[str] | None = None, *, fair: FairRoutes | None = None
+    ) -> None:
         self.settings = settings
         self.creatable = creatable
+        self.fair = fair
         self._publisher: Publisher | None = None
         self._lock = asyncio.Lock()
 
@@ -55,7 +60,9 @@ class LazyPublisher:
         if publisher is None:
             async with self._lock:
                 if self._publisher is None:
-                    p = Publisher(self.settings, name="sluice-scheduler", creatable=self.creatable)
+                    p = Publisher(
+                        self.settings, name="sluice-scheduler", creatable=self.creatable, fair=self.fair
+                    )
                     try:
                         await p.__aenter__()
                     except BROKER_ERRORS as e:
@@ -148,6 +155,7 @@ async def serve(
     schedules: Sequence[Schedule] | None,
     *,
     task_queues: Mapping[str, str],
+    fair: FairRoutes | None = None,
     host: str,
     port: int,
     lease: float = 10.0,
@@ -161,7 +169,9 @@ async def serve(
     redis = redis_client(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
     store = ScheduleStore(redis, settings.prefix, timeout=min(2.0, lease / 4))
     declared = [s.queue for s in schedules or () if s.queue]
-    publisher = LazyPublisher(settings, creatable_queues(settings, [*task_queues.values(), *declared]))
+    publisher = LazyPublisher(
+        settings, creatable_queues(settings, [*task_queues.values(), *declared]), fair=fair
+    )
     scheduler = Scheduler(
         store,
         publisher,
