@@ -155,7 +155,8 @@ def test_settle_script_matches_model(
             if settle < 0:
                 continue
             stamp = model.stamps[settle] if settle < len(model.stamps) else now - 10 * window
-            reply = await client.evalsha(_lua.SLIDING_SETTLE.sha, 1, key, now, f"{stamp} {margin} {window}")
+            # EVAL, not EVALSHA: a fresh Redis may not hold the script yet
+            reply = await client.eval(_lua.SLIDING_SETTLE.source, 1, key, now, f"{stamp} {margin} {window}")
             assert list(map(int, reply.split())) == list(model.settle(now, stamp, margin))
             scores = [int(s) for _, s in await client.zrange(key, 0, -1, withscores=True)]
             assert scores == model.stamps

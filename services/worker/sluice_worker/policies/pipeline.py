@@ -80,7 +80,17 @@ def _overrides(step: Step, hook: str) -> bool:
 class Pipeline:
     """One task's steps and its handler's call; :meth:`run` answers each delivery's outcome."""
 
-    __slots__ = ("_afters", "_afters_ack", "_befores", "_delivers", "_invoke", "steps", "task", "tracked")
+    __slots__ = (
+        "_afters",
+        "_afters_ack",
+        "_afters_held",
+        "_befores",
+        "_delivers",
+        "_invoke",
+        "steps",
+        "task",
+        "tracked",
+    )
 
     def __init__(self, task: Task, steps: Sequence[Step], invoke: Invoker) -> None:
         self.task = task
@@ -100,6 +110,12 @@ class Pipeline:
         # when the handler returned: a task without policies runs no after at all
         self._afters_ack = tuple(
             s.after for s in reversed(self.steps) if _overrides(s, "after") and s.after_on_ack
+        )
+        # ... and when a step that acts on ACK only if it held something (a slow sliding unit) held it
+        self._afters_held = tuple(
+            s.after
+            for s in reversed(self.steps)
+            if _overrides(s, "after") and (s.after_on_ack or s.after_when_held)
         )
 
     async def run(
@@ -127,7 +143,7 @@ class Pipeline:
                 d.called = True
                 if error is None:
                     outcome = ACK
-                    afters = self._afters_ack
+                    afters = self._afters_held if d.ack_hold else self._afters_ack
                 else:
                     d.error = error
         except BaseException:

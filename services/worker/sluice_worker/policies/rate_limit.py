@@ -102,8 +102,10 @@ def _batch(rate: Rate, burst: int) -> int:
 
 class RateLimitStep(Step):
     name = "rate limit"
-    # on the way out it settles a slow call's sliding-window unit, and acts on a throttled handler
-    after_on_ack = True
+    # on the way out it acts on a throttled handler, and settles a slow call's sliding-window unit (held
+    # for the sliding admissions only: the others' successful runs skip its after)
+    after_on_ack = False
+    after_when_held = True
 
     def __init__(
         self,

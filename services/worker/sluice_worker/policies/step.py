@@ -15,9 +15,10 @@ called for each of that task's deliveries, in the pipeline's order (:mod:`sluice
 
 A step that does not need a hook does not override it: the pipeline calls only overridden hooks (and
 skips the ``after`` of a step that acts on failures only, ``after_on_ack = False``, when the handler
-returned), so a task pays only for the steps it declares. What a step holds for one delivery (a claim token, a lease,
-a breaker permit) it keeps in the delivery (:meth:`Delivery.hold`), never in itself: one step object
-serves every delivery of its task at once.
+returned, unless it held something for that delivery and says ``after_when_held``), so a task pays
+only for the steps it declares. What a step holds for one delivery (a claim token, a lease, a breaker
+permit) it keeps in the delivery (:meth:`Delivery.hold`), never in itself: one step object serves every
+delivery of its task at once.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Delivery:
     headers the contract's :class:`~sluice.protocol.TaskMessage` does not carry), what the handler
     returned (``value``) or failed with (``error``), and whether a cancel came while it ran."""
 
-    __slots__ = ("_held", "called", "cancel_requested", "error", "headers", "msg", "value")
+    __slots__ = ("_held", "ack_hold", "called", "cancel_requested", "error", "headers", "msg", "value")
 
     def __init__(self, msg: TaskMessage, headers: Mapping[str, Any] | None = None) -> None:
         self.msg = msg
@@ -55,11 +56,14 @@ class Delivery:
         self.value: Any = None  # what it returned
         self.cancel_requested = False  # the task was cancelled while its handler ran
         self._held: dict[int, Any] | None = None
+        self.ack_hold = False  # a step whose after runs on ACK only when it holds something holds it
 
     def hold(self, step: Step, value: Any) -> None:
         """Keep ``value`` for ``step`` until its ``after``."""
         if self._held is None:
             self._held = {}
+        if step.after_when_held:
+            self.ack_hold = True
         self._held[id(step)] = value
 
     def held(self, step: Step) -> Any:
@@ -75,6 +79,9 @@ class Step:
     #: does ``after`` have anything to do when the handler returned (the outcome is ``ACK``)? A step
     #: that acts on failures only says no, and a task's successful runs skip its ``after``
     after_on_ack: ClassVar[bool] = True
+    #: with ``after_on_ack = False``: does ``after`` run on ``ACK`` all the same when the step held
+    #: something for that delivery (:meth:`Delivery.hold`)? The others' successful runs still skip it
+    after_when_held: ClassVar[bool] = False
     #: a tracking step (:mod:`~sluice_worker.policies.track`): built only for the deliveries tracked
     tracking: ClassVar[bool] = False
 
