@@ -58,7 +58,7 @@ CEILING_OF = {"sluice-classic": "ceiling", "sluice-quorum": "ceiling-quorum"}
 POLICY_OF = {
     f"sluice-{qt}-{flavour}": (f"sluice-{qt}", target)
     for qt in ("classic", "quorum")
-    for flavour, target in (("policy", 0.7), ("idem", 0.5), ("track", 0.75))
+    for flavour, target in (("policy", 0.7), ("idem", 0.75), ("track", 0.75))  # idem, track: issue 13
 }
 
 
