@@ -15,7 +15,7 @@ BENCH_VARIANTS (default: ceiling,ceiling-quorum,sluice-classic,sluice-quorum,slu
 every peer;
 sluice-{classic,quorum}-policy (a noop declaring a rate limit never reached), -idem (plus dedup on a
 header key) and -track (``@task(..., track=True, result=True)``: state tracked, result stored; issue 13)
-are compared with the plain sluice row of their queue type, targets 0.7x, 0.5x and 0.75x);
+are compared with the plain sluice row of their queue type, targets 0.7x, 0.75x and 0.75x: issue 13);
 sluice-{classic,quorum}-nometrics: the plain worker with SLUICE_METRICS_ENABLED=false; the plain row (metrics
 on) must keep 0.95x of it;
 sluice-quorum-cluster: the plain quorum worker and publisher on the 3-node loopback cluster (SLUICE_AMQP_URL
