@@ -261,7 +261,11 @@ def test_sluice_status_shows_the_schedules_and_their_leader(service: Service, en
             assert run.returncode == 0, run.stderr
             doc = json.loads(run.stdout)
             rows = [r for r in doc["scheduler"]["schedules"] if r["name"] == name]
-            return {"leader": doc["scheduler"]["leader"], **rows[0]} if rows else None
+            # the service reads Redis on its own interval: a read between the add and the HSET lists
+            # the schedule with no counts yet, so wait for one that has them
+            if not rows or rows[0]["fires"] == 0:
+                return None
+            return {"leader": doc["scheduler"]["leader"], **rows[0]}
 
         got = until(listed)
         assert got["task"] == "fleet.noop" and got["spec"] == "every 5m" and got["leader"] is None
