@@ -7,9 +7,10 @@
 #   deploy/cluster/rabbitmq-cluster.sh kill N    SIGKILL node N (1-3), for failover tests; `up` restarts it
 #
 # Node N: name sluice-cN@localhost, AMQP 127.0.0.1:570N (guest/guest), Erlang distribution port 2570N,
-# data and logs under $SLUICE_CLUSTER_DIR/rabbit/cN (default /var/tmp/sluice-cluster). No management
-# plugin (sluice reads queues over AMQP). The Erlang cookie is the machine's (/var/lib/rabbitmq): the
-# nodes are joined to each other only, never to rabbit@localhost.
+# management HTTP API 127.0.0.1:1570N (guest/guest; sluice itself reads queues over AMQP: the API is for
+# what reads a cluster over HTTP, KEDA's RabbitMQ scaler among them, and for a person's browser), data and
+# logs under $SLUICE_CLUSTER_DIR/rabbit/cN (default /var/tmp/sluice-cluster). The Erlang cookie is the
+# machine's (/var/lib/rabbitmq): the nodes are joined to each other only, never to rabbit@localhost.
 set -euo pipefail
 
 BASE="${SLUICE_CLUSTER_DIR:-/var/tmp/sluice-cluster}/rabbit"
@@ -20,6 +21,7 @@ node_name() { echo "sluice-c$1@localhost"; }
 node_dir() { echo "$BASE/c$1"; }
 amqp_port() { echo "570$1"; }
 dist_port() { echo "2570$1"; }
+http_port() { echo "1570$1"; }
 
 node_env() {  # the variables rabbitmq-server and rabbitmqctl need for node $1
   local d; d="$(node_dir "$1")"
@@ -49,11 +51,18 @@ serving() {  # the AMQP port answers
   (exec 3<>"/dev/tcp/127.0.0.1/$(amqp_port "$1")") 2>/dev/null
 }
 
+http_serving() {  # the management API's port answers
+  (exec 3<>"/dev/tcp/127.0.0.1/$(http_port "$1")") 2>/dev/null
+}
+
 start_node() {
   local n="$1" d; d="$(node_dir "$n")"
   mkdir -p "$d/mnesia" "$d/log"
-  printf 'listeners.tcp.local = 127.0.0.1:%s\nloopback_users = none\n' "$(amqp_port "$n")" >"$d/node.conf"
-  printf '[].\n' >"$d/enabled_plugins"
+  # collect_statistics_interval: the API's message counts are at most 1 s old (the default is 5 s)
+  printf '%s\n' "listeners.tcp.local = 127.0.0.1:$(amqp_port "$n")" "loopback_users = none" \
+    "management.tcp.ip = 127.0.0.1" "management.tcp.port = $(http_port "$n")" \
+    "collect_statistics_interval = 1000" >"$d/node.conf"
+  printf '[rabbitmq_management].\n' >"$d/enabled_plugins"
   rm -f "$d/node.pid"
   chown -R rabbitmq:rabbitmq "$BASE"
   (node_env "$n" && exec setsid rabbitmq-server >>"$d/server.out" 2>&1 </dev/null &)
@@ -102,6 +111,11 @@ up() {
     fi
   done
   for n in "${NODES[@]}"; do ctl "$n" await_startup --timeout "$BOOT_TIMEOUT" >/dev/null; done
+  local i
+  for n in "${NODES[@]}"; do
+    for ((i = 0; i < BOOT_TIMEOUT * 10; i++)); do http_serving "$n" && break; sleep 0.1; done
+    http_serving "$n" || { echo "node $(node_name "$n") does not listen on $(http_port "$n")" >&2; exit 1; }
+  done
   echo "rabbitmq cluster up (${#started[@]} node(s) started): $(running_members 1 | sort | tr '\n' ' ')"
 }
 
@@ -113,9 +127,9 @@ status() {
       local state=booting
       serving "$n" && state=running
       local peers; peers="$(running_members "$n" 2>/dev/null | sort | tr '\n' ' ' || true)"
-      echo "$(node_name "$n") $state pid=$pid amqp=127.0.0.1:$(amqp_port "$n") dist=$(dist_port "$n") running_nodes=[${peers% }]"
+      echo "$(node_name "$n") $state pid=$pid amqp=127.0.0.1:$(amqp_port "$n") dist=$(dist_port "$n") http=127.0.0.1:$(http_port "$n") running_nodes=[${peers% }]"
     else
-      echo "$(node_name "$n") stopped amqp=127.0.0.1:$(amqp_port "$n") dist=$(dist_port "$n")"
+      echo "$(node_name "$n") stopped amqp=127.0.0.1:$(amqp_port "$n") dist=$(dist_port "$n") http=127.0.0.1:$(http_port "$n")"
     fi
   done
   [[ $any == 1 ]]

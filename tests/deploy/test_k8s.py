@@ -26,8 +26,9 @@ import pytest
 import typer
 import yaml
 
+from sluice.fair import sub_queues
 from sluice.settings import Settings
-from sluice.topology import Topology
+from sluice.topology import DELAY_TIERS_MS, Topology
 from support.ports import free_port
 from support.waiting import wait_until
 
@@ -277,8 +278,24 @@ def test_queue_length_trigger_reads_the_queue_sluice_declares() -> None:
     assert trigger["type"] == "rabbitmq"
     meta = trigger["metadata"]
     settings = settings_of(config_map(), amqp_url=secret()["amqp-url"], redis_url=secret()["redis-url"])
-    assert meta["queueName"] == Topology.from_settings(settings).queue(settings.default_queue)
-    assert meta["queueName"] == "sluice.q.default"
+    topology = Topology.from_settings(settings)
+    work = topology.queue(settings.default_queue)
+    assert work == "sluice.q.default"
+    # the work queue and its fair sub-queues (sluice.fair), as many shards as a Fair may have; read the
+    # way RabbitMQ's management API selects them (a search anywhere in the name), summed
+    assert meta["useRegex"] == "true" and meta.get("operation", "sum") == "sum"
+    named = re.compile(meta["queueName"])
+    fair = [topology.queue(q) for q in sub_queues(settings.default_queue, 64)]
+    assert all(named.search(q) for q in [work, *fair])
+    others = [
+        topology.queue(settings.default_queue + "2"),  # another queue whose name starts the same
+        topology.queue("other"),
+        *(topology.queue(q) for q in sub_queues("other", 4)),
+        "x" + work,
+        topology.dead_queue,
+        *(topology.delay_queue(ms) for ms in DELAY_TIERS_MS),
+    ]
+    assert not [q for q in others if named.search(q)]
     # the management API counts ready + unacknowledged: busy workers never look idle
     assert meta["protocol"] == "http" and meta["mode"] == "QueueLength"
     assert "excludeUnacknowledged" not in meta

@@ -5,7 +5,8 @@ Both are the scripts a person runs by hand (``deploy/cluster/rabbitmq-cluster.sh
 interrupted run are reused, missing ones started) and ``down`` after the last test (every node stopped,
 the data deleted). Never the machine's default RabbitMQ (5672) or Redis (6379):
 
-    rabbit_cluster   RabbitMQ sluice-c1..c3@localhost, AMQP 127.0.0.1:5701-5703, distribution 25701-25703
+    rabbit_cluster   RabbitMQ sluice-c1..c3@localhost, AMQP 127.0.0.1:5701-5703, distribution 25701-25703,
+                     management HTTP API 127.0.0.1:15701-15703
     redis_cluster    Redis 127.0.0.1:7001-7006, three masters and three replicas, node timeout 2 s
 
 Import the fixtures in a conftest (``tests/cluster/conftest.py`` does).
@@ -54,6 +55,10 @@ class RabbitCluster:
     def amqp_url(self) -> str:
         """``SLUICE_AMQP_URL`` for the whole cluster: the three URLs, comma-separated."""
         return ",".join(self.urls)
+
+    def management_url(self, n: int) -> str:
+        """The management HTTP API of node ``n`` (1-3), without credentials (guest/guest)."""
+        return f"http://127.0.0.1:{15700 + n}"
 
     def node_of_port(self, port: int) -> int:
         return self.ports.index(port) + 1
