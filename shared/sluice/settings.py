@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     track_ttl: float = Field(
         86400.0, gt=0, description="seconds a tracked task's record (and result) is kept after it ends"
     )
+    track_running_after: float = Field(
+        0.1,
+        ge=0,
+        le=60,
+        description="seconds a tracked task runs before its record says running (a shorter task's end "
+        "write stands for its start: one write, not two); 0: at once",
+    )
 
     metrics_enabled: bool = Field(
         True,

@@ -34,6 +34,8 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         ("queue_type", "stream"),
         ("prefetch", 0),
         ("track_ttl", 0),
+        ("track_running_after", -0.1),
+        ("track_running_after", 61),
         ("track_all", "sometimes"),
     ],
 )
@@ -55,10 +57,15 @@ def test_tracking_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in list(__import__("os").environ):
         if k.startswith("SLUICE_"):
             monkeypatch.delenv(k)
-    assert (Settings().track_all, Settings().track_ttl) == (False, 86400.0)
+    assert (Settings().track_all, Settings().track_ttl, Settings().track_running_after) == (
+        False,
+        86400.0,
+        0.1,
+    )
     monkeypatch.setenv("SLUICE_TRACK_ALL", "true")
     monkeypatch.setenv("SLUICE_TRACK_TTL", "3600")
-    assert (Settings().track_all, Settings().track_ttl) == (True, 3600.0)
+    monkeypatch.setenv("SLUICE_TRACK_RUNNING_AFTER", "0")
+    assert (Settings().track_all, Settings().track_ttl, Settings().track_running_after) == (True, 3600.0, 0.0)
 
 
 def test_several_broker_urls(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -129,3 +129,21 @@ def blocking(p: Job, ctx: TaskContext) -> None:
         r.hset(p.key, "finished", "1")
     finally:
         r.close()
+
+
+@task("handles.stubborn", result=True)
+def stubborn(p: Job) -> int:
+    """A plain function that never looks at ``ctx.cancelled``: records its start, then waits for the test
+    to set ``go`` on its key (at most ``seconds``) and returns ``n``."""
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(os.environ["HANDLES_COUNT_URL"])
+    try:
+        r.hset(p.key, "started", repr(time.time()))
+        r.hincrby(p.key, "runs", 1)
+        deadline = time.monotonic() + p.seconds
+        while not r.hget(p.key, "go") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return p.n
+    finally:
+        r.close()

@@ -9,9 +9,12 @@ and nothing runs, so "the copy came back and was settled" is its exit, not a sle
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as sync_redis
@@ -22,6 +25,7 @@ from sluice.handles import State
 from sluice.protocol import now_ms
 from support.queues import queue_state
 from support.waiting import eventually
+from support.workers import SLUICE
 
 CANCEL_BOUND = 1.0  # seconds from TaskHandles.cancel to the running handler seeing it
 
@@ -127,3 +131,41 @@ async def test_a_batch_cancelled_by_name_and_publish_time_is_not_run(rig: Rig) -
         acked_unrun(log, task_id, "handles.mark")
     assert (await rig.handles.status(later)).state is State.SUCCEEDED
     rig.dlq_empty()
+
+
+async def test_a_cancel_that_races_the_start_does_not_hide_what_the_task_did(rig: Rig) -> None:
+    """The worker holds a task's ``running`` write back (``SLUICE_TRACK_RUNNING_AFTER``, here 30 s: the
+    whole run), so a cancel finds the record ``queued`` and marks it ``cancelled`` while the handler runs.
+    A plain function is never interrupted: it returns, and its end write (which stands for the held start)
+    must win over the mark: ``succeeded``, with its result and ``cancel_requested``. Seen before the write
+    script knew of the mark: the record stayed ``cancelled`` and the result was lost."""
+    k, r = f"{rig.unique}:job", rig.r
+    rig.env = {**rig.env, "SLUICE_TRACK_RUNNING_AFTER": "30"}
+    w = rig.worker(consuming=True)
+    job = rig.publish("handles.stubborn", {"key": k, "n": 7, "seconds": 60}, "--track")
+    await eventually(lambda: r.hget(k, "started"), 30, "the handler to start")
+    assert task_cli(rig.env, "status", job)["state"] == "queued"  # its running write is held
+    cancel = cli(rig.env, "task", "cancel", job)
+    assert cancel.returncode == 0, cancel.stderr
+    assert task_cli(rig.env, "status", job)["state"] == "cancelled"  # the cancel came first
+    r.hset(k, "go", "1")
+    s = await reaches(rig.handles, job, State.SUCCEEDED, within=30)
+    shown = task_cli(rig.env, "status", job)
+    assert (shown["state"], shown["result"], shown["cancel_requested"]) == ("succeeded", 7, True), shown
+    assert s.started_ms is not None and [t.state for t in s.history][-2:] == [State.RUNNING, State.SUCCEEDED]
+    assert rig.runs(k) == 1
+    rig.dlq_empty()
+    ended_well(w, w.terminate(timeout=30))
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``sluice ARGS``, the console script in a subprocess."""
+    return subprocess.run([SLUICE, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def task_cli(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """``sluice task ARGS --json``: its document."""
+    done = cli(env, "task", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    got: dict[str, Any] = json.loads(done.stdout)
+    return got

@@ -128,6 +128,52 @@ async def test_cancel_by_state(handles: TaskHandles, tracker: Tracker, redis: Re
     assert await redis.pttl(handles.keys.cancels) > 86_000_000
 
 
+async def test_a_cancel_that_raced_the_start_gives_way_to_the_writes_that_prove_the_task_ran(
+    handles: TaskHandles, redis: Redis, prefix: str
+) -> None:
+    """A cancel that finds ``queued`` marks the record ``cancelled`` (and the attempt it saw); the worker
+    was already running the task, its start held. Its writes of that attempt that prove the task ran are
+    applied over the mark: the end standing for the held start, or the start itself once released
+    (then the end as usual). An end that does not prove a run (the task acked as cancelled), or a write
+    of an earlier attempt, is ignored as before; a replay clears the mark."""
+    folded, released, retried = new_id(), new_id(), new_id()
+    await handles.mark_queued([QueuedInfo(i, "demo.x", "default", 1) for i in (folded, released)])
+    async with Tracker(redis, prefix, worker="testhost:1", running_after=60) as tracker:
+        tracker.running(folded, task="demo.x", queue="default", attempt=1)
+        tracker.running(released, task="demo.x", queue="default", attempt=1)
+        reports = await handles.cancel(folded, released)
+        assert [(r.previous, r.state) for r in reports] == [(State.QUEUED, State.CANCELLED)] * 2
+        await tracker.ended(folded, state=State.SUCCEEDED, attempt=1, result_json=b"7")
+        got = await handles.status(folded)
+        assert (got.state, got.result, got.cancel_requested) == (State.SUCCEEDED, 7, True)
+        assert got.started_ms is not None
+        assert [t.state for t in got.history] == [
+            State.QUEUED,
+            State.CANCELLED,
+            State.RUNNING,
+            State.SUCCEEDED,
+        ]
+    # leaving the tracker wrote the start still held: the task runs, a cancel requested
+    got = await handles.status(released)
+    assert (got.state, got.cancel_requested) == (State.RUNNING, True)
+    async with Tracker(redis, prefix, worker="testhost:1") as tracker:
+        await tracker.ended(released, state=State.CANCELLED, attempt=1)  # its handler saw the cancel
+        assert (await handles.status(released)).state is State.CANCELLED
+        # attempt 2 is retrying when the cancel comes: a late write of attempt 1 does not undo it
+        tracker.retrying(retried, attempt=2, error=ErrorInfo("E", "x"), next_run_ms=1, task="demo.x")
+        await eventually(lambda: _in(handles, retried, State.RETRYING), within=5, what="retrying")
+        await handles.cancel(retried)
+        tracker.running(retried, task="demo.x", queue="default", attempt=1)
+        await tracker.ended(retried, state=State.FAILED, attempt=1)
+        assert (await handles.status(retried)).state is State.CANCELLED
+        # an end that proves no run (a worker acking the cancelled attempt 3 unrun) is ignored
+        await tracker.ended(retried, state=State.CANCELLED, attempt=3, reason="cancelled")
+        assert (await handles.status(retried)).attempt == 2
+        assert await redis.hget(handles.keys.task(retried), "marked") == b"2"
+    await handles.replayed(retried)
+    assert await redis.hget(handles.keys.task(retried), "marked") is None
+
+
 async def test_cancel_batch_rule(handles: TaskHandles, redis: Redis) -> None:
     await handles.cancel_batch("demo.slow", 1_000)
     await handles.cancel_batch("demo.slow", 500)  # an earlier cut-off does not narrow the rule

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from resilience.conftest import ThrowawayRedis
+from sluice.errors import ConfigError
 from sluice.handles import ErrorInfo, State, TaskHandles, Tracker, TrackingUnavailable
 from sluice.resilience.clock import FakeClock
 from support.waiting import eventually
@@ -156,3 +157,40 @@ async def test_a_tasks_writes_land_in_order(redis: Redis, prefix: str, handles: 
 async def _in(handles: TaskHandles, task_id: str, state: State) -> object:
     status = await handles.status(task_id)
     return status if status.state is state else None
+
+
+async def test_a_start_is_held_for_running_after_then_written(
+    redis: Redis, prefix: str, handles: TaskHandles
+) -> None:
+    """With ``running_after`` a task's running write waits that long (by the tracker's clock, checked by a
+    loop timer): a task that ends sooner costs one write (its end stands for the start); a longer one shows
+    ``running`` once the time has passed; closing the tracker writes the starts still held."""
+    clock = FakeClock(start=1_000.0)
+    tracker = Tracker(redis, prefix, worker="h:1", clock=clock, running_after=0.05)
+    try:
+        short, long_, left = (uuid.uuid4().hex for _ in range(3))
+        tracker.running(short, task="demo.x", queue="default", attempt=1)
+        tracker.running(long_, task="demo.x", queue="default", attempt=1)
+        clock.advance(0.03)
+        await asyncio.sleep(0.1)  # the timer fired (real time), but by the tracker's clock nothing is due
+        assert tracker.stats.writes == 0
+        assert (await handles.status(long_)).state is State.UNKNOWN
+        await tracker.ended(short, state=State.SUCCEEDED, attempt=1)
+        assert tracker.stats.writes == 1  # the short task's end, standing for its start
+        done = await handles.status(short)
+        assert done.finished_ms is not None and done.started_ms == done.finished_ms - 30
+        assert [t.state for t in done.history] == [State.RUNNING, State.SUCCEEDED]
+        clock.advance(0.03)  # long_ has run 60 ms: due
+        await eventually(lambda: _in(handles, long_, State.RUNNING), within=5, what="the held start written")
+        await tracker.ended(long_, state=State.SUCCEEDED, attempt=1)
+        assert tracker.stats.writes == 3
+        tracker.running(left, task="demo.x", queue="default", attempt=1)
+    finally:
+        await tracker.aclose()
+    assert tracker.stats.writes == 4 and tracker.stats.failures == 0
+    assert (await handles.status(left)).state is State.RUNNING  # written by aclose
+
+
+def test_running_after_must_not_be_negative(redis: Redis) -> None:
+    with pytest.raises(ConfigError, match="running_after"):
+        Tracker(redis, "p", worker="h:1", running_after=-1)

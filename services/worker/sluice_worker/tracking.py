@@ -56,6 +56,7 @@ class WorkerHandles:
             worker=worker_name(),
             clock=clock,
             ttl=settings.track_ttl,
+            running_after=settings.track_running_after,
             telemetry=count,
             logger=log,
         )

@@ -53,6 +53,10 @@ local terminal = {succeeded = true, failed = true, dead = true, cancelled = true
 # strings: set, '' deletes), info (JSON object: set only where absent: the task's name, queue, ...), and
 # optionally the result (raw JSON bytes, '' deletes it). Few arguments: packing each one costs the client
 # more than the script's cjson.decode costs Redis. Reply: 1 applied, 0 ignored.
+# One exception to the order: a record CANCEL_MARK cancelled before it knew the task was running ('marked':
+# the attempt it saw) takes the worker's writes of that generation and attempt that prove the task ran (its
+# 'running' write, or a write with ran_ms): a cancel that raced the task's start must not hide what the
+# task then did (its handler may have finished before the cancel reached it).
 WRITE = Script(
     "handles-write",
     _NOW
@@ -60,13 +64,17 @@ WRITE = Script(
     + """
 local state, sg, sa, sr, sttl, stamp, ran = string.match(ARGV[2], '(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(%d*)')
 local ng, na, nr = tonumber(sg), tonumber(sa), tonumber(sr)
-local v = redis.call('HMGET', KEYS[1], 'gen', 'attempt', 'rank')
+local v = redis.call('HMGET', KEYS[1], 'gen', 'attempt', 'rank', 'marked')
 local g, a, r = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
 local set = {'state', state, 'gen', ng, 'attempt', na, 'rank', nr}
+local raced = false
 if g then
   for name, value in pairs(cjson.decode(ARGV[7])) do redis.call('HSETNX', KEYS[1], name, value) end
-  if ng < g then return 0 end
-  if ng == g and (r >= 4 or na < a or (na == a and nr < r)) then return 0 end
+  raced = v[4] and ng == g and na >= tonumber(v[4]) and (nr == 2 or ran ~= '')
+  if not raced then
+    if ng < g then return 0 end
+    if ng == g and (r >= 4 or na < a or (na == a and nr < r)) then return 0 end
+  end
 else  -- a new record: its info goes in with the rest, and it has nothing to delete
   for name, value in pairs(cjson.decode(ARGV[7])) do set[#set + 1] = name; set[#set + 1] = value end
 end
@@ -79,6 +87,7 @@ if ran ~= '' then
   set[#set + 1] = 'started'; set[#set + 1] = started
 end
 local gone = {}
+if raced then gone[1] = 'marked' end
 for name, value in pairs(fields) do
   if value == '' then gone[#gone + 1] = name
   else set[#set + 1] = name; set[#set + 1] = value end
@@ -130,7 +139,7 @@ if st == 'running' then
 end
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'rank', 4, 'cancel', '1', 'finished', now,
-  'gen', tonumber(v[2]) or 0, 'attempt', attempt)
+  'gen', tonumber(v[2]) or 0, 'attempt', attempt, 'marked', attempt)
 redis.call('HDEL', KEYS[1], 'next')
 redis.call('PEXPIRE', KEYS[1], ttl)
 remember(KEYS[2], cap, 'cancelled', now, attempt, 'cancelled while ' .. (st or 'unknown'), ttl)
@@ -188,7 +197,8 @@ local ng = (tonumber(redis.call('HGET', KEYS[1], 'gen')) or 0) + 1
 local now = now_ms()
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'gen', ng, 'attempt', 1, 'rank', 0)
-redis.call('HDEL', KEYS[1], 'started', 'finished', 'next', 'reason', 'result', 'result_error', 'cancel')
+redis.call('HDEL', KEYS[1], 'started', 'finished', 'next', 'reason', 'result', 'result_error', 'cancel',
+  'marked')
 redis.call('PEXPIRE', KEYS[1], ttl)
 remember(KEYS[2], tonumber(ARGV[3]), 'queued', now, 1, 'replayed (generation ' .. ng .. ')', ttl)
 return ng
