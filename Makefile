@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt bench bench-workers bench-publish clean images compose-test
+.PHONY: help install up test lint fmt bench bench-workers bench-publish bench-pipeline clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench-workers: $(BENCH_STAMP) ## drains by 1, 2, 4 worker processes, standalone 
 
 bench-publish: install ## sluice publish fed 1,000,000 NDJSON lines: peak RSS, rate vs the aio-pika ceiling
 	$(BIN)/python bench/publish_stream.py
+
+bench-pipeline: install ## the worker's CPU a delivery in process, no broker: plain, tracked, idempotent (BENCH_PIPELINE_ARGS=--stub-tracker)
+	$(BIN)/python bench/pipeline_cpu.py $(BENCH_PIPELINE_ARGS)
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache
