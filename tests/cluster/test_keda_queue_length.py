@@ -20,8 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -34,10 +32,10 @@ import yaml
 
 from support.clusters import RabbitCluster
 from support.waiting import wait_until
+from support.workers import run_sluice
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-SLUICE = Path(sys.executable).with_name("sluice")
 HERE = Path(__file__).resolve().parent
 AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
 
@@ -108,9 +106,7 @@ def management(rabbit_cluster: RabbitCluster) -> Iterator[tuple[str, str]]:
 
 
 def publish(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
-    r = subprocess.run(
-        [str(SLUICE), "publish", *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
-    )
+    r = run_sluice(env, "publish", *args, stdin=stdin)
     assert r.returncode == 0, r.stderr
 
 

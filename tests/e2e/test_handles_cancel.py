@@ -10,7 +10,6 @@ and nothing runs, so "the copy came back and was settled" is its exit, not a sle
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from sluice.handles import State
 from sluice.protocol import now_ms
 from support.queues import queue_state
 from support.waiting import eventually
-from support.workers import SLUICE
+from support.workers import run_sluice
 
 CANCEL_BOUND = 1.0  # seconds from TaskHandles.cancel to the running handler seeing it
 
@@ -145,7 +144,7 @@ async def test_a_cancel_that_races_the_start_does_not_hide_what_the_task_did(rig
     job = rig.publish("handles.stubborn", {"key": k, "n": 7, "seconds": 60}, "--track")
     await eventually(lambda: r.hget(k, "started"), 30, "the handler to start")
     assert task_cli(rig.env, "status", job)["state"] == "queued"  # its running write is held
-    cancel = cli(rig.env, "task", "cancel", job)
+    cancel = run_sluice(rig.env, "task", "cancel", job)
     assert cancel.returncode == 0, cancel.stderr
     assert task_cli(rig.env, "status", job)["state"] == "cancelled"  # the cancel came first
     r.hset(k, "go", "1")
@@ -158,14 +157,9 @@ async def test_a_cancel_that_races_the_start_does_not_hide_what_the_task_did(rig
     ended_well(w, w.terminate(timeout=30))
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``sluice ARGS``, the console script in a subprocess."""
-    return subprocess.run([SLUICE, *args], env=env, capture_output=True, text=True, timeout=60)
-
-
 def task_cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     """``sluice task ARGS --json``: its document."""
-    done = cli(env, "task", *args, "--json")
+    done = run_sluice(env, "task", *args, "--json")
     assert done.returncode == 0, done.stderr
     got: dict[str, Any] = json.loads(done.stdout)
     return got

@@ -9,8 +9,6 @@ shared one is not filled with a million keys), the real RabbitMQ, the real servi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,10 +18,10 @@ from fleet_helpers import env_for, start_service, until
 from resilience.conftest import ThrowawayRedis, throwaway_redis
 from sluice.resilience import KeySpace
 from sluice.settings import Settings
+from support.workers import run_sluice
 
 __all__ = ["throwaway_redis"]
 
-SLUICE = Path(sys.executable).with_name("sluice")
 RECORDS = 1_000_000
 _FILL = "for i = 1, tonumber(ARGV[2]) do redis.call('SET', ARGV[1] .. i .. '}', '1') end return 1"
 
@@ -43,9 +41,7 @@ def test_a_million_task_records_do_not_blind_the_service(
     finally:
         r.close()
     env = env_for(topology.amqp_url, throwaway_redis.url, prefix, SLUICE_QUEUE_TYPE="classic")
-    cancel = subprocess.run(
-        [str(SLUICE), "task", "cancel", "some-task"], env=env, capture_output=True, text=True, timeout=60
-    )
+    cancel = run_sluice(env, "task", "cancel", "some-task")
     assert cancel.returncode == 0, cancel.stderr
     service = start_service(env, tmp_path / "metrics.log", "--alive-after", "2", "--interval", "0.5")
     try:

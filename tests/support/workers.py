@@ -20,17 +20,24 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from support.queues import queue_state
 from support.waiting import wait_until
 
-__all__ = ["SLUICE", "SLUICE_WORKER", "TESTS", "WorkerProcess", "stop_all", "worker_env"]
+__all__ = ["SLUICE", "SLUICE_WORKER", "TESTS", "WorkerProcess", "run_sluice", "stop_all", "worker_env"]
 
 TESTS = Path(__file__).resolve().parent.parent  # tests/: `support` importable in the child too
 SLUICE = str(Path(sys.executable).with_name("sluice"))  # the installed console script, as a user runs it
 SLUICE_WORKER = [SLUICE, "worker"]
+
+
+def run_sluice(
+    env: Mapping[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``sluice ARGS``: the console script in a subprocess, to its end (at most 60 s)."""
+    return subprocess.run([SLUICE, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def worker_env(

@@ -19,8 +19,8 @@ inside the read's 2 s bound every read timed out: the service said Redis was dow
 as one task of their own, bounded by ``scan_timeout``, and each read waits for it at most ``scan_wait``
 (within its own bound): on a small keyspace a pass takes milliseconds and every read has fresh figures,
 as before; on a large one the read shows the last completed pass (as old as one pass) and a new pass
-starts once it ended. The other reads
-(limits, schedules, counts) name their keys and do not depend on the keyspace's size.
+starts once it ended. The other reads (limits, schedules, counts) name their keys and do not depend on
+the keyspace's size.
 """
 
 from __future__ import annotations
