@@ -9,6 +9,9 @@ lowest of the rounds. No AMQP: what is left is what the pipelines and their Redi
 the part that decides the tracked and idempotent rows of ``make bench`` on a box where the worker is the
 bottleneck (docs/benchmarks.md).
 
+The collector is tuned as the worker tunes it (``SLUICE_GC_THRESHOLD``, :mod:`sluice._gc`);
+``--gc-threshold 0`` leaves Python's defaults, to see what the tuning is worth.
+
 ``--stub-tracker`` replaces the tracker's ``running`` and ``ended`` by calls that do nothing: the tracked
 row then shows what the tracking steps cost apart from the tracker's write path.
 
@@ -28,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from sluice import task
+from sluice import _gc, task
 from sluice.policy import Idempotency, RateLimit
 from sluice.protocol import TaskMessage, encode_body
 from sluice.settings import Settings
@@ -119,7 +122,14 @@ def main() -> None:
     ap.add_argument("-c", "--concurrency", type=int, default=256, help="deliveries at a time (256)")
     ap.add_argument("-r", "--rounds", type=int, default=5, help="rounds, each of the three tasks (5)")
     ap.add_argument("--stub-tracker", action="store_true", help="the tracker writes nothing")
+    ap.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=Settings().gc_threshold,
+        help="the worker's SLUICE_GC_THRESHOLD (0: Python's collector as it is)",
+    )
     args = ap.parse_args()
+    _gc.tune(args.gc_threshold)
     try:
         import uvloop
 
@@ -128,7 +138,8 @@ def main() -> None:
         cpu = asyncio.run(run(args.n, args.concurrency, args.rounds, args.stub_tracker))
     plain_median = statistics.median(cpu["pipe.plain"])
     print(
-        f"worker CPU a delivery in process (µs), {args.rounds} rounds of {args.n:,}, {args.concurrency} at a time"
+        f"worker CPU a delivery in process (µs), {args.rounds} rounds of {args.n:,}, {args.concurrency} at a time,"
+        f" gc threshold {args.gc_threshold or 'as it is'}"
     )
     for name, values in cpu.items():
         med = statistics.median(values)

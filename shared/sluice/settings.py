@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     prefetch: int = Field(256, ge=1, le=2000, description="unacked deliveries the broker sends ahead")
     grace_period: float = Field(30.0, ge=0, description="seconds in-flight tasks get to finish on shutdown")
     sync_threads: int = Field(16, ge=1, description="threads for plain (non-async) handlers")
+    gc_threshold: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="the worker's garbage collector: its startup heap frozen (gc.freeze) and a young "
+        "collection every this many allocations (Python's default: 700); 0 leaves the collector as it is",
+    )
     pause_blocked: bool = Field(
         True,
         description="pause a queue's consumer while every task it carries is blocked (an open breaker, "

@@ -37,6 +37,8 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         ("track_running_after", -0.1),
         ("track_running_after", 61),
         ("track_all", "sometimes"),
+        ("gc_threshold", -1),
+        ("gc_threshold", 10_000_001),
     ],
 )
 def test_bad_values_are_refused(field: str, value: object) -> None:

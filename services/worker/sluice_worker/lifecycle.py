@@ -34,6 +34,7 @@ from typing import Any
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from sluice import _gc
 from sluice.connection import BROKER_ERRORS, connect_plain
 from sluice.errors import BrokerUnavailable, ConfigError
 from sluice.resilience.clock import SYSTEM, Clock
@@ -148,6 +149,7 @@ async def _with_watch(
 
 def run(settings: Settings, registry: Registry, queues: Sequence[str], *, burst: Burst | None = None) -> None:
     """Run a worker in this process until a signal drains it (or, with ``burst``, until it is idle)."""
+    _gc.tune(settings.gc_threshold)  # its tasks are loaded: the startup heap is what it will be
     run_service(serve(settings, registry, queues, burst=burst))
 
 
