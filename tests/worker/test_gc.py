@@ -7,10 +7,10 @@ so tuned still runs every task (published here by ``sluice publish``, drained by
 
 from __future__ import annotations
 
-import pika
 import pytest
 
 from sluice.topology import Topology
+from support.queues import queue_state
 from support.workers import run_sluice, worker_env
 
 
@@ -21,12 +21,6 @@ def _drained(env: dict[str, str], n: int) -> str:
     worker = run_sluice(env, "worker", "--burst", "--concurrency", "8")
     assert worker.returncode == 0, worker.stderr
     return worker.stderr
-
-
-def _ready(amqp_url: str, queue: str) -> int:
-    """Messages ready in ``queue`` (a passive declare)."""
-    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
 
 
 @pytest.mark.parametrize("threshold", ["12345", "0"])
@@ -42,7 +36,8 @@ def test_worker_tunes_gc_and_runs_tasks(amqp_url: str, redis_url: str, unique: s
     dlq = run_sluice(env, "dlq", "ls", "--json")
     assert dlq.returncode == 0, dlq.stderr
     assert dlq.stdout.strip() == ""  # nothing dead-lettered (one JSON line a dead letter)
-    assert _ready(amqp_url, Topology(prefix=unique).queue("default")) == 0  # every task acked
+    state = queue_state(amqp_url, Topology(prefix=unique).queue("default"))
+    assert state is not None and state[0] == 0  # every task acked
 
 
 @pytest.mark.parametrize("bad", ["-1", "10000001", "many"])
