@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sluice.redis_client import AnyRedis
@@ -86,8 +86,10 @@ class Subscription:
                 self._down(exc)
             finally:
                 self.live = False
+                # typed through a variable: redis-py 8 annotates aclose(), earlier releases did not
+                close: Callable[[], Awaitable[None]] = pubsub.aclose
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await close()
             await self._clock.sleep(self._retry)
 
     def _up(self) -> None:
