@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint fmt bench bench-workers bench-publish bench-pipeline clean images compose-test
+.PHONY: help install up test lint fmt bench bench-workers bench-publish bench-pipeline bench-tracker clean images compose-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench-publish: install ## sluice publish fed 1,000,000 NDJSON lines: peak RSS, r
 
 bench-pipeline: install ## the worker's CPU a delivery in process, no broker: plain, tracked, idempotent (BENCH_PIPELINE_ARGS=--stub-tracker, --gc-threshold 0)
 	$(BIN)/python bench/pipeline_cpu.py $(BENCH_PIPELINE_ARGS)
+
+bench-tracker: install ## the CPU of the task handles' write path alone, on the real Redis (tracked, a trivial batched write, a stub)
+	$(BIN)/python bench/tracker_cpu.py $(BENCH_TRACKER_ARGS)
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

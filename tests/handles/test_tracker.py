@@ -13,6 +13,10 @@ from redis.asyncio import Redis
 from resilience.conftest import ThrowawayRedis
 from sluice.errors import ConfigError
 from sluice.handles import ErrorInfo, State, TaskHandles, Tracker, TrackingUnavailable
+from sluice.handles._keys import HandleKeys
+from sluice.handles._writes import write_call
+from sluice.handles.state import RANK
+from sluice.resilience._wire import Packed, bulk
 from sluice.resilience.clock import FakeClock
 from support.waiting import eventually
 
@@ -194,3 +198,30 @@ async def test_a_start_is_held_for_running_after_then_written(
 def test_running_after_must_not_be_negative(redis: Redis) -> None:
     with pytest.raises(ConfigError, match="running_after"):
         Tracker(redis, "p", worker="h:1", running_after=-1)
+
+
+@pytest.mark.parametrize("state", sorted(RANK, key=lambda s: s.value))
+@pytest.mark.parametrize("result", [None, b"", b'{"a":"\xc3\xa9"}'])
+@pytest.mark.parametrize("ran_ms", [None, 7])
+def test_a_writes_prepacked_bytes_are_its_arguments(
+    state: State, result: bytes | None, ran_ms: int | None
+) -> None:
+    """``write_call`` builds its keys' and arguments' RESP in one format each (``Packed``): the bytes must
+    be those of packing each item in turn, for every state, with and without a result and a folded start
+    (non-ASCII ids, details and fields included: lengths are of the encoded bytes)."""
+    _, ks, avs = write_call(
+        HandleKeys("pfx"),
+        "id-é1",
+        state,
+        generation=1,
+        attempt=2,
+        ttl=3.0,
+        detail="line\nbreak é",
+        fields={"worker": "hôte:1"},
+        info={"task": "t"},
+        result=result,
+        ran_ms=ran_ms,
+    )
+    assert isinstance(ks, Packed) and isinstance(avs, Packed)
+    assert ks.resp == b"".join(map(bulk, ks))
+    assert avs.resp == b"".join(map(bulk, avs))

@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from sluice.resilience import IdempotencyStore, KeySpace, _lua
 from sluice.resilience._scripts import Call, ScriptRunner
+from sluice.resilience._wire import packed
 
 from .conftest import ThrowawayRedis
 
@@ -175,3 +176,19 @@ async def test_concurrent_claims_through_the_store_keep_their_answers(
         assert kinds.count("Claimed") == 100 and kinds.count("InProgress") == 100
         for i in range(0, 200, 2):
             assert {kinds[i], kinds[i + 1]} == {"Claimed", "InProgress"}
+
+
+@given(
+    items=st.lists(
+        st.one_of(st.text(max_size=20), st.binary(max_size=20), st.integers(-5, 10**12)), max_size=8
+    )
+)
+def test_packed_arguments_go_out_as_the_same_bytes(items: list[Any]) -> None:
+    """A call whose keys and arguments carry their RESP (``Packed``) packs, in a batch and in a cluster
+    node's batch, to exactly the bytes of the same call given as plain lists."""
+    script = _lua.CLAIM
+    plain: Call = (script, ["k:{1}", "k:{1}:h"], items)
+    pre: Call = (script, packed(["k:{1}", "k:{1}:h"]), packed(items))
+    other: Call = (_lua.CLAIM_RELEASE, ["k:{2}"], ["", "t"])
+    assert _lua.MULTI.pack([other, pre, other]) == _lua.MULTI.pack([other, plain, other])
+    assert _lua.MULTI.pack_node([pre, other]) == _lua.MULTI.pack_node([plain, other])

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 
 from sluice.resilience._scripts import Arg, Call
+from sluice.resilience._wire import Packed
 
 from . import _lua
 from ._keys import HandleKeys
@@ -64,15 +65,24 @@ def write_call(
     else:
         present = _JSON.encode({} if info is None else {k: v for k, v in info.items() if v is not None})
     head = _HEAD[state] % (generation, attempt, ms(ttl))
-    args: list[Arg] = [
-        "",
-        head if ran_ms is None else f"{head} {max(0, ran_ms)}",
-        task_id,
-        keys.ended_channel if state in TERMINAL else "",
-        detail or "",
-        fields if isinstance(fields, str) else _JSON.encode(fields or {}),
-        present,
-    ]
+    if ran_ms is not None:
+        head = f"{head} {max(0, ran_ms)}"
+    channel = keys.ended_channel if state in TERMINAL else ""
+    detail = detail or ""
+    fields_json = fields if isinstance(fields, str) else _JSON.encode(fields or {})
+    args: list[Arg] = ["", head, task_id, channel, detail, fields_json, present]
+    # the RESP of the arguments and keys in one format each (a write is the tracker's hot call)
+    h, i, c, d, f, p = (x.encode() for x in (head, task_id, channel, detail, fields_json, present))
+    resp = _ARGS % (len(h), h, len(i), i, len(c), c, len(d), d, len(f), f, len(p), p)
     if result is not None:
         args.append(result)
-    return (_lua.WRITE, keys.record(task_id), args)
+        resp += b"$%d\r\n%b\r\n" % (len(result), result)
+    record = keys.record(task_id)
+    k = record[0].encode()
+    return (_lua.WRITE, Packed(record, _KEYS % (len(k), k, len(k) + 2, k)), Packed(args, resp))
+
+
+# the bulk strings of a write's arguments: the clock override (always empty here), then six more
+_ARGS = b"$0\r\n\r\n" + b"$%d\r\n%b\r\n" * 6
+# of its keys: the record and its history (the record's name and ":h")
+_KEYS = b"$%d\r\n%b\r\n$%d\r\n%b:h\r\n"

@@ -57,13 +57,17 @@ _MAX_INFO_HEADS = 1024  # cached info heads, one per (task, queue)
 
 @dataclass(slots=True)
 class _Start:
-    """A ``running`` write queued for ``attempt``/``generation`` at ``at`` (monotonic seconds); ``entry`` is
-    its place in the batch (set once queued), ``write`` builds it if it leaves before the attempt ends."""
+    """A ``running`` write of ``attempt``/``generation`` of the task ``msg_id`` started at ``at`` (monotonic
+    seconds); ``entry`` is its place in the batch (set once queued). The write itself is built only if
+    it leaves before the attempt ends (else the end stands for it): from these fields, at that moment."""
 
-    write: Callable[[], Call]
+    msg_id: str
     attempt: int
     generation: int
     at: float
+    task: str
+    queue: str
+    published_ms: int | None
     entry: Queued | None = None
 
 
@@ -110,6 +114,7 @@ class Tracker(CoalescingClient):
             raise ConfigError(f"running_after must be 0 or more seconds, not {running_after!r}")
         self._keys = HandleKeys(prefix)
         self._clock = clock
+        self._now = clock.monotonic
         self.worker = worker
         self.ttl = ttl
         self.result_ttl = result_ttl
@@ -122,7 +127,7 @@ class Tracker(CoalescingClient):
         self._outage = OutageMonitor("Tracker", FailOpen(), clock=clock.monotonic, logger=logger or _log)
         self._starts: dict[str, _Start] = {}
         self.running_after = running_after
-        self._held: deque[tuple[str, _Start]] = deque()  # starts not queued yet, oldest first
+        self._held: deque[_Start] = deque()  # starts not queued yet, oldest first
         self._timer: asyncio.TimerHandle | None = None
         self._info_heads: dict[tuple[str | None, str | None], str] = {}
         # the fields of a running write and of a plain success: the same for every task, encoded once
@@ -144,7 +149,6 @@ class Tracker(CoalescingClient):
         published_ms: int | None = None,
     ) -> None:
         """The delivery was admitted and its handler starts (write it after the steps that may defer)."""
-        info = self._info(task, queue, published_ms)
         if not self._outage.should_try():
             self._drop(1)
             return
@@ -152,13 +156,9 @@ class Tracker(CoalescingClient):
         if len(starts) >= _MAX_STARTS:  # attempts that never ended here (a delivery given back)
             for key in [k for k, v in starts.items() if v.entry is not None and v.entry.sent]:
                 del starts[key]
-        # built only if it leaves before the attempt ends (else the end stands for it)
-        write = partial(
-            self._write, msg_id, State.RUNNING, attempt, generation, self.worker, self._running_fields, info
-        )
-        start = starts[msg_id] = _Start(write, attempt, generation, self._clock.monotonic())
+        start = starts[msg_id] = _Start(msg_id, attempt, generation, self._now(), task, queue, published_ms)
         if self.running_after > 0:
-            self._held.append((msg_id, start))
+            self._held.append(start)
             if self._timer is None:
                 self._arm(self.running_after)
         else:
@@ -176,15 +176,15 @@ class Tracker(CoalescingClient):
         whose attempt has not ended; re-arm the timer for the next one held."""
         self._timer = None
         held, starts = self._held, self._starts
-        due = self._clock.monotonic() - self.running_after
+        due = self._now() - self.running_after
         while held:
-            msg_id, start = held[0]
+            start = held[0]
             if not everything and start.at > due:
                 # (no sooner than an eighth of running_after: a few timers a period, not one a task)
                 self._arm(max(start.at - due, self.running_after / 8))
                 return
             held.popleft()
-            if starts.get(msg_id) is start and start.entry is None:  # still running, not folded
+            if starts.get(start.msg_id) is start and start.entry is None:  # still running, not folded
                 self._queue_start(start)
 
     def deferred(
@@ -331,7 +331,7 @@ class Tracker(CoalescingClient):
         return start
 
     def _ran_ms(self, start: _Start) -> int:
-        return round((self._clock.monotonic() - start.at) * 1000)
+        return round((self._now() - start.at) * 1000)
 
     def _write(
         self,
@@ -372,7 +372,16 @@ class Tracker(CoalescingClient):
         """A ``running`` write leaving before its attempt ended: built now, counted when it answers."""
         assert start.entry is not None
         start.entry.fut.add_done_callback(self._done)
-        return start.write()
+        info = self._info(start.task, start.queue, start.published_ms)
+        return self._write(
+            start.msg_id,
+            State.RUNNING,
+            start.attempt,
+            start.generation,
+            self.worker,
+            self._running_fields,
+            info,
+        )
 
     @staticmethod
     def _replace(start: _Start, call: Call) -> asyncio.Future[Any]:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from sluice.errors import ConfigError
 
 from ._scripts import Call, Script
-from ._wire import bulk
+from ._wire import bulk, resp_of
 
 __all__ = ["MultiScript"]
 
@@ -108,13 +108,14 @@ class MultiScript:
         """``EVALSHA`` of the batch in RESP (the caller checked :meth:`covers`)."""
         keys: list[bytes] = []
         args: list[bytes] = []
-        count = 0
+        nkeys = count = 0
         for script, ks, avs in calls:
-            keys.extend(map(bulk, ks))
+            keys.append(resp_of(ks))
             args.append(self._code(script, ks, avs))
-            args.extend(map(bulk, avs))
+            args.append(resp_of(avs))
+            nkeys += len(ks)
             count += 3 + len(avs)
-        head = b"*%d\r\n" % (3 + len(keys) + count) + self._head + bulk(len(keys))
+        head = b"*%d\r\n" % (3 + nkeys + count) + self._head + bulk(nkeys)
         return head + b"".join(keys) + b"".join(args)
 
     def pack_node(self, calls: Sequence[Call]) -> bytes:
@@ -124,7 +125,7 @@ class MultiScript:
         count = 0
         for script, ks, avs in calls:
             parts.append(self._code(script, ks, avs))
-            parts.extend(map(bulk, ks))
-            parts.extend(map(bulk, avs))
+            parts.append(resp_of(ks))
+            parts.append(resp_of(avs))
             count += 3 + len(ks) + len(avs)
         return b"*%d\r\n" % (3 + count) + self._node_head + b"".join(parts)

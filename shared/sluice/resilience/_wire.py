@@ -30,7 +30,7 @@ import math
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from redis import exceptions as rexc
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -38,7 +38,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from sluice.redis_client import AnyRedis
 
-__all__ = ["Arg", "Wire", "bulk", "pack", "wire_for"]
+__all__ = ["Arg", "Packed", "Wire", "bulk", "pack", "wire_for"]
 
 Arg = str | int | float | bytes
 
@@ -54,6 +54,33 @@ def bulk(arg: Arg) -> bytes:
     else:
         data = str(arg).encode()
     return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+_A = TypeVar("_A", bound=Arg)
+
+
+class Packed(list[_A]):
+    """A call's keys or arguments with their RESP form built once, by whoever made them: ``resp`` is the
+    bulk strings of the items, in order. A batch (:class:`~._multi.MultiScript`) sends ``resp`` as it is
+    instead of packing each item in turn (one format operation for a hot call's few arguments instead of
+    a :func:`bulk` call each); every other path reads it as the plain list it also is. The maker keeps
+    the two in step; :func:`packed` builds both from the items."""
+
+    __slots__ = ("resp",)
+
+    def __init__(self, items: Sequence[_A], resp: bytes) -> None:
+        super().__init__(items)
+        self.resp = resp
+
+
+def packed(items: Sequence[_A]) -> Packed[_A]:
+    """``items`` with their RESP form (see :class:`Packed`)."""
+    return Packed(items, b"".join(map(bulk, items)))
+
+
+def resp_of(items: Sequence[Arg]) -> bytes:
+    """The bulk strings of ``items``: the ones built with them if they are :class:`Packed`."""
+    return items.resp if type(items) is Packed else b"".join(map(bulk, items))
 
 
 def pack(args: Sequence[Arg]) -> bytes:
