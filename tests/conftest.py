@@ -232,14 +232,32 @@ _PREFIXES: list[str] = []
 def unique(request: pytest.FixtureRequest) -> Iterator[str]:
     """A short name unique to this test, for queue prefixes and Redis keys.
 
-    Everything a test declares under this prefix is deleted after it (each quorum queue is a Raft
-    group on the broker: hundreds of leftovers slow RabbitMQ down for every later test).
+    Everything a test declares under this prefix is deleted after it: its queues and exchanges (each
+    quorum queue is a Raft group on the broker: hundreds of leftovers slow RabbitMQ down for every later
+    test) and, when the test uses ``redis_url``, every key on that Redis starting with it.
     """
     name = "t" + uuid.uuid4().hex[:10]
     _PREFIXES.append(name)
     yield name
     if "amqp_url" in request.fixturenames:
         _delete_prefixes(request.getfixturevalue("amqp_url"), [name], _known_names)
+    if "redis_url" in request.fixturenames:
+        _delete_keys(request.getfixturevalue("redis_url"), name)
+
+
+def _delete_keys(redis_url: str, prefix: str) -> None:
+    """Delete every key starting with ``prefix`` on ``redis_url`` (the processes a test started, a
+    scheduler or a worker, write under its prefix too: their keys are the test's). A test that took
+    Redis down and did not bring it back has already failed; its keys are not worth a second error."""
+    client = redis_sync.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))  # (a test's keys: a few thousand at most)
+        for lo in range(0, len(keys), 1000):
+            client.unlink(*keys[lo : lo + 1000])
+    except redis_sync.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 def _known_names(prefix: str) -> tuple[list[str], list[str]]:
