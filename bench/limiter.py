@@ -7,7 +7,10 @@ Measures, on one Redis, for 1 and 64 concurrent asyncio tasks, on one hot key an
 
 * the ceiling: the same redis-py client's PING, and EVALSHA of a trivial script; and PING sent on
   the transport sluice's primitives use (``_wire``: the client's own pooled connections without
-  redis-py's per-command layers), the round trip sluice itself cannot beat;
+  redis-py's per-command layers), the round trip sluice itself cannot beat; and ``EXISTS`` of a key
+  on that transport, on 1 and 10,000 keys (the keyed ceiling: with ``--cluster-url`` it is sent to the
+  key's node on the cluster's transport too, so the cluster table shows what the box allows any one-key
+  command beside what the primitives get);
 * sluice ``GCRALimiter.try_acquire``, one round trip per call, and with ``coalesce=True`` (batched);
 * ``limits`` (moving window and sliding-window counter, async redis-py storage), if installed
   (``pip install -r bench/requirements.txt``; a benchmark dependency only, never a runtime one).
@@ -45,6 +48,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from sluice.resilience import GCRALimiter, KeySpace, Rate
 from sluice.resilience._wire import pack, wire_for
+from sluice.resilience._wire_cluster import ClusterWire
 
 TASKS = (1, 64)
 KEYSETS = (1, 10_000)
@@ -89,6 +93,7 @@ Case = tuple[str, int, int, Callable[[int], Awaitable[Any]]]
 
 
 CLUSTER = " (Redis Cluster)"
+EXISTS = "EXISTS on sluice's transport (keyed ceiling)"
 
 
 async def bench(url: str, seconds: float, rounds: int, cluster_url: str | None = None) -> list[Row]:
@@ -131,6 +136,24 @@ async def bench(url: str, seconds: float, rounds: int, cluster_url: str | None =
             )
         )
     limiters = [one for pair in pairs for one in pair]
+    # the keyed ceiling: EXISTS of the call's key (a read, no script) on the same transport as the
+    # primitives, on one server and routed by the key's slot on the cluster: what the box allows any
+    # one-key command, so the sluice rows' ratios can be read against the transport's own
+    keyed = [f"{prefix}:x:{{{name}}}" for name in names]
+    exists = [pack(["EXISTS", key]) for key in keyed]
+    routes = ClusterWire(cluster) if cluster is not None else None
+
+    async def exists_on_cluster(keys: int, i: int) -> Any:
+        assert routes is not None
+        node = routes.node([keyed[i % keys]])
+        assert node is not None, "the cluster client has no slot map"
+        return await routes.call(node, exists[i % keys], "")
+
+    for keys in KEYSETS:
+        for tasks in TASKS:
+            cases.append((EXISTS, tasks, keys, lambda i, k=keys: wire.request(exists[i % k])))
+            if cluster is not None:
+                cases.append((EXISTS + CLUSTER, tasks, keys, partial(exists_on_cluster, keys)))
     for pair in pairs:
         for keys in KEYSETS:
             for tasks in TASKS:
