@@ -62,7 +62,7 @@ bench-workers: $(BENCH_STAMP) ## drains by 1, 2, 4 worker processes, standalone 
 bench-publish: install ## sluice publish fed 1,000,000 NDJSON lines: peak RSS, rate vs the aio-pika ceiling
 	$(BIN)/python bench/publish_stream.py
 
-bench-pipeline: install ## the worker's CPU a delivery in process, no broker: plain, tracked, idempotent (BENCH_PIPELINE_ARGS=--stub-tracker, --gc-threshold 0)
+bench-pipeline: install ## the worker's CPU a delivery in process, no broker: plain, rate-limited, tracked, idempotent (BENCH_PIPELINE_ARGS=--stub-tracker, --gc-threshold 0)
 	$(BIN)/python bench/pipeline_cpu.py $(BENCH_PIPELINE_ARGS)
 
 bench-tracker: install ## the CPU of the task handles' write path alone, on the real Redis (tracked, a trivial batched write, a stub)

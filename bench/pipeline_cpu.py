@@ -2,8 +2,9 @@
 
 The worker's own :class:`~sluice_worker.runner.Runner` and task pipelines, with its Redis policies and
 task handles (:class:`~sluice_worker.tracking.WorkerHandles`) on the real Redis, run ``N`` deliveries of the
-peer harness's payload shape, ``C`` at a time, for three tasks: plain, tracked with a result (the
-``sluice-*-track`` bench variant's task) and idempotent (``-idem``'s). Rounds alternate the three so they
+peer harness's payload shape, ``C`` at a time, for four tasks: plain, rate-limited by a limit never reached
+(the ``sluice-*-policy`` bench variant's task), tracked with a result (``-track``'s) and idempotent
+(``-idem``'s: the same limit and a key per delivery). Rounds alternate the four so they
 share the machine's minutes; each figure is process CPU (user + system) a delivery, the median and the
 lowest of the rounds. No AMQP: what is left is what the pipelines and their Redis clients cost the worker,
 the part that decides the tracked and idempotent rows of ``make bench`` on a box where the worker is the
@@ -54,6 +55,11 @@ async def plain(p: Payload) -> None:
     return None
 
 
+@task("pipe.policy", rate_limit=RateLimit(1_000_000, 1.0))
+async def policy(p: Payload) -> None:
+    return None
+
+
 @task("pipe.track", track=True, result=True)
 async def tracked(p: Payload) -> int:
     return p.i
@@ -64,7 +70,7 @@ async def idem(p: Payload) -> None:
     return None
 
 
-TASKS = ("pipe.plain", "pipe.track", "pipe.idem")
+TASKS = ("pipe.plain", "pipe.policy", "pipe.track", "pipe.idem")
 
 
 async def run(n: int, concurrency: int, rounds: int, stub_tracker: bool) -> dict[str, list[float]]:
@@ -85,7 +91,7 @@ async def run(n: int, concurrency: int, rounds: int, stub_tracker: bool) -> dict
         client, prefix, tracker=handles.tracker, canceller=handles.canceller, telemetry=telemetry
     )
     pool = ThreadPoolExecutor(2)
-    runner = Runner(Registry([plain, tracked, idem]), settings, pool, policies.failures, policies)
+    runner = Runner(Registry([plain, policy, tracked, idem]), settings, pool, policies.failures, policies)
     gate = asyncio.Semaphore(concurrency)
 
     async def deliver(name: str, i: int, run_id: str) -> None:
@@ -120,7 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=10_000, help="deliveries a task and round (10,000)")
     ap.add_argument("-c", "--concurrency", type=int, default=256, help="deliveries at a time (256)")
-    ap.add_argument("-r", "--rounds", type=int, default=5, help="rounds, each of the three tasks (5)")
+    ap.add_argument("-r", "--rounds", type=int, default=5, help="rounds, each of the four tasks (5)")
     ap.add_argument("--stub-tracker", action="store_true", help="the tracker writes nothing")
     ap.add_argument(
         "--gc-threshold",
